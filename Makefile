@@ -1,0 +1,30 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the venv, install the
+# pinned versions (requirements/ci.txt) and this package, then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): requirements/ci.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --no-cache-dir -U pip
+	$(BIN)/python -m pip install -q -r requirements/ci.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/nmn-array demo
+
+lint: setup
+	$(BIN)/ruff check nmn_array frameworks tests benchmarks
+	$(BIN)/ruff format --check nmn_array frameworks tests benchmarks
+
+test: setup
+	bash scripts/run_tests.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,29 @@
+"""nmn_array: the yat product of Neural-Matter Networks on any array library.
+
+Every function takes arrays of one library (NumPy, PyTorch, JAX, TensorFlow, CuPy, Dask,
+array-api-strict) and returns that library's array, with the input's dtype and device.
+
+>>> import numpy as np, nmn_array
+>>> nmn_array.yat(np.array([1.0, 2.0]), np.array([1.0, 2.0]), epsilon=1.0).item()
+25.0
+"""
+
+from nmn_array.attention import yat_attention, yat_attention_weights
+from nmn_array.conv import yat_conv, yat_conv_transpose
+from nmn_array.dense import yat
+from nmn_array.rotary import rotary_embedding
+from nmn_array.squashers import soft_tanh, softer_sigmoid, softermax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "rotary_embedding",
+    "soft_tanh",
+    "softer_sigmoid",
+    "softermax",
+    "yat",
+    "yat_attention",
+    "yat_attention_weights",
+    "yat_conv",
+    "yat_conv_transpose",
+]

@@ -1,0 +1,229 @@
+"""The one linear primitive the yat convolutions need: grouped N-d cross-correlation in
+channels-first layout, and its transpose.
+
+PyTorch, JAX and TensorFlow arrays go to their own convolution kernels; every other library
+(NumPy, array-api-strict, CuPy, Dask) runs the portable standard-only implementation in
+:mod:`nmn_array._correlate_portable`. Both paths are tested against each other.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from nmn_array import _correlate_portable as portable
+from nmn_array._namespace import is_jax, is_tf, is_torch
+from nmn_array._padding import Pairs, pad
+
+_SPATIAL = {1: "H", 2: "HW", 3: "DHW"}
+
+
+def correlate(
+    xp: ModuleType,
+    x: Any,
+    w: Any,
+    *,
+    stride: tuple[int, ...],
+    pads: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+    native: bool = True,
+) -> Any:
+    """``x (N, C, *sp)`` correlated with ``w (O, C/groups, *k)`` -> ``(N, O, *out)``.
+
+    ``pads`` are non-negative zero paddings, one (low, high) pair per spatial dim.
+    ``native=False`` forces the portable path (used by the tests that compare the two).
+    """
+    if native:
+        if is_torch(xp):
+            return _torch(x, w, stride, pads, dilation, groups)
+        if is_jax(xp):
+            return _jax(x, w, stride, pads, dilation, groups, lhs_dilation=None)
+        if is_tf(xp):
+            return _tf(x, w, stride, pads, dilation, groups)
+    return portable.correlate(
+        xp, pad(xp, x, pads), w, stride=stride, dilation=dilation, groups=groups
+    )
+
+
+def window_sum(
+    xp: ModuleType,
+    x: Any,
+    kernel: tuple[int, ...],
+    *,
+    stride: tuple[int, ...],
+    pads: Pairs,
+    dilation: tuple[int, ...],
+    native: bool = True,
+) -> Any:
+    """Sum of each channel of ``x (N, G, *sp)`` over every kernel window -> ``(N, G, *out)``.
+
+    This is the correlation with an all-ones kernel, one output per channel.
+    """
+    if native and (is_torch(xp) or is_jax(xp) or is_tf(xp)):
+        g = x.shape[1]
+        ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **_device_kw(xp, x))
+        return correlate(xp, x, ones, stride=stride, pads=pads, dilation=dilation, groups=g)
+    return portable.window_sum(xp, pad(xp, x, pads), kernel, stride=stride, dilation=dilation)
+
+
+def correlate_transpose(
+    xp: ModuleType,
+    x: Any,
+    w: Any,
+    *,
+    stride: tuple[int, ...],
+    pads: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+    native: bool = True,
+) -> Any:
+    """Transposed correlation: ``x (N, C, *sp)``, ``w (C, O/groups, *k)`` -> ``(N, O, *out)``.
+
+    ``pads`` pad (or, when negative, crop) the zero-inserted input, so that the result is
+    the direct correlation of that input with the flipped, in/out-swapped kernel.
+    """
+    nd = len(stride)
+    kernel = tuple(w.shape[2:])
+    if native and is_torch(xp):
+        torch_args = _torch_transpose_args(pads, kernel, stride, dilation)
+        if torch_args is not None:
+            return _torch_transpose(x, w, stride, dilation, groups, *torch_args)
+    w_direct = direct_kernel(xp, w, groups)
+    if native and is_jax(xp):
+        return _jax(x, w_direct, (1,) * nd, pads, dilation, groups, lhs_dilation=stride)
+    x_dil = portable.insert_zeros(xp, x, stride)
+    crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in pads)
+    x_dil = pad(xp, x_dil, crop)
+    grow = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+    return correlate(
+        xp,
+        x_dil,
+        w_direct,
+        stride=(1,) * nd,
+        pads=grow,
+        dilation=dilation,
+        groups=groups,
+        native=native,
+    )
+
+
+def window_sum_transpose(
+    xp: ModuleType,
+    x: Any,
+    kernel: tuple[int, ...],
+    *,
+    stride: tuple[int, ...],
+    pads: Pairs,
+    dilation: tuple[int, ...],
+    native: bool = True,
+) -> Any:
+    """Transposed window sum of ``x (N, G, *sp)`` -> ``(N, G, *out)`` (all-ones kernel)."""
+    g = x.shape[1]
+    ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **_device_kw(xp, x))
+    return correlate_transpose(
+        xp, x, ones, stride=stride, pads=pads, dilation=dilation, groups=g, native=native
+    )
+
+
+def direct_kernel(xp: ModuleType, w: Any, groups: int) -> Any:
+    """``w (C, O/G, *k)`` of a transposed conv -> the direct kernel ``(O, C/G, *k)``, flipped."""
+    c, og = w.shape[0], w.shape[1]
+    kernel = tuple(w.shape[2:])
+    nd = len(kernel)
+    wg = xp.reshape(w, (groups, c // groups, og, *kernel))
+    wg = xp.permute_dims(wg, (0, 2, 1, *range(3, 3 + nd)))
+    wd = xp.reshape(wg, (groups * og, c // groups, *kernel))
+    return xp.flip(wd, axis=tuple(range(2, 2 + nd)))
+
+
+def _device_kw(xp: ModuleType, x: Any) -> dict:
+    from nmn_array._namespace import device_of
+
+    dev = device_of(xp, x)
+    return {} if dev is None else {"device": dev}
+
+
+# --- native kernels -------------------------------------------------------------------
+
+
+def _torch(x, w, stride, pads, dilation, groups):
+    import torch.nn.functional as F
+
+    nd = len(stride)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    if all(lo == hi for lo, hi in pads):
+        padding = tuple(lo for lo, _ in pads)
+    else:
+        x = F.pad(x, [v for pair in reversed(pads) for v in pair])
+        padding = 0
+    return conv(x, w, None, stride, padding, dilation, groups)
+
+
+def _torch_transpose_args(pads, kernel, stride, dilation):
+    """torch's (padding, output_padding) for these pads, or None if torch cannot express them."""
+    padding, output_padding = [], []
+    for (lo, hi), k, s, d in zip(pads, kernel, stride, dilation):
+        p = d * (k - 1) - lo
+        op = hi - lo
+        if p < 0 or op < 0 or op >= max(s, d):
+            return None
+        padding.append(p)
+        output_padding.append(op)
+    return tuple(padding), tuple(output_padding)
+
+
+def _torch_transpose(x, w, stride, dilation, groups, padding, output_padding):
+    import torch.nn.functional as F
+
+    nd = len(stride)
+    conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
+    return conv_t(x, w, None, stride, padding, output_padding, groups, dilation)
+
+
+def _jax(x, w, stride, pads, dilation, groups, *, lhs_dilation):
+    from jax import lax
+
+    sp = _SPATIAL[len(stride)]
+    return lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=stride,
+        padding=list(pads),
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=dilation,
+        dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp),
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _tf(x, w, stride, pads, dilation, groups):
+    import tensorflow as tf
+
+    nd = len(stride)
+    to_last = [0, *range(2, 2 + nd), 1]
+    to_first = [0, nd + 1, *range(1, nd + 1)]
+    xl = tf.transpose(x, to_last)
+    if any(lo or hi for lo, hi in pads):
+        xl = tf.pad(xl, [(0, 0), *pads, (0, 0)])
+    wl = tf.transpose(w, [*range(2, 2 + nd), 1, 0])  # (*k, C/G, O)
+    # TF refuses strides > 1 together with dilation > 1: run stride 1, then subsample.
+    both = any(s > 1 for s in stride) and any(d > 1 for d in dilation)
+    run_stride = (1,) * nd if both else stride
+    # Grouped convolution is not available in TF's CPU kernels: one convolution per group.
+    if groups == 1:
+        y = tf.nn.convolution(xl, wl, strides=run_stride, padding="VALID", dilations=dilation)
+    else:
+        xs = tf.split(xl, groups, axis=-1)
+        ws = tf.split(wl, groups, axis=-1)
+        y = tf.concat(
+            [
+                tf.nn.convolution(a, b, strides=run_stride, padding="VALID", dilations=dilation)
+                for a, b in zip(xs, ws)
+            ],
+            axis=-1,
+        )
+    if both:
+        y = y[(slice(None), *(slice(None, None, s) for s in stride))]
+    return tf.transpose(y, to_first)

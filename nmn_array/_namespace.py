@@ -1,0 +1,88 @@
+"""Resolving the array namespace of the arguments, once per public function.
+
+array-api-compat serves every library it supports; TensorFlow, which it does not support,
+goes through the in-house adapter in :mod:`nmn_array._tf_namespace`. Frameworks are never
+imported here to test for them: a library can only own an array if it is already imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+
+
+def is_tf_array(x: Any) -> bool:
+    """True for a ``tf.Tensor`` or ``tf.Variable`` (eager or symbolic), without importing TF."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return False
+    return isinstance(x, (tf.Tensor, tf.Variable))
+
+
+def _is_scalar(x: Any) -> bool:
+    return isinstance(x, (bool, int, float, complex))
+
+
+def array_namespace(*args: Any) -> ModuleType:
+    """The namespace shared by the array arguments (``None`` and Python scalars are ignored).
+
+    Raises
+    ------
+    TypeError
+        If there is no array, if an argument is not a supported array, or if the arrays
+        come from different libraries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> array_namespace(np.ones(2), None, 1.0).__name__
+    'array_api_compat.numpy'
+    """
+    arrays = [a for a in args if a is not None and not _is_scalar(a)]
+    if not arrays:
+        raise TypeError("expected at least one array argument, got only None or Python scalars")
+    tf_flags = [is_tf_array(a) for a in arrays]
+    if any(tf_flags):
+        if not all(tf_flags):
+            kinds = sorted(
+                {type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays}
+            )
+            raise TypeError(f"arrays from different libraries cannot be mixed: {kinds}")
+        from nmn_array import _tf_namespace
+
+        return _tf_namespace
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays})
+        if len(kinds) > 1:
+            raise TypeError(f"arrays from different libraries cannot be mixed: {kinds}") from exc
+        raise TypeError(
+            f"unsupported array type {kinds[0]}; expected a NumPy, PyTorch, JAX, TensorFlow, "
+            "CuPy, Dask or array-api-strict array"
+        ) from exc
+
+
+def is_torch(xp: ModuleType) -> bool:
+    """True if ``xp`` is PyTorch's namespace."""
+    return array_api_compat.is_torch_namespace(xp)
+
+
+def is_jax(xp: ModuleType) -> bool:
+    """True if ``xp`` is JAX's namespace."""
+    return array_api_compat.is_jax_namespace(xp)
+
+
+def is_tf(xp: ModuleType) -> bool:
+    """True if ``xp`` is the in-house TensorFlow adapter."""
+    return getattr(xp, "__name__", "") == "nmn_array._tf_namespace"
+
+
+def device_of(xp: ModuleType, x: Any) -> Any:
+    """The device of ``x`` (``None`` for TensorFlow, whose adapter places arrays itself)."""
+    if is_tf(xp):
+        return None
+    return array_api_compat.device(x)

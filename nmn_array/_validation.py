@@ -1,0 +1,135 @@
+"""Argument checks shared by the public functions.
+
+Only non-array arguments and static shapes are inspected: array values are never read,
+so the checks run at call time under ``jax.jit``, ``tf.function`` and on lazy Dask arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+
+def shape_of(x: Any) -> tuple[int | None, ...]:
+    """Static shape as a tuple; unknown sizes (symbolic TF dims, Dask nan chunks) are None."""
+    dims = []
+    for d in tuple(x.shape):
+        d = getattr(d, "value", d)  # TF1-style Dimension objects
+        if d is None or (isinstance(d, float) and math.isnan(d)):
+            dims.append(None)
+        else:
+            dims.append(int(d))
+    return tuple(dims)
+
+
+def is_low_precision(xp: ModuleType, dtype: Any) -> bool:
+    """float16 and bfloat16 are computed in float32."""
+    # str() covers every library's spelling (numpy, torch.float16, tf's <dtype: 'bfloat16'>),
+    # and namespaces without a float16 (dask, array-api-strict) need no attribute lookup.
+    return "float16" in str(dtype)
+
+
+def compute_dtype(xp: ModuleType, x: Any, name: str = "x") -> Any:
+    """The dtype the math runs in for input ``x``; integer, bool and complex raise TypeError."""
+    dtype = x.dtype
+    if is_low_precision(xp, dtype):
+        return xp.float32
+    if not xp.isdtype(dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got {dtype}")
+    return dtype
+
+
+def check_float_array(xp: ModuleType, a: Any, name: str) -> None:
+    """Reject integer, bool and complex arrays named ``name``."""
+    if a is None or isinstance(a, (int, float)):
+        return
+    if not (is_low_precision(xp, a.dtype) or xp.isdtype(a.dtype, "real floating")):
+        raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
+
+
+def check_epsilon(epsilon: Any) -> None:
+    """A Python epsilon must be a positive finite number (arrays are trusted)."""
+    if isinstance(epsilon, bool):
+        raise TypeError(f"epsilon must be a positive float or an array, got {epsilon!r}")
+    if isinstance(epsilon, (int, float)):
+        if not (epsilon > 0 and math.isfinite(epsilon)):
+            raise ValueError(f"epsilon must be > 0 and finite, got {epsilon!r}")
+    elif not hasattr(epsilon, "shape"):
+        raise TypeError(f"epsilon must be a positive float or an array, got {epsilon!r}")
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def scalar_param(xp: ModuleType, value: Any, name: str, dtype: Any) -> Any:
+    """Cast a float or an array of shape () / (1,) (alpha, epsilon) to a compute-dtype scalar.
+
+    A shape-(1,) array is reshaped to () so it never adds an axis to the output.
+    """
+    if value is None or isinstance(value, (int, float)):
+        if isinstance(value, bool):
+            raise TypeError(
+                f"{name} must be a float or an array of shape () or (1,), got {value!r}"
+            )
+        return value
+    shape = shape_of(value)
+    if shape not in ((), (1,)):
+        raise ValueError(
+            f"{name} must be a float or an array of shape () or (1,), got shape {shape}"
+        )
+    check_float_array(xp, value, name)
+    value = xp.reshape(value, ())
+    if value.dtype != dtype:
+        value = xp.astype(value, dtype)
+    return value
+
+
+def as_compute(xp: ModuleType, a: Any, dtype: Any) -> Any:
+    """Cast an array to the compute dtype (no-op when it already has it)."""
+    if a is None or isinstance(a, (int, float)):
+        return a
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def cast_back(xp: ModuleType, y: Any, dtype: Any) -> Any:
+    """Return ``y`` in the caller's dtype; float16 saturates rather than overflowing to inf."""
+    if y.dtype == dtype:
+        return y
+    if "float16" in str(dtype):
+        big = float(xp.finfo(dtype).max)
+        y = xp.clip(y, min=-big, max=big)
+    return xp.astype(y, dtype)
+
+
+def int_tuple(value: Any, n: int, name: str, *, minimum: int = 0) -> tuple[int, ...]:
+    """An int or a sequence of ``n`` ints, each >= ``minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if isinstance(value, int):
+        values: tuple[int, ...] = (value,) * n
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = tuple(value)
+        if len(values) != n or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            raise ValueError(
+                f"{name} must be an int or a tuple of {n} ints (one per spatial dimension), "
+                f"got {value!r}"
+            )
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < minimum for v in values):
+        raise ValueError(f"{name} must be >= {minimum} in every dimension, got {value!r}")
+    return values
+
+
+def lowered_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """A case-insensitive string argument that must be one of ``choices``."""
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value.lower()

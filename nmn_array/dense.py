@@ -1,0 +1,118 @@
+"""The yat product of inputs with a bank of neurons: the dense layer's function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nmn_array import _validation as v
+from nmn_array._epilogue import expanded_distance, yat_ratio
+from nmn_array._namespace import array_namespace
+
+#: Guard added to norms when normalising vectors (nmn's constant, Decision 7).
+NORM_GUARD = 1e-8
+
+
+def normalize(xp: Any, a: Any, guard: float = NORM_GUARD) -> Any:
+    """``a / (|a| + guard)`` along the last axis."""
+    return a / (xp.sqrt(xp.sum(a * a, axis=-1, keepdims=True)) + guard)
+
+
+def yat(
+    x: Any,
+    w: Any,
+    bias: Any = None,
+    *,
+    alpha: Any = None,
+    epsilon: Any = 1e-5,
+    spherical: bool = False,
+    weight_normalized: bool = False,
+) -> Any:
+    """The yat product ⵟ of inputs ``x`` with neurons ``w``.
+
+    ``y = alpha * (x.w + bias)^2 / (max(|x|^2 + |w|^2 - 2 x.w, 0) + epsilon)``
+
+    Parameters
+    ----------
+    x : array, shape (..., d)
+        Inputs; any number of leading axes.
+    w : array, shape (n, d) or (d,)
+        One neuron per row (PyTorch's ``(out, in)`` layout). A vector gives the yat
+        product of two vectors, with output shape ``x.shape[:-1]``.
+    bias : None, float or array broadcastable to (n,)
+        Added to the dot product inside the square; it does not enter the distance.
+    alpha : None, float or array of shape () or (1,)
+        Multiplies the result; None means 1.
+    epsilon : float or array of shape () or (1,)
+        Added to the clamped squared distance; a float must be > 0.
+    spherical : bool
+        Normalise ``x`` and ``w`` to unit length (``v / (|v| + 1e-8)``) and use the
+        distance ``max(2 - 2 x.w, 0)``.
+    weight_normalized : bool
+        Normalise each neuron to unit length and take ``|w|^2`` as exactly 1.
+
+    Returns
+    -------
+    array, shape (..., n) (or (...) for a vector ``w``), same library, dtype and device as ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, nmn_array
+    >>> x = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> w = np.array([[1.0, 0.0]])
+    >>> nmn_array.yat(x, w, epsilon=1.0).round(6).tolist()
+    [[1.0], [0.0]]
+    """
+    xp = array_namespace(x, w, bias, alpha, epsilon)
+    dtype = v.compute_dtype(xp, x, "x")
+    v.check_float_array(xp, w, "w")
+    v.check_float_array(xp, bias, "bias")
+    v.check_epsilon(epsilon)
+    v.check_bool(spherical, "spherical")
+    v.check_bool(weight_normalized, "weight_normalized")
+    xs, ws = v.shape_of(x), v.shape_of(w)
+    if len(xs) < 1:
+        raise ValueError(f"x must have at least one axis (..., d), got shape {xs}")
+    if len(ws) not in (1, 2):
+        raise ValueError(f"w must have shape (n, d) or (d,), got shape {ws}")
+    if xs[-1] is not None and ws[-1] != xs[-1]:
+        raise ValueError(
+            f"feature sizes differ: x has shape {xs} (d={xs[-1]}) but w has shape {ws} (d={ws[-1]})"
+        )
+    vector = len(ws) == 1
+    if bias is not None and not isinstance(bias, (int, float)):
+        bs = v.shape_of(bias)
+        n = 1 if vector else ws[0]
+        if vector and bs not in ((), (1,)):
+            raise ValueError(f"with a vector w, bias must be a scalar or shape (), got shape {bs}")
+        if not vector and (len(bs) > 1 or (len(bs) == 1 and bs[0] not in (1, n))):
+            raise ValueError(f"bias must broadcast to the {n} output features, got shape {bs}")
+        if vector:
+            bias = xp.reshape(bias, ())
+    alpha = v.scalar_param(xp, alpha, "alpha", dtype)
+    epsilon = v.scalar_param(xp, epsilon, "epsilon", dtype)
+
+    xc = v.as_compute(xp, x, dtype)
+    wc = v.as_compute(xp, w, dtype)
+    bc = v.as_compute(xp, bias, dtype)
+    if vector:
+        wc = xp.reshape(wc, (1, ws[0]))
+    out = _yat_dense(xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized)
+    if vector:
+        out = out[..., 0]
+    return v.cast_back(xp, out, x.dtype)
+
+
+def _yat_dense(xp, x, w, bias, alpha, epsilon, spherical, weight_normalized):
+    if spherical:
+        x = normalize(xp, x)
+        w = normalize(xp, w)
+    if weight_normalized:
+        w = normalize(xp, w)
+    dot = xp.matmul(x, xp.matrix_transpose(w))
+    if spherical:
+        dist = 2.0 - (dot + dot)
+    else:
+        x_sq = xp.sum(x * x, axis=-1, keepdims=True)
+        w_sq = 1.0 if weight_normalized else xp.sum(w * w, axis=-1)
+        dist = expanded_distance(dot, x_sq, w_sq)
+    return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon)

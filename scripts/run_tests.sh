@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as `make test` and CI run it. Assumes `make setup` has run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export TF_CPP_MIN_LOG_LEVEL=3
+export JAX_ENABLE_X64=1
+export JAX_PLATFORMS=cpu
+export NMN_ARRAY_HYPOTHESIS_PROFILE="${NMN_ARRAY_HYPOTHESIS_PROFILE:-ci}"
+export NMN_ARRAY_BACKENDS="${NMN_ARRAY_BACKENDS:-numpy,array_api_strict,torch,jax,tensorflow,dask}"
+
+echo "== lint (ruff)"
+$BIN/ruff check nmn_array frameworks tests benchmarks
+$BIN/ruff format --check nmn_array frameworks tests benchmarks
+
+echo "== doctests"
+$BIN/python -m pytest -q -p no:cacheprovider --doctest-modules nmn_array frameworks/_common.py
+
+echo "== main suite"
+$BIN/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests --ignore=tests/keras_backends
+
+if [ -d tests/keras_backends ]; then
+  for backend in jax torch tensorflow; do
+    echo "== keras backend: $backend"
+    KERAS_BACKEND=$backend $BIN/python -m pytest -q -p no:cacheprovider tests/keras_backends
+  done
+fi
