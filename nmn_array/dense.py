@@ -6,7 +6,7 @@ from typing import Any
 
 from nmn_array import _validation as v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace
+from nmn_array._namespace import array_namespace, is_torch
 
 #: Guard added to norms when normalising vectors (nmn's constant, Decision 7).
 NORM_GUARD = 1e-8
@@ -26,6 +26,7 @@ def yat(
     epsilon: Any = 1e-5,
     spherical: bool = False,
     weight_normalized: bool = False,
+    _native: bool = True,
 ) -> Any:
     """The yat product ⵟ of inputs ``x`` with neurons ``w``.
 
@@ -96,23 +97,31 @@ def yat(
     bc = v.as_compute(xp, bias, dtype)
     if vector:
         wc = xp.reshape(wc, (1, ws[0]))
-    out = _yat_dense(xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized)
+    out = _yat_dense(xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, _native)
     if vector:
         out = out[..., 0]
     return v.cast_back(xp, out, x.dtype)
 
 
-def _yat_dense(xp, x, w, bias, alpha, epsilon, spherical, weight_normalized):
+def _yat_dense(xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native=True):
     if spherical:
         x = normalize(xp, x)
         w = normalize(xp, w)
     if weight_normalized:
         w = normalize(xp, w)
+    unit_x, unit_w = spherical, spherical or weight_normalized
+    if native and is_torch(xp):
+        from nmn_array._native.torch_yat import yat_dense
+
+        return yat_dense(x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w)
+    return plain_yat_dense(xp, x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w)
+
+
+def plain_yat_dense(xp, x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool):
+    """The standard-only dense yat; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as 1
+    (spherical mode's distance ``2 - 2 x.w`` is the expanded one with both norms 1)."""
     dot = xp.matmul(x, xp.matrix_transpose(w))
-    if spherical:
-        dist = 2.0 - (dot + dot)
-    else:
-        x_sq = xp.sum(x * x, axis=-1, keepdims=True)
-        w_sq = 1.0 if weight_normalized else xp.sum(w * w, axis=-1)
-        dist = expanded_distance(dot, x_sq, w_sq)
+    x_sq = 1.0 if unit_x else xp.sum(x * x, axis=-1, keepdims=True)
+    w_sq = 1.0 if unit_w else xp.sum(w * w, axis=-1)
+    dist = expanded_distance(dot, x_sq, w_sq)
     return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon)
