@@ -20,6 +20,7 @@ import pytest
 ALL = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy")
 AUTODIFF = ("torch", "jax", "tensorflow")
 JIT = ("jax", "tensorflow")
+NATIVE_CONV = ("torch", "jax", "tensorflow")
 
 
 def required() -> tuple[str, ...]:
@@ -123,22 +124,37 @@ class Backend:
         return getattr(mod, attr[self.name])
 
     # -- autodiff and compilation ---------------------------------------------------
-    def grad(self, f: Callable[..., Any], args: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Gradients of ``sum(f(*args))`` with respect to every arg, as NumPy arrays."""
+    def grad(
+        self, f: Callable[..., Any], args: Sequence[np.ndarray], *, jit: bool = False
+    ) -> list[np.ndarray]:
+        """Gradients of ``sum(f(*args))`` with respect to every arg, as NumPy arrays.
+
+        ``jit=True`` compiles the gradient on JAX (eager JAX dispatches op by op, which is
+        slow for convolutions); other backends ignore it. An argument the output does not
+        depend on gets a zero gradient.
+        """
         mod = self.module()
         if self.name == "torch":
             ts = [mod.tensor(np.asarray(a), requires_grad=True) for a in args]
             mod.sum(f(*ts)).backward()
-            return [t.grad.numpy() for t in ts]
+            return [
+                np.zeros(np.shape(a), np.asarray(a).dtype) if t.grad is None else t.grad.numpy()
+                for a, t in zip(args, ts)
+            ]
         if self.name == "jax":
             jnp = mod.numpy
             g = mod.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args))))
+            if jit:
+                g = mod.jit(g)
             return [np.asarray(x) for x in g(*[jnp.asarray(a) for a in args])]
         if self.name == "tensorflow":
             ts = [mod.Variable(np.asarray(a)) for a in args]
             with mod.GradientTape() as tape:
                 total = mod.reduce_sum(f(*ts))
-            return [g.numpy() for g in tape.gradient(total, ts)]
+            return [
+                np.zeros(np.shape(a), np.asarray(a).dtype) if g is None else g.numpy()
+                for a, g in zip(args, tape.gradient(total, ts))
+            ]
         raise ValueError(f"{self.name} has no autodiff")
 
     def jit(self, f: Callable[..., Any]) -> Callable[..., Any]:

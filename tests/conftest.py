@@ -12,7 +12,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from tests.backends import BACKENDS, required  # noqa: E402
+from tests.backends import BACKENDS, NATIVE_CONV, required  # noqa: E402
 
 _common = dict(
     deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -32,6 +32,14 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(params=BACKENDS, ids=str)
 def backend(request: pytest.FixtureRequest):
     """Every backend; optional ones that do not import are skipped, required ones error."""
+    b = request.param
+    b.module()
+    return b
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b.name in NATIVE_CONV], ids=str)
+def native_backend(request: pytest.FixtureRequest):
+    """Backends whose convolutions run on the library's own kernels."""
     b = request.param
     b.module()
     return b
