@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from nmn_array import _correlate_portable as portable
-from nmn_array._namespace import is_jax, is_tf, is_torch
+from nmn_array._namespace import device_kw, is_jax, is_tf, is_torch
 from nmn_array._padding import Pairs, pad
 
 _SPATIAL = {1: "H", 2: "HW", 3: "DHW"}
@@ -62,7 +62,7 @@ def window_sum(
     """
     if native and (is_torch(xp) or is_jax(xp) or is_tf(xp)):
         g = x.shape[1]
-        ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **_device_kw(xp, x))
+        ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **device_kw(xp, x))
         return correlate(xp, x, ones, stride=stride, pads=pads, dilation=dilation, groups=g)
     return portable.window_sum(xp, pad(xp, x, pads), kernel, stride=stride, dilation=dilation)
 
@@ -120,7 +120,7 @@ def window_sum_transpose(
 ) -> Any:
     """Transposed window sum of ``x (N, G, *sp)`` -> ``(N, G, *out)`` (all-ones kernel)."""
     g = x.shape[1]
-    ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **_device_kw(xp, x))
+    ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **device_kw(xp, x))
     return correlate_transpose(
         xp, x, ones, stride=stride, pads=pads, dilation=dilation, groups=g, native=native
     )
@@ -135,13 +135,6 @@ def direct_kernel(xp: ModuleType, w: Any, groups: int) -> Any:
     wg = xp.permute_dims(wg, (0, 2, 1, *range(3, 3 + nd)))
     wd = xp.reshape(wg, (groups * og, c // groups, *kernel))
     return xp.flip(wd, axis=tuple(range(2, 2 + nd)))
-
-
-def _device_kw(xp: ModuleType, x: Any) -> dict:
-    from nmn_array._namespace import device_of
-
-    dev = device_of(xp, x)
-    return {} if dev is None else {"device": dev}
 
 
 # --- native kernels -------------------------------------------------------------------

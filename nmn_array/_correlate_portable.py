@@ -95,7 +95,7 @@ def insert_zeros(xp: ModuleType, x: Any, stride: tuple[int, ...]) -> Any:
         shape = list(x.shape)
         shape[axis] = n * s
         y = xp.reshape(y, tuple(-1 if d is None else d for d in shape))
-        idx = [slice(None)] * y.ndim
+        idx = [slice(None)] * len(y.shape)
         idx[axis] = slice(0, (n - 1) * s + 1)
         x = y[tuple(idx)]
     return x

@@ -86,3 +86,15 @@ def device_of(xp: ModuleType, x: Any) -> Any:
     if is_tf(xp):
         return None
     return array_api_compat.device(x)
+
+
+def device_kw(xp: ModuleType, x: Any) -> dict:
+    """``{"device": device of x}`` for array creation, or ``{}`` where the library places
+    arrays itself (TensorFlow)."""
+    dev = device_of(xp, x)
+    return {} if dev is None else {"device": dev}
+
+
+def scalar_like(xp: ModuleType, value: float, like: Any) -> Any:
+    """A 0-d array holding ``value`` with the dtype and device of ``like``."""
+    return xp.asarray(value, dtype=like.dtype, **device_kw(xp, like))

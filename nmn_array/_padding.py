@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from nmn_array._namespace import is_jax, is_tf, is_torch
+from nmn_array._namespace import device_kw, is_jax, is_tf, is_torch
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -127,7 +127,7 @@ def pad(xp: ModuleType, x: Any, pads: Pairs, mode: str = "zeros", *, first_axis:
 
 
 def _native_zero_pad(xp: ModuleType, x: Any, pads: Pairs, first_axis: int) -> Any:
-    full = [(0, 0)] * first_axis + list(pads) + [(0, 0)] * (x.ndim - first_axis - len(pads))
+    full = [(0, 0)] * first_axis + list(pads) + [(0, 0)] * (len(x.shape) - first_axis - len(pads))
     if is_torch(xp):
         import torch.nn.functional as F
 
@@ -145,7 +145,7 @@ def _native_zero_pad(xp: ModuleType, x: Any, pads: Pairs, first_axis: int) -> An
 
 
 def _take(x: Any, axis: int, start: int, stop: int) -> Any:
-    idx = [slice(None)] * x.ndim
+    idx = [slice(None)] * len(x.shape)
     idx[axis] = slice(start, stop)
     return x[tuple(idx)]
 
@@ -179,9 +179,7 @@ def _edge(xp: ModuleType, x: Any, axis: int, n: int, width: int, mode: str, *, l
     if mode == "zeros":
         shape = list(x.shape)
         shape[axis] = width
-        from nmn_array._namespace import device_of
-
-        return xp.zeros(tuple(shape), dtype=x.dtype, device=device_of(xp, x))
+        return xp.zeros(tuple(shape), dtype=x.dtype, **device_kw(xp, x))
     if mode == "reflect":
         part = _take(x, axis, 1, width + 1) if low else _take(x, axis, n - 1 - width, n - 1)
         return xp.flip(part, axis=axis)

@@ -7,17 +7,12 @@ from typing import Any
 
 from nmn_array import _validation as _v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, device_of
+from nmn_array._namespace import array_namespace, device_kw, scalar_like
 from nmn_array.squashers import softermax_impl
 
 NORMALIZATIONS = ("softmax", "softermax", "l1")
 #: epsilon of the softermax normalisation (nmn's value)
 SOFTERMAX_EPSILON = 1e-12
-
-
-def _scalar(xp, value, like):
-    dev = device_of(xp, like)
-    return xp.asarray(value, dtype=like.dtype, **({} if dev is None else {"device": dev}))
 
 
 def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power):
@@ -81,8 +76,7 @@ def _scores(xp, q, k, factor, epsilon, spherical):
 def _visible(xp, mask, causal, lq, lk, like):
     """Boolean (..., Lq, Lk) of the keys each query may see, or None when all are visible."""
     if causal:
-        dev = device_of(xp, like)
-        kw = {} if dev is None else {"device": dev}
+        kw = device_kw(xp, like)
         rows = xp.reshape(xp.arange(lq, dtype=xp.int64, **kw), (lq, 1))
         cols = xp.reshape(xp.arange(lk, dtype=xp.int64, **kw), (1, lk))
         allowed = cols <= rows + (lk - lq)
@@ -91,19 +85,19 @@ def _visible(xp, mask, causal, lq, lk, like):
 
 
 def _normalize(xp, scores, visible, normalization, epsilon, power):
-    zero = _scalar(xp, 0.0, scores)
+    zero = scalar_like(xp, 0.0, scores)
     if normalization == "softmax":
         if visible is None:
             e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
             return e / xp.sum(e, axis=-1, keepdims=True)
         top = xp.max(
-            xp.where(visible, scores, _scalar(xp, -math.inf, scores)), axis=-1, keepdims=True
+            xp.where(visible, scores, scalar_like(xp, -math.inf, scores)), axis=-1, keepdims=True
         )
         top = xp.where(xp.isfinite(top), top, zero)
         # masked entries are replaced before exp so they can never overflow (nor poison grads)
         e = xp.where(visible, xp.exp(xp.where(visible, scores, top) - top), zero)
         total = xp.sum(e, axis=-1, keepdims=True)
-        return e / xp.where(total > 0, total, _scalar(xp, 1.0, total))
+        return e / xp.where(total > 0, total, scalar_like(xp, 1.0, total))
     if visible is not None:
         scores = xp.where(visible, scores, zero)
     if normalization == "l1":

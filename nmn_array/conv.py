@@ -17,7 +17,7 @@ from nmn_array import _validation as v
 from nmn_array._epilogue import expanded_distance, yat_ratio
 from nmn_array._namespace import array_namespace
 from nmn_array._padding import PADDING_MODES, conv_pads, pad, transpose_pads
-from nmn_array.dense import NORM_GUARD
+from nmn_array.dense import NORM_GUARD, safe_norm
 
 DATA_FORMATS = ("channels_first", "channels_last")
 
@@ -195,7 +195,7 @@ def yat_conv(
     bc = v.as_compute(xp, bias, dtype)
     if weight_normalized:
         axes = tuple(range(1, lay.nd + 2))
-        wc = wc / (xp.sqrt(xp.sum(wc * wc, axis=axes, keepdims=True)) + NORM_GUARD)
+        wc = wc / (safe_norm(xp, wc, axis=axes) + NORM_GUARD)
     if mode != "zeros":
         xc = pad(xp, xc, pads, mode)
         pads = ((0, 0),) * lay.nd

@@ -6,15 +6,26 @@ from typing import Any
 
 from nmn_array import _validation as v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, is_torch
+from nmn_array._namespace import array_namespace, is_torch, scalar_like
 
 #: Guard added to norms when normalising vectors (nmn's constant, Decision 7).
 NORM_GUARD = 1e-8
 
 
+def safe_norm(xp: Any, a: Any, axis: Any = -1) -> Any:
+    """``|a|`` along ``axis`` (kept), with a finite gradient (zero) at ``a = 0``.
+
+    The square root's derivative is infinite at 0, so it only ever sees positive inputs.
+    """
+    sq = xp.sum(a * a, axis=axis, keepdims=True)
+    positive = sq > 0
+    safe = xp.where(positive, sq, scalar_like(xp, 1.0, sq))
+    return xp.where(positive, xp.sqrt(safe), scalar_like(xp, 0.0, sq))
+
+
 def normalize(xp: Any, a: Any, guard: float = NORM_GUARD) -> Any:
     """``a / (|a| + guard)`` along the last axis."""
-    return a / (xp.sqrt(xp.sum(a * a, axis=-1, keepdims=True)) + guard)
+    return a / (safe_norm(xp, a) + guard)
 
 
 def yat(

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from nmn_array import _validation as v
-from nmn_array._namespace import array_namespace, device_of
+from nmn_array._namespace import array_namespace, device_kw
 
 
 def rotary_embedding(x: Any, positions: Any = None, *, theta: float = 10000.0) -> Any:
@@ -39,8 +39,7 @@ def rotary_embedding(x: Any, positions: Any = None, *, theta: float = 10000.0) -
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
         raise ValueError(f"theta must be a positive number, got {theta!r}")
     length, d = shape[-2], shape[-1]
-    dev = device_of(xp, x)
-    kw = {} if dev is None else {"device": dev}
+    kw = device_kw(xp, x)
     if positions is None:
         pos = xp.arange(length, dtype=dtype, **kw)
     else:

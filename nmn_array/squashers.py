@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from nmn_array import _validation as v
-from nmn_array._namespace import array_namespace, device_of
+from nmn_array._namespace import array_namespace, scalar_like
 
 
 def _check_n(n: Any) -> float:
@@ -26,16 +26,7 @@ def _pow(xp: Any, x: Any, n: float) -> Any:
         return x
     if n == 2.0:
         return x * x
-    return xp.pow(x, xp.asarray(n, dtype=x.dtype, **_dev(xp, x)))
-
-
-def _dev(xp: Any, x: Any) -> dict:
-    dev = device_of(xp, x)
-    return {} if dev is None else {"device": dev}
-
-
-def _scalar(xp: Any, value: float, like: Any) -> Any:
-    return xp.asarray(value, dtype=like.dtype, **_dev(xp, like))
+    return xp.pow(x, scalar_like(xp, n, x))
 
 
 def softermax_impl(xp: Any, x: Any, n: float, epsilon: float, axis: int) -> Any:
@@ -43,7 +34,7 @@ def softermax_impl(xp: Any, x: Any, n: float, epsilon: float, axis: int) -> Any:
     ``(x/m)^n / (epsilon/m^n + sum (x/m)^n)`` with ``m = max |x|`` so ``x^n`` never overflows."""
     m = xp.max(xp.abs(x), axis=axis, keepdims=True)
     positive = m > 0
-    m_safe = xp.where(positive, m, _scalar(xp, 1.0, m))
+    m_safe = xp.where(positive, m, scalar_like(xp, 1.0, m))
     t = _pow(xp, x / m_safe, n)
     # epsilon / m^n, bounded so that a tiny m cannot produce inf (and NaN gradients).
     log_big = math.log(float(xp.finfo(x.dtype).max)) - 1.0
@@ -54,7 +45,7 @@ def softermax_impl(xp: Any, x: Any, n: float, epsilon: float, axis: int) -> Any:
 def softer_sigmoid_impl(xp: Any, x: Any, n: float) -> Any:
     """``x^n / (1 + x^n)``; for ``|x| > 1`` as ``1 / (1 + (1/x)^n)`` so it cannot overflow.
     Each branch only ever sees inputs for which it is safe, which keeps gradients finite."""
-    one = _scalar(xp, 1.0, x)
+    one = scalar_like(xp, 1.0, x)
     small = xp.abs(x) <= 1.0
     x_small = xp.where(small, x, one)
     x_big = xp.where(small, one, x)
@@ -90,8 +81,9 @@ def softermax(x: Any, n: float = 1.0, *, epsilon: float = 1e-12, axis: int = -1)
     v.check_epsilon(epsilon)
     if not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a positive float, got {epsilon!r}")
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}), got {axis!r}")
+    rank = len(x.shape)
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -rank <= axis < rank:
+        raise ValueError(f"axis must be an int in [-{rank}, {rank}), got {axis!r}")
     return v.cast_back(xp, softermax_impl(xp, xc, n, float(epsilon), axis), x.dtype)
 
 

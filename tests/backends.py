@@ -143,7 +143,8 @@ class Backend:
             ]
         if self.name == "jax":
             jnp = mod.numpy
-            g = mod.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args))))
+            # jitted: eager JAX compiles every op separately, which costs seconds per call
+            g = mod.jit(mod.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args)))))
             if jit:
                 g = mod.jit(g)
             return [np.asarray(x) for x in g(*[jnp.asarray(a) for a in args])]

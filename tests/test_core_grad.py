@@ -60,8 +60,9 @@ CASES = {
         lambda: [normal(3, 4)],
     ),
     "softermax": (
-        lambda x: na.softermax(x, n=2.0),
-        lambda x: ref.softermax_ref(x, n=2.0),
+        # rows of softermax sum to ~1, so sum only part of each row to get a real gradient
+        lambda x: na.softermax(x, n=2.0)[..., :2],
+        lambda x: ref.softermax_ref(x, n=2.0)[..., :2],
         lambda: [np.abs(normal(2, 4)) + 0.1],
     ),
     "softer_sigmoid": (

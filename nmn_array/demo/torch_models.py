@@ -1,0 +1,96 @@
+"""The demo's models in PyTorch: yat layers from ``nmn_array.frameworks.torch``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nmn_array.demo.train import Config, ModelSpec
+
+
+def version() -> str:
+    """``torch <version>``."""
+    import torch
+
+    return f"torch {torch.__version__}"
+
+
+def seed_everything(seed: int) -> None:
+    """Make initialisation reproducible (the batch order is seeded by the training loop)."""
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _network(spec: ModelSpec, config: Config):
+    import torch.nn as nn
+
+    from nmn_array.frameworks.torch import YatConv2D, YatNMN
+
+    h = config.hidden
+    c1, c2 = config.channels
+    if not spec.conv:
+        if spec.yat:
+            # No activation: the yat product is the non-linearity.
+            return nn.Sequential(YatNMN(64, h), YatNMN(h, 10))
+        return nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, 10))
+    image = nn.Unflatten(1, (1, 8, 8))
+    if spec.yat:
+        return nn.Sequential(
+            image,
+            YatConv2D(1, c1, 3, padding=1),
+            nn.AvgPool2d(2),
+            YatConv2D(c1, c2, 3, padding=1),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            YatNMN(c2 * 4, 10),
+        )
+    return nn.Sequential(
+        image,
+        nn.Conv2d(1, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * 4, 10),
+    )
+
+
+class TorchModel:
+    """A ``torch.nn.Sequential`` with an Adam optimiser."""
+
+    def __init__(self, spec: ModelSpec, config: Config) -> None:
+        import torch
+
+        seed_everything(config.seed)
+        self.net = _network(spec, config)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.n_params = sum(p.numel() for p in self.net.parameters())
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        import torch
+        import torch.nn.functional as F
+
+        self.net.train()
+        loss = F.cross_entropy(self.net(torch.from_numpy(x)), torch.from_numpy(y).long())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.net.eval()
+        with torch.no_grad():
+            return self.net(torch.from_numpy(x)).numpy()
+
+    def prototypes(self) -> np.ndarray | None:
+        # YatNMN stores neurons as rows: weight (out, in), as nmn.torch does.
+        return self.net[0].weight.detach().numpy().copy()
+
+
+def build(spec: ModelSpec, config: Config) -> TorchModel:
+    """The model ``spec`` with fresh parameters seeded by ``config.seed``."""
+    return TorchModel(spec, config)
