@@ -7,7 +7,7 @@ from typing import Any
 
 from nmn_array import _validation as _v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, device_kw, scalar_like
+from nmn_array._namespace import array_namespace, device_kw, is_torch, scalar_like
 from nmn_array.squashers import softermax_impl
 
 NORMALIZATIONS = ("softmax", "softermax", "l1")
@@ -59,10 +59,14 @@ def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalizati
     return xp, dtype, normalization, factor, epsilon
 
 
-def _scores(xp, q, k, factor, epsilon, spherical):
+def _scores(xp, q, k, factor, epsilon, spherical, native):
     if spherical:
         q = q / xp.sqrt(xp.sum(q * q, axis=-1, keepdims=True) + epsilon)
         k = k / xp.sqrt(xp.sum(k * k, axis=-1, keepdims=True) + epsilon)
+    if native and is_torch(xp):
+        from nmn_array._native.torch_yat import yat_scores
+
+        return yat_scores(q, k, factor, epsilon, unit=spherical)
     dot = xp.matmul(q, xp.matrix_transpose(k))
     if spherical:
         dist = 2.0 - (dot + dot)
@@ -84,8 +88,12 @@ def _visible(xp, mask, causal, lq, lk, like):
     return mask
 
 
-def _normalize(xp, scores, visible, normalization, epsilon, power):
+def _normalize(xp, scores, visible, normalization, epsilon, power, native):
     zero = scalar_like(xp, 0.0, scores)
+    if normalization == "softmax" and native and is_torch(xp):
+        from nmn_array._native.torch_yat import masked_softmax
+
+        return masked_softmax(scores, visible)
     if normalization == "softmax":
         if visible is None:
             e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
@@ -105,14 +113,16 @@ def _normalize(xp, scores, visible, normalization, epsilon, power):
     return softermax_impl(xp, scores, float(power), SOFTERMAX_EPSILON, -1)
 
 
-def _weights(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power):
+def _weights(
+    q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power, native
+):
     xp, dtype, normalization, factor, epsilon = _check(
         q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power
     )
     qc, kc = _v.as_compute(xp, q, dtype), _v.as_compute(xp, k, dtype)
-    scores = _scores(xp, qc, kc, factor, epsilon, spherical)
+    scores = _scores(xp, qc, kc, factor, epsilon, spherical, native)
     visible = _visible(xp, mask, causal, q.shape[-2], k.shape[-2], qc)
-    return xp, dtype, _normalize(xp, scores, visible, normalization, epsilon, power)
+    return xp, dtype, _normalize(xp, scores, visible, normalization, epsilon, power, native)
 
 
 def yat_attention_weights(
@@ -127,6 +137,7 @@ def yat_attention_weights(
     spherical: bool = False,
     normalization: str = "softmax",
     power: float = 1.0,
+    _native: bool = True,
 ) -> Any:
     """Attention weights from yat scores.
 
@@ -168,7 +179,7 @@ def yat_attention_weights(
     [1.0]
     """
     xp, _, weights = _weights(
-        q, k, None, mask, causal, alpha, epsilon, scale, spherical, normalization, power
+        q, k, None, mask, causal, alpha, epsilon, scale, spherical, normalization, power, _native
     )
     return _v.cast_back(xp, weights, q.dtype)
 
@@ -186,6 +197,7 @@ def yat_attention(
     spherical: bool = False,
     normalization: str = "softmax",
     power: float = 1.0,
+    _native: bool = True,
 ) -> Any:
     """Yat attention: :func:`yat_attention_weights` applied to the values ``v (..., Lk, dv)``.
 
@@ -200,7 +212,7 @@ def yat_attention(
     (2, 3, 6)
     """
     xp, dtype, weights = _weights(
-        q, k, v, mask, causal, alpha, epsilon, scale, spherical, normalization, power
+        q, k, v, mask, causal, alpha, epsilon, scale, spherical, normalization, power, _native
     )
     out = xp.matmul(weights, _v.as_compute(xp, v, dtype))
     return _v.cast_back(xp, out, q.dtype)

@@ -58,7 +58,8 @@ def _delegate(command: str, argv: list[str]) -> int:
                 return 0
             return _error(command, f"not available in this installation ({module_name} is missing)")
         return _error(
-            command, f'{missing} is not installed; install it with: pip install "nmn-array[{extra}]"'
+            command,
+            f'{missing} is not installed; install it with: pip install "nmn-array[{extra}]"',
         )
     except ImportError as exc:
         return _error(command, str(exc))

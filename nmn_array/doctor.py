@@ -125,15 +125,19 @@ def _converters() -> dict[str, Callable[[], tuple[Callable, Callable, tuple[str,
         xp = importlib.import_module("array_api_strict")
         return (
             (lambda a, dt: xp.asarray(a.astype(dt))),
-            (lambda a: np.asarray(a.__dlpack__ and np.from_dlpack(a))),
+            np.from_dlpack,
             ("float32", "float64"),
         )
 
     def torch():
         t = importlib.import_module("torch")
-        return (lambda a, dt: t.from_numpy(a.astype(dt))), (lambda a: a.numpy()), (
-            "float32",
-            "float64",
+        return (
+            (lambda a, dt: t.from_numpy(a.astype(dt))),
+            (lambda a: a.numpy()),
+            (
+                "float32",
+                "float64",
+            ),
         )
 
     def jax():
@@ -145,9 +149,13 @@ def _converters() -> dict[str, Callable[[], tuple[Callable, Callable, tuple[str,
 
     def tensorflow():
         tf = importlib.import_module("tensorflow")
-        return (lambda a, dt: tf.constant(a.astype(dt))), (lambda a: a.numpy()), (
-            "float32",
-            "float64",
+        return (
+            (lambda a, dt: tf.constant(a.astype(dt))),
+            (lambda a: a.numpy()),
+            (
+                "float32",
+                "float64",
+            ),
         )
 
     def dask():

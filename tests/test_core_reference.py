@@ -3,6 +3,8 @@ patches, distances computed directly, never by the expanded formula)."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,13 @@ from tests._assertions import assert_matches, rounded, run
 
 RNG = np.random.default_rng(2024)
 DTYPES = ["float64", "float32"]
+
+
+@pytest.fixture(autouse=True)
+def _seed_per_test(request: pytest.FixtureRequest) -> None:
+    """Each test draws its data from its own seed, so data never depends on test order."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def normal(*shape: int) -> np.ndarray:

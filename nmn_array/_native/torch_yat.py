@@ -1,4 +1,4 @@
-"""A fused PyTorch autograd function for the dense yat product.
+"""A fused PyTorch autograd function for yat scores: the dense layer and attention.
 
 Autograd over the plain formula keeps one temporary per elementwise step and replays each
 in the backward; here the forward is one GEMM plus four in-place passes, and the backward is
@@ -17,24 +17,33 @@ from typing import Any
 import torch
 
 
-class _YatDense(torch.autograd.Function):
+class _YatScores(torch.autograd.Function):
+    """``x (..., M, d)`` against ``w (..., N, d)`` (same leading dims) -> ``(..., M, N)``."""
+
     @staticmethod
     def forward(ctx, x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool):
-        n = torch.matmul(x, w.t()) if bias is None else torch.addmm(_row(bias, w), x, w.t())
+        wt = w.transpose(-1, -2)
+        if bias is not None and x.dim() == 2:
+            n = torch.addmm(_row(bias, w), x, wt)
+        else:
+            n = torch.matmul(x, wt)
+            if bias is not None:
+                n.add_(_row(bias, w))
         # q = max(D, 0) + eps = max(D + eps, eps), with D = |x|^2 + |w|^2 - 2 (n - b):
-        # the per-neuron terms fold into one row vector, leaving three passes over (B, n).
-        row = _ones(w) if unit_w else _sq_norms(w)
+        # the per-column terms fold into one row, leaving three passes over (..., M, N).
+        row = _ones(w) if unit_w else _sq_norms(w).unsqueeze(-2)
         if bias is not None:
             row = row + 2 * _row(bias, w)
         q = torch.add(row + epsilon, n, alpha=-2)
-        q.add_(1.0 if unit_x else _sq_norms(x).unsqueeze(1))
+        q.add_(1.0 if unit_x else _sq_norms(x).unsqueeze(-1))
         q.clamp_(min=epsilon)
-        r = n / q
-        y = n * r
+        y = n * n
+        y.div_(q)
         if alpha is not None:
             y.mul_(alpha)
+        # n and q are kept (r = n / q is recomputed): one temporary fewer between the passes
         tensors = [t for t in (bias, alpha, epsilon) if isinstance(t, torch.Tensor)]
-        ctx.save_for_backward(x, w, n, q, r, *tensors)
+        ctx.save_for_backward(x, w, n, q, *tensors)
         ctx.flags = (unit_x, unit_w)
         ctx.kinds = tuple(isinstance(t, torch.Tensor) for t in (bias, alpha, epsilon))
         ctx.alpha = alpha if not isinstance(alpha, torch.Tensor) else None
@@ -44,7 +53,7 @@ class _YatDense(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, w, n, q, r, *params = ctx.saved_tensors
+        x, w, n, q, *params = ctx.saved_tensors
         params = iter(params)
         has_bias, has_alpha, has_eps = ctx.kinds
         bias = next(params) if has_bias else None
@@ -56,27 +65,31 @@ class _YatDense(torch.autograd.Function):
             # are detached from the graph, so differentiate the plain formula instead.
             return _plain_backward(ctx, grad, x, w, bias, alpha, eps, unit_x, unit_w)
         need = ctx.needs_input_grad
+        r = n / q
         u = grad * r  # G r
         g_n = u * (2.0 if alpha is None else 2 * alpha)  # through the numerator
-        h = u * r  # alpha G r^2 = -dL/dq
+        h = u.mul_(r)  # G r^2 (u is not needed any more)
+        grad_alpha = None
+        if has_alpha and need[3]:
+            # dL/dalpha = sum G n^2 / q = sum (G r^2) q, taken before h is scaled by alpha
+            grad_alpha = torch.vdot(h.reshape(-1), q.reshape(-1)).reshape(alpha.shape)
         if alpha is not None:
-            h.mul_(alpha)
+            h.mul_(alpha)  # alpha G r^2 = -dL/dq
         grad_eps = h.sum().neg().reshape(eps.shape) if has_eps and need[4] else None
         h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
         g_s = torch.add(g_n, h, alpha=2)  # dD/ds = -2
-        grad_x = grad_w = grad_b = grad_alpha = None
+        grad_x = grad_w = grad_b = None
         if need[0]:
             grad_x = torch.matmul(g_s, w)
             if not unit_x:
-                grad_x.addcmul_(x, h.sum(dim=1, keepdim=True), value=-2)
+                grad_x.addcmul_(x, h.sum(dim=-1, keepdim=True), value=-2)
         if need[1]:
-            grad_w = torch.matmul(g_s.t(), x)
+            grad_w = torch.matmul(g_s.transpose(-1, -2), x)
             if not unit_w:
-                grad_w.addcmul_(w, h.sum(dim=0).unsqueeze(1), value=-2)
+                grad_w.addcmul_(w, h.sum(dim=-2).unsqueeze(-1), value=-2)
         if has_bias and need[2]:
-            grad_b = (g_n.sum() if bias.numel() == 1 else g_n.sum(dim=0)).reshape(bias.shape)
-        if has_alpha and need[3]:
-            grad_alpha = torch.vdot(u.reshape(-1), n.reshape(-1)).reshape(alpha.shape)
+            flat = g_n.reshape(-1, g_n.shape[-1])
+            grad_b = (flat.sum() if bias.numel() == 1 else flat.sum(dim=0)).reshape(bias.shape)
         return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None
 
 
@@ -86,7 +99,7 @@ def _ones(w: torch.Tensor) -> torch.Tensor:
 
 def _sq_norms(a: torch.Tensor) -> torch.Tensor:
     """Row-wise squared norms in one fused reduction."""
-    return torch.linalg.vector_norm(a, dim=1).square_()
+    return torch.linalg.vector_norm(a, dim=-1).square_()
 
 
 def _plain_backward(ctx, grad, x, w, bias, alpha, eps, unit_x, unit_w):
@@ -121,5 +134,27 @@ def yat_dense(x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool):
     the compute dtype; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as exactly 1."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y = _YatDense.apply(x2, w, bias, alpha, epsilon, unit_x, unit_w)
+    y = _YatScores.apply(x2, w, bias, alpha, epsilon, unit_x, unit_w)
     return y.reshape(*lead, w.shape[0])
+
+
+def yat_scores(q, k, alpha, epsilon, *, unit: bool):
+    """Attention scores ``alpha (q.k)^2 / (max(D, 0) + eps)``: ``q (..., Lq, d)``,
+    ``k (..., Lk, d)`` (leading dims broadcast) -> ``(..., Lq, Lk)``."""
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    q = q.expand(*lead, *q.shape[-2:])
+    k = k.expand(*lead, *k.shape[-2:])
+    return _YatScores.apply(q, k, None, alpha, epsilon, unit, unit)
+
+
+def masked_softmax(scores, visible):
+    """Softmax over the last axis of the visible entries; a row with none gets zeros.
+
+    Hidden entries are filled with the dtype's lowest finite value rather than -inf, so a
+    fully hidden row stays finite (and so does its gradient) before it is zeroed.
+    """
+    if visible is None:
+        return torch.softmax(scores, dim=-1)
+    lowest = torch.finfo(scores.dtype).min
+    weights = torch.softmax(scores.masked_fill(~visible, lowest), dim=-1)
+    return weights.masked_fill(~visible, 0.0)

@@ -348,6 +348,13 @@ FRAMEWORK_NAME = Enum(*FRAMEWORKS)
 DTYPE_NAME = Enum(*DTYPES)
 PROPERTY_NAME = Enum(*PROPERTIES)
 SHAPE = ListOf(ExprNode(star=True))
+SHAPE_WHEN = ListOf(
+    Record(
+        "a conditional shape {when: <expression>, shape: [...]}",
+        {"when": (ExprNode(allow_int=False), True), "shape": (SHAPE, True)},
+    ),
+    min_len=1,
+)
 
 ELEMENTS = Record(
     "an elements mapping {min, max, min_magnitude, p_true}",
@@ -388,9 +395,10 @@ PARAM = Record(
 PARAM.fields["one_of"] = (ListOf(PARAM, min_len=1), False)
 
 ARRAY = Record(
-    "an array mapping {shape, dtype, optional, elements, note}",
+    "an array mapping {shape, shape_when, dtype, optional, elements, note}",
     {
         "shape": (SHAPE, True),
+        "shape_when": (SHAPE_WHEN, False),
         "dtype": (Enum("float", "int64", "bool"), False),
         "optional": (Bool(), False),
         "elements": (ELEMENTS, False),
@@ -498,10 +506,11 @@ XFAIL = Record(
 )
 
 VARIANT = Record(
-    "a variant mapping {name, set, max_examples, summary}",
+    "a variant mapping {name, set, dims, max_examples, summary}",
     {
         "name": (IDENT, True),
         "set": (MapOf(IDENT, Scalar()), True),
+        "dims": (MapOf(IDENT, DIM), False),
         "max_examples": (Int(minimum=1), False),
         "summary": (Str(), False),
     },
@@ -524,8 +533,8 @@ SPEC = Record(
         "constraints": (ListOf(ExprNode(allow_int=False)), False),
         "output": (
             Record(
-                "an output mapping {shape, dtype}",
-                {"shape": (SHAPE, True), "dtype": (IDENT, True)},
+                "an output mapping {shape, shape_when, dtype}",
+                {"shape": (SHAPE, True), "shape_when": (SHAPE_WHEN, False), "dtype": (IDENT, True)},
             ),
             True,
         ),
@@ -629,6 +638,9 @@ def _cross_references(data: Mapping[str, Any], report: _Report) -> None:
         _check_param(param, f"params.{name}", known, report)
     for name, array in arrays.items():
         unknown = sorted(_shape_names(array["shape"]) - known)
+        for alt in array.get("shape_when", ()):
+            unknown = sorted(set(unknown) | (_shape_names(alt["shape"]) - known))
+            unknown = sorted(set(unknown) | (expr.names_in(alt["when"]) - known))
         if unknown:
             report.add(
                 f"arrays.{name}.shape", f"names from dims or params ({sorted(known)})", unknown

@@ -116,7 +116,9 @@ def run(opts: DemoOptions, *, started: float | None = None) -> int:
     for spec in specs:
         out(f"  {spec.key:<9} {spec.layers}")
     out()
-    results = [fit(models.build(spec, config), spec, data, config, progress=progress) for spec in specs]
+    results = [
+        fit(models.build(spec, config), spec, data, config, progress=progress) for spec in specs
+    ]
     out(format_table(results, fw.name))
     yat = results[0]
     verdict = "reaches" if yat.accuracy >= TARGET_ACCURACY else "does NOT reach"
