@@ -16,6 +16,24 @@ from nmn_array.squashers import soft_tanh, softer_sigmoid, softermax
 
 __version__ = "0.1.0"
 
+# Inside tf.function, AutoGraph would recompile each of these from its source. They hold no
+# tensor-dependent Python control flow, so they run as written: `autograph_info__` is
+# AutoGraph's marker for "call unconverted" (what tf.autograph.experimental.do_not_convert
+# sets), placed here without importing TensorFlow.
+for _public in (
+    rotary_embedding,
+    soft_tanh,
+    softer_sigmoid,
+    softermax,
+    yat,
+    yat_attention,
+    yat_attention_weights,
+    yat_conv,
+    yat_conv_transpose,
+):
+    _public.autograph_info__ = frozenset()
+del _public
+
 __all__ = [
     "rotary_embedding",
     "soft_tanh",

@@ -110,8 +110,9 @@ def int_tuple(value: Any, n: int, name: str, *, minimum: int = 0) -> tuple[int, 
     """An int or a sequence of ``n`` ints, each >= ``minimum``."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    # No annotated assignment here: AutoGraph (tf.function) cannot convert one in a branch.
     if isinstance(value, int):
-        values: tuple[int, ...] = (value,) * n
+        values = (value,) * n
     elif isinstance(value, Sequence) and not isinstance(value, str):
         values = tuple(value)
         if len(values) != n or not all(

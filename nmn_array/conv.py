@@ -223,6 +223,7 @@ def yat_conv_transpose(
     data_format: str = "channels_first",
     alpha: Any = None,
     epsilon: Any = 1e-5,
+    weight_normalized: bool = False,
     _native: bool = True,
 ) -> Any:
     """Yat transposed convolution, with output sizes as ``torch.nn.ConvTranspose*d``.
@@ -247,6 +248,10 @@ def yat_conv_transpose(
     groups : int
     data_format : {"channels_first", "channels_last"}
     alpha, epsilon : float or array of shape () or (1,)
+    weight_normalized : bool
+        Normalise each output filter (its taps and its group's input channels) to unit
+        length and take ``|w|^2`` as exactly 1. An extension of the contract's signature,
+        matching ``yat_conv``; Keras and TF layers need it (nmn 0.3.5 has the flag there).
 
     Returns
     -------
@@ -263,6 +268,7 @@ def yat_conv_transpose(
     xp = array_namespace(x, w, bias, alpha, epsilon)
     dtype = _common_checks(xp, x, w, bias, epsilon)
     lay = _Layout(xp, x, w, bias, groups, data_format, transposed=True)
+    v.check_bool(weight_normalized, "weight_normalized")
     stride_t = v.int_tuple(stride, lay.nd, "stride", minimum=1)
     dilation_t = v.int_tuple(dilation, lay.nd, "dilation", minimum=1)
     out_pad = v.int_tuple(output_padding, lay.nd, "output_padding", minimum=0)
@@ -286,10 +292,17 @@ def yat_conv_transpose(
     xc = lay.to_channels_first(xp, v.as_compute(xp, x, dtype))
     wc = v.as_compute(xp, w, dtype)
     bc = v.as_compute(xp, bias, dtype)
+    og = lay.o // groups
+    # Filter o of group g is w[g*C/G:(g+1)*C/G, o % og, ...]: its norm runs over axes 1 and 3.
+    w_groups = xp.reshape(wc, (groups, lay.c // groups, og, -1))
+    if weight_normalized:
+        w_groups = w_groups / (safe_norm(xp, w_groups, axis=(1, 3)) + NORM_GUARD)
+        wc = xp.reshape(w_groups, tuple(wc.shape))
+        wsq = 1.0
+    else:
+        wsq = xp.sum(w_groups * w_groups, axis=(1, 3))
     geometry = dict(stride=stride_t, pads=pads, dilation=dilation_t, native=_native)
     dot = corr.correlate_transpose(xp, xc, wc, groups=groups, **geometry)
     psq = corr.window_sum_transpose(xp, _group_sq_norms(xp, xc, groups), lay.kernel, **geometry)
-    og = lay.o // groups
-    wsq = xp.sum(xp.reshape(wc * wc, (groups, lay.c // groups, og, -1)), axis=(1, 3))
     y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon)
     return v.cast_back(xp, y, x.dtype)

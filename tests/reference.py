@@ -487,6 +487,7 @@ def yat_conv_transpose_ref(
     data_format: str = "channels_first",
     alpha: Any = None,
     epsilon: Any = 1e-5,
+    weight_normalized: bool = False,
 ) -> np.ndarray:
     """Naive yat transposed convolution as a direct yat convolution (nmn Decision 9).
 
@@ -511,6 +512,9 @@ def yat_conv_transpose_ref(
         Layout of ``x`` and of the output.
     alpha, epsilon : float or array of shape () or (1,)
         As in :func:`yat_ref`.
+    weight_normalized : bool
+        As in :func:`yat_conv_ref`, for each filter of the equivalent direct convolution
+        (its taps and its group's input channels).
 
     Returns
     -------
@@ -535,7 +539,12 @@ def yat_conv_transpose_ref(
     x_direct, w_direct = _conv_transpose_direct(
         xc, w, stride_t, padding, out_pad_t, dilation_t, groups
     )
+    if weight_normalized:
+        w_direct = np.stack([_unit(w_direct[o]) for o in range(w_direct.shape[0])])
     dot, dist = _conv_dot_and_dist(x_direct, w_direct, (1,) * nd, dilation_t, groups)
+    if weight_normalized:
+        for o in range(w_direct.shape[0]):
+            dist[:, o] += 1.0 - float(np.sum(w_direct[o] * w_direct[o]))
     y = _finish(dot, dist, bias, alpha, epsilon)
     return _restore_format(y, data_format)
 

@@ -122,6 +122,7 @@ TRANSPOSE = {
     "2d_channels_last_same": (2, dict(stride=(2, 1), padding="same", data_format="channels_last")),
     "2d_dilation_outpad": (2, dict(stride=1, dilation=2, output_padding=1)),
     "3d_stride2": (3, dict(stride=2, padding=1, groups=2)),
+    "2d_weight_normalized_groups2": (2, dict(stride=2, groups=2, weight_normalized=True)),
 }
 
 
