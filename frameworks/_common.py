@@ -142,3 +142,343 @@ def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     if len(values) != n or not all(isinstance(v, int) for v in values):
         raise ValueError(f"{name} must be an int or {n} ints, got {value!r}")
     return values
+
+
+# --------------------------------------------------------------------------------------
+# Keras / TensorFlow helpers (appended by the Keras/TF modules)
+# --------------------------------------------------------------------------------------
+def reject_unsupported_features(
+    layer: str,
+    *,
+    use_dropconnect: bool = False,
+    tie_kernel_bank: bool = False,
+    kernel_bank: Any = None,
+) -> None:
+    """Raise NotImplementedError when a Decision-13 feature (DropConnect, kernel banks) is on.
+
+    The arguments are accepted so that nmn configurations load; settings that nmn itself
+    ignores while the feature is off (``drop_rate``, ``kernel_bank_size``, ``kernel_bank_id``)
+    are not checked here.
+
+    Examples
+    --------
+    >>> reject_unsupported_features("YatConv2D")
+    >>> reject_unsupported_features("YatConv2D", use_dropconnect=True)
+    Traceback (most recent call last):
+    ...
+    NotImplementedError: YatConv2D(use_dropconnect=True): DropConnect is not implemented in nmn_array yet (Decision 13); use use_dropconnect=False
+    """
+    if use_dropconnect:
+        raise NotImplementedError(
+            f"{layer}(use_dropconnect=True): DropConnect is not implemented in nmn_array yet "
+            "(Decision 13); use use_dropconnect=False"
+        )
+    if tie_kernel_bank or kernel_bank is not None:
+        raise NotImplementedError(
+            f"{layer}(tie_kernel_bank=True): shared kernel banks are not implemented in "
+            "nmn_array yet (Decision 13); use tie_kernel_bank=False"
+        )
+
+
+def conv_output_length(
+    size: int | None, kernel: int, stride: int, dilation: int, padding: str
+) -> int | None:
+    """Output length of a direct convolution for Keras/TF ``padding`` strings.
+
+    ``"valid"``: ``floor((size - dilation*(kernel-1) - 1) / stride) + 1``; ``"same"`` and
+    ``"causal"``: ``ceil(size / stride)``. ``None`` (unknown size) stays ``None``.
+
+    Examples
+    --------
+    >>> conv_output_length(10, 3, 2, 1, "valid"), conv_output_length(10, 3, 2, 1, "same")
+    (4, 5)
+    """
+    if size is None:
+        return None
+    mode = padding.lower()
+    if mode == "valid":
+        out = (size - dilation * (kernel - 1) - 1) // stride + 1
+        if out <= 0:
+            raise ValueError(
+                f"the output would be empty: input size {size}, kernel {kernel}, "
+                f"dilation {dilation}, stride {stride}, padding 'valid'"
+            )
+        return out
+    if mode in ("same", "causal"):
+        return -(-size // stride)
+    raise ValueError(f"padding must be 'valid', 'same' or 'causal', got {padding!r}")
+
+
+def transpose_conv_pads(
+    kernel: int, stride: int, dilation: int, padding: str, output_padding: int | None = None
+) -> tuple[int, int]:
+    """Keras/TensorFlow transposed-conv padding as (low, high) padding of the dilated input.
+
+    This is the padding a direct correlation (with the spatially flipped kernel) applies to
+    the zero-inserted input. Without ``output_padding``: ``"valid"`` gives output
+    ``(L-1)*s + max(k_eff, s)`` and ``"same"`` gives ``L*s``, split as
+    ``jax.lax.conv_transpose`` does (= TensorFlow's gradient of a 'SAME' conv). With
+    ``output_padding``: Keras' rule (``valid``: ``(L-1)*s + k_eff + output_padding``;
+    ``same``: ``(L-1)*s + k_eff % 2 + output_padding``).
+
+    Examples
+    --------
+    >>> transpose_conv_pads(3, 2, 1, "same"), transpose_conv_pads(3, 2, 1, "valid")
+    ((2, 1), (2, 2))
+    """
+    k_eff = dilation * (kernel - 1) + 1
+    mode = padding.lower()
+    if mode == "valid":
+        extra = max(k_eff, stride) - k_eff if output_padding is None else output_padding
+        return k_eff - 1, k_eff - 1 + extra
+    if mode != "same":
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    if output_padding is None:
+        total = stride + k_eff - 2
+    else:
+        total = k_eff + k_eff % 2 - 2 + output_padding
+    low = min(total // 2 + total % 2, k_eff - 1)
+    return low, total - low
+
+
+def transpose_conv_call_args(
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    padding: str,
+    output_padding: Sequence[int] | None,
+) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+    """Keras/TF transposed-conv geometry as ``nmn_array.yat_conv_transpose`` arguments.
+
+    Returns ``(padding, output_padding, crops)``: ``crops[i]`` trailing positions of spatial
+    dim ``i`` are to be dropped from the result (only for Keras' ``'same'`` with an explicit
+    ``output_padding``, where the high side gets less padding than the low side).
+
+    Examples
+    --------
+    >>> transpose_conv_call_args((3,), (2,), (1,), "same", None)
+    ('same', (0,), (0,))
+    >>> transpose_conv_call_args((3,), (2,), (1,), "valid", (1,))
+    ((0,), (1,), (0,))
+    """
+    n = len(kernel)
+    if output_padding is None:
+        return padding.lower(), (0,) * n, (0,) * n
+    pads, extra, crops = [], [], []
+    for k, s, d, op in zip(kernel, stride, dilation, output_padding):
+        low, high = transpose_conv_pads(k, s, d, padding, op)
+        k_eff = d * (k - 1) + 1
+        # torch form: low = k_eff - 1 - p, high = k_eff - 1 - p + output_padding
+        pads.append(k_eff - 1 - low)
+        extra.append(max(high - low, 0))
+        crops.append(max(low - high, 0))
+        if extra[-1] >= max(s, d):
+            raise ValueError(
+                f"output_padding {tuple(output_padding)} is too large for stride "
+                f"{tuple(stride)} and dilation {tuple(dilation)} with padding={padding!r}"
+            )
+    return tuple(pads), tuple(extra), tuple(crops)
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch / Flax NNX / Flax Linen helpers (appended by the torch/nnx/linen modules)
+# --------------------------------------------------------------------------------------
+def reject_nondefault(layer: str, reason: str, **settings: Any) -> None:
+    """Raise NotImplementedError when an accepted-but-unsupported argument is not its default.
+
+    ``settings`` maps an argument name to ``(value, default)``; the first argument whose
+    value differs from its default is reported, with ``reason`` saying why it is missing.
+
+    Examples
+    --------
+    >>> reject_nondefault("YatNMN", "fused kernels are Decision 13", fused=(False, False))
+    >>> reject_nondefault("YatNMN", "fused kernels are Decision 13", fused=(True, False))
+    Traceback (most recent call last):
+    ...
+    NotImplementedError: YatNMN(fused=True) is not implemented in nmn_array: fused kernels are Decision 13
+    """
+    for name, (value, default) in settings.items():
+        if value is default:
+            continue
+        try:
+            same = bool(value == default)
+        except Exception:  # arrays and other objects without a boolean equality
+            same = False
+        if not same:
+            raise NotImplementedError(
+                f"{layer}({name}={value!r}) is not implemented in nmn_array: {reason}"
+            )
+
+
+def check_rate(rate: float, name: str = "dropout_rate") -> float:
+    """A dropout-like probability in ``[0, 1)``.
+
+    Examples
+    --------
+    >>> check_rate(0.1)
+    0.1
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {rate!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in the half-open interval [0, 1), got {rate!r}")
+    return float(rate)
+
+
+def torch_conv_padding(padding: Any, padding_mode: str) -> tuple[Any, str]:
+    """``torch.nn.Conv*d`` padding as ``nmn_array.yat_conv`` ``(padding, padding_mode)``.
+
+    PyTorch's forms map one to one: an int or one int per dimension pads both sides,
+    ``'valid'`` is no padding and ``'same'`` (stride 1 only, checked by PyTorch) splits
+    ``dilation * (k - 1)`` with the odd extra on the high side, which is the XLA rule at
+    stride 1. A non-zero ``padding_mode`` pads with that mode before a valid correlation.
+
+    Examples
+    --------
+    >>> torch_conv_padding((1, 2), "circular")
+    ((1, 2), 'circular')
+    >>> torch_conv_padding("same", "zeros")
+    ('same', 'zeros')
+    """
+    modes = ("zeros", "reflect", "replicate", "circular")
+    if not isinstance(padding_mode, str) or padding_mode not in modes:
+        raise ValueError(f"padding_mode must be one of {list(modes)}, got {padding_mode!r}")
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same', 'valid', an int or ints, got {padding!r}")
+        return padding, padding_mode
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return padding, padding_mode
+    return tuple(int(p) for p in padding), padding_mode
+
+
+def _pad_pairs(padding: Any, nd: int) -> tuple[tuple[int, int], ...]:
+    """An int, ``nd`` ints or ``nd`` (low, high) pairs as ``nd`` (low, high) pairs."""
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return ((padding, padding),) * nd
+    if isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == nd:
+        pairs = []
+        for p in padding:
+            if isinstance(p, int) and not isinstance(p, bool):
+                pairs.append((p, p))
+            elif isinstance(p, Sequence) and len(p) == 2 and all(isinstance(v, int) for v in p):
+                pairs.append((int(p[0]), int(p[1])))
+            else:
+                break
+        if len(pairs) == nd:
+            return tuple(pairs)
+    raise ValueError(
+        f"Invalid padding format: {padding!r}, should be str, int, or a sequence of len {nd} "
+        "where each element is an int or pair of ints."
+    )
+
+
+def lax_conv_padding(
+    padding: Any,
+    kernel_size: Sequence[int],
+    kernel_dilation: Sequence[int],
+    strides: Sequence[int] | None = None,
+    sizes: Sequence[int] | None = None,
+) -> tuple[Any, str]:
+    """nmn's NNX/Linen convolution ``padding`` as ``nmn_array.yat_conv`` ``(padding, mode)``.
+
+    - ``'SAME'`` / ``'VALID'``: the XLA rules (``"same"``, ``"valid"``).
+    - ``'SAME_LOWER'``: XLA's "same" with the odd extra on the low side (needs ``sizes``).
+    - ``'CIRCULAR'`` / ``'REFLECT'``: pad ``((k_eff - 1) // 2, k_eff // 2)`` per dimension
+      with wrap-around / reflection, then a valid correlation (nmn NNX).
+    - ``'CAUSAL'`` (1-D only): ``dilation * (k - 1)`` zeros on the low side.
+    - an int, ``nd`` ints or ``nd`` (low, high) pairs: explicit zero padding.
+
+    Strings are case-insensitive. ``k_eff = dilation * (k - 1) + 1``.
+
+    Examples
+    --------
+    >>> lax_conv_padding("CIRCULAR", (4,), (1,))
+    (((1, 2),), 'circular')
+    >>> lax_conv_padding("SAME", (3, 3), (1, 1))
+    ('same', 'zeros')
+    >>> lax_conv_padding([(1, 0), 2], (3, 3), (1, 1))
+    (((1, 0), (2, 2)), 'zeros')
+    """
+    nd = len(kernel_size)
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode in ("SAME", "VALID"):
+            return mode.lower(), "zeros"
+        if mode == "CAUSAL":
+            if nd != 1:
+                raise ValueError("Causal padding is only implemented for 1D convolutions.")
+            return "causal", "zeros"
+        k_eff = [d * (k - 1) + 1 for k, d in zip(kernel_size, kernel_dilation)]
+        if mode in ("CIRCULAR", "REFLECT"):
+            pairs = tuple(((k - 1) // 2, k // 2) for k in k_eff)
+            return pairs, "circular" if mode == "CIRCULAR" else "reflect"
+        if mode == "SAME_LOWER":
+            if sizes is None or strides is None or any(s is None for s in sizes):
+                raise ValueError("padding='SAME_LOWER' needs static spatial sizes")
+            pairs = []
+            for n, k, s in zip(sizes, k_eff, strides):
+                out = -(-n // s)
+                total = max((out - 1) * s + k - n, 0)
+                pairs.append((total - total // 2, total // 2))
+            return tuple(pairs), "zeros"
+        raise ValueError(
+            f"padding must be 'SAME', 'VALID', 'SAME_LOWER', 'CIRCULAR', 'REFLECT', 'CAUSAL', "
+            f"an int or a sequence of ints / (low, high) pairs, got {padding!r}"
+        )
+    return _pad_pairs(padding, nd), "zeros"
+
+
+def lax_conv_transpose_padding(
+    padding: Any,
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    kernel_dilation: Sequence[int],
+) -> tuple[Any, tuple[int, ...]]:
+    """``jax.lax.conv_transpose`` padding as ``nmn_array.yat_conv_transpose`` arguments.
+
+    Returns ``(padding, output_padding)``. ``'SAME'`` and ``'VALID'`` are passed through
+    (``yat_conv_transpose`` follows ``lax.conv_transpose`` for them). Explicit ``(low, high)``
+    pairs (or ints ``p`` = ``(p, p)``) pad the zero-inserted input, as ``lax.conv_transpose``
+    does; PyTorch's int padding ``p`` with ``output_padding`` ``op`` is the pair
+    ``(k_eff - 1 - p, k_eff - 1 - p + op)``, so a pair maps to ``p = k_eff - 1 - low`` and
+    ``op = high - low``. Pairs outside that family (``low > k_eff - 1``, ``high < low`` or
+    ``high - low >= max(stride, dilation)``) raise NotImplementedError. nmn NNX's
+    ``'CIRCULAR'`` (which sums the outputs of wrapped positions after the non-linearity,
+    reference §13.5) is not implemented.
+
+    Examples
+    --------
+    >>> lax_conv_transpose_padding("SAME", (3,), (2,), (1,))
+    ('same', (0,))
+    >>> lax_conv_transpose_padding([(2, 3)], (3,), (2,), (1,))
+    ((0,), (1,))
+    """
+    nd = len(kernel_size)
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode in ("SAME", "VALID"):
+            return mode.lower(), (0,) * nd
+        if mode == "CIRCULAR":
+            raise NotImplementedError(
+                "YatConvTranspose(padding='CIRCULAR') is not implemented in nmn_array: nmn "
+                "folds the yat outputs of wrapped positions after the non-linearity "
+                "(reference §13.5); use 'SAME', 'VALID' or explicit padding"
+            )
+        raise ValueError(
+            f"padding must be 'SAME', 'VALID', an int or (low, high) pairs, got {padding!r}"
+        )
+    pads, extra = [], []
+    for (lo, hi), k, s, d in zip(_pad_pairs(padding, nd), kernel_size, strides, kernel_dilation):
+        k_eff = d * (k - 1) + 1
+        p, op = k_eff - 1 - lo, hi - lo
+        if p < 0 or op < 0 or op >= max(s, d):
+            raise NotImplementedError(
+                f"transposed-convolution padding {padding!r} is not implemented in nmn_array: "
+                f"nmn_array.yat_conv_transpose takes PyTorch-style padding p >= 0 with "
+                f"output_padding < max(stride, dilation), i.e. pairs (k_eff-1-p, k_eff-1-p+op); "
+                f"got ({lo}, {hi}) for kernel {k}, stride {s}, dilation {d}"
+            )
+        pads.append(p)
+        extra.append(op)
+    return tuple(pads), tuple(extra)
