@@ -72,6 +72,14 @@ def _delegate(command: str, argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nmn_array.demo.run import DemoOptions, run
 
@@ -86,6 +94,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         quiet=args.quiet,
         xor=not args.no_xor,
+        threads=args.threads,
+        init=args.init,
     )
     return run(opts, started=args.started)
 
@@ -145,16 +155,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="torch, nnx, keras or tf (default: the first installed of torch, nnx)",
     )
-    demo.add_argument("--epochs", type=int, help="training epochs (default 30; 2 with --quick)")
-    demo.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    demo.add_argument(
+        "--epochs", type=_positive_int, help="training epochs (default 30; 2 with --quick)"
+    )
+    demo.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="batch size (default 64)"
+    )
     demo.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate (default 5e-3)")
-    demo.add_argument("--hidden", type=int, default=64, help="yat/ReLU MLP width (default 64)")
+    demo.add_argument(
+        "--hidden", type=_positive_int, default=64, help="yat/ReLU MLP width (default 64)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed for init and batches (default 0)")
     demo.add_argument(
         "--out", default="nmn-array-demo.png", help="PNG to write (default nmn-array-demo.png)"
     )
     demo.add_argument(
         "--quick", action="store_true", help="tiny run: small models, 256 images, 2 epochs"
+    )
+    demo.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPU threads for the framework (default 1: fastest for these tiny models)",
+    )
+    demo.add_argument(
+        "--init",
+        choices=("images", "random"),
+        default="images",
+        help="yat-mlp first layer: start from training images (default) or the layer's "
+        "own random initialiser",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--no-xor", action="store_true", help="skip the XOR section")
@@ -201,8 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     started = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATES:
-        return _delegate(argv[0], argv[1:])
+    try:
+        if argv and argv[0] in DELEGATES:
+            return _delegate(argv[0], argv[1:])
+        return _run(argv, started)
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(argv: list[str], started: float) -> int:
     args = build_parser().parse_args(argv)
     args.started = started
     from nmn_array.demo.registry import MissingFramework

@@ -14,6 +14,19 @@ def version() -> str:
     return f"torch {torch.__version__}"
 
 
+def configure_before_import(threads: int) -> None:
+    """Nothing to set before PyTorch starts (see :func:`configure`)."""
+
+
+def configure(threads: int) -> None:
+    """Use ``threads`` CPU threads. These models are tiny: splitting each op over several
+    threads costs more in synchronisation than it gains, and on a busy machine it is 10-30x
+    slower than one thread (measured on 2 shared cores)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     """Make initialisation reproducible (the batch order is seeded by the training loop)."""
     import torch
@@ -60,11 +73,14 @@ def _network(spec: ModelSpec, config: Config):
 class TorchModel:
     """A ``torch.nn.Sequential`` with an Adam optimiser."""
 
-    def __init__(self, spec: ModelSpec, config: Config) -> None:
+    def __init__(self, spec: ModelSpec, config: Config, first_rows: np.ndarray | None) -> None:
         import torch
 
         seed_everything(config.seed)
         self.net = _network(spec, config)
+        if first_rows is not None:
+            with torch.no_grad():  # YatNMN.weight is (out, in): one neuron per row
+                self.net[0].weight.copy_(torch.from_numpy(first_rows))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.n_params = sum(p.numel() for p in self.net.parameters())
 
@@ -91,6 +107,7 @@ class TorchModel:
         return self.net[0].weight.detach().numpy().copy()
 
 
-def build(spec: ModelSpec, config: Config) -> TorchModel:
-    """The model ``spec`` with fresh parameters seeded by ``config.seed``."""
-    return TorchModel(spec, config)
+def build(spec: ModelSpec, config: Config, first_rows: np.ndarray | None = None) -> TorchModel:
+    """The model ``spec`` with fresh parameters seeded by ``config.seed``; ``first_rows``
+    (hidden, 64), if given, replaces the neurons of the yat MLP's first layer."""
+    return TorchModel(spec, config, first_rows)

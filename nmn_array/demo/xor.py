@@ -56,7 +56,7 @@ def yat_scores(framework: str = "numpy", x: np.ndarray = XOR_X) -> np.ndarray:
 
     Examples
     --------
-    >>> yat_scores("numpy").round(3).tolist()
+    >>> [round(float(s), 3) for s in yat_scores("numpy")]
     [0.0, 0.2, 1.0, 0.0]
     """
     w_row = np.asarray([NEURON], dtype=np.float32)  # (out=1, in=2)
