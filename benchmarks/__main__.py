@@ -1,0 +1,275 @@
+"""``nmn-array bench`` / ``python -m benchmarks``: our layers side by side with the native
+layers and with nmn 0.3.5.
+
+Every suite runs in a worker process of its own, started with the thread limits in its
+environment (2 threads by default): PyTorch, JAX under ``jax.jit`` and TensorFlow under
+``tf.function``. Within a suite, the compared cases are timed round-robin after a warm-up,
+so each ratio is a ratio of medians measured side by side in this one run. Peak memory of
+each PyTorch case is measured in a separate process per case (resident set size). The run
+prints a table of cases, the ratios with their targets (PASS/MISS) and the scaling study,
+and writes everything as JSON (``--json``) with a PNG of the scaling next to it.
+
+Examples
+--------
+``python -m benchmarks --smoke --json out/smoke.json`` runs tiny sizes in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import report
+from ._common import DEFAULT_THREADS, sizes_for, thread_env
+from .memory import MALLOC_ENV
+
+PACKAGE = __package__ or "nmn_array.benchmarks"
+
+#: Torch cases whose peak memory is measured (group, name); prototypes are added with
+#: ``--prototypes``.
+MEMORY_CASES = (
+    ("dense", "ours"),
+    ("dense", "native"),
+    ("dense", "nmn"),
+    ("conv", "ours"),
+    ("conv", "native"),
+    ("conv", "nmn"),
+    ("attention", "ours"),
+    ("attention", "sdpa"),
+    ("attention", "mha"),
+    ("attention", "mha_fast"),
+    ("attention", "nmn"),
+)
+
+#: Prototype cases (benchmarks/prototypes.py) whose peak memory is measured.
+MEMORY_PROTOTYPES = (
+    ("dense", "proto_compiled"),
+    ("conv", "proto_fused"),
+    ("conv", "proto_compiled"),
+    ("attention", "proto_fused"),
+    ("attention", "proto_lean"),
+    ("attention", "proto_compiled"),
+    ("attention", "proto_compiled_lean"),
+)
+
+SUITES = ("torch", "jax", "tf", "memory")
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="nmn-array bench",
+        description="Forward+backward benchmarks of the yat layers against native layers "
+        "and nmn 0.3.5 (ratios of medians of interleaved repetitions, one run).",
+    )
+    p.add_argument(
+        "--json",
+        default=os.path.join("out", "bench.json"),
+        help="where to write the results (default: out/bench.json); the scaling plot is "
+        "written next to it as <name>_scaling.png",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 1-2 repetitions")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads per framework")
+    p.add_argument(
+        "--only",
+        default=",".join(SUITES),
+        help=f"comma-separated subset of {','.join(SUITES)} (default: all)",
+    )
+    p.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
+    p.add_argument(
+        "--prototypes",
+        action="store_true",
+        help="also time the prototypes of benchmarks/prototypes.py (torch) and "
+        "benchmarks/prototypes_jax.py (jax)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the ratios")
+    args = p.parse_args(argv)
+    args.suites = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = sorted(set(args.suites) - set(SUITES))
+    if bad:
+        p.error(f"unknown suite(s) {bad}; choose from {list(SUITES)}")
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
+
+
+def _worker_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(thread_env(threads))
+    if extra:
+        env.update(extra)
+    if "." not in PACKAGE:  # run as `python -m benchmarks` from the repository root
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _run_worker(
+    kind: str, args: argparse.Namespace, extra_args: list[str], env_extra: dict | None = None
+) -> dict[str, Any]:
+    """Start one worker process and return its JSON result (``error`` on failure)."""
+    fd, out = tempfile.mkstemp(prefix=f"bench_{kind}_", suffix=".json")
+    os.close(fd)
+    cmd = [
+        sys.executable,
+        "-m",
+        f"{PACKAGE}._worker",
+        kind,
+        "--mode",
+        "smoke" if args.smoke else "full",
+        "--threads",
+        str(args.threads),
+        "--out",
+        out,
+        *extra_args,
+    ]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd,
+            env=_worker_env(args.threads, env_extra),
+            capture_output=True,
+            text=True,
+            timeout=300 if args.smoke else 3600,
+        )
+        try:
+            with open(out) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            result = {"error": f"worker exited with status {proc.returncode}"}
+        if "error" in result:
+            result["stderr"] = proc.stderr[-4000:]
+    except subprocess.TimeoutExpired:
+        result = {"error": f"worker {kind} {extra_args} timed out"}
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+    result.setdefault("worker", {})["wall_s"] = time.perf_counter() - t0
+    result["worker"]["cmd"] = " ".join(cmd[2:])
+    return result
+
+
+def _tasks(args: argparse.Namespace) -> list[tuple[str, list[str], dict | None]]:
+    tasks: list[tuple[str, list[str], dict | None]] = []
+    proto = ["--prototypes"] if args.prototypes else []
+    # longest first, so that the two lanes of smoke mode finish together
+    if "tf" in args.suites:
+        tasks.append(("tf", [], None))
+    if "jax" in args.suites:
+        tasks.append(("jax", proto, None))
+    if "torch" in args.suites:
+        tasks.append(("torch", (["--scaling"] if not args.no_scaling else []) + proto, None))
+    if "memory" in args.suites:
+        cases = list(MEMORY_CASES)
+        if args.prototypes:
+            cases += list(MEMORY_PROTOTYPES)
+        if args.smoke:
+            # smoke mode checks the path, not the numbers: one process for all cases
+            flags = [a for g, n in cases for a in ("--case", f"{g}/{n}")]
+            tasks.append(("memory", [*flags, *proto], MALLOC_ENV))
+        else:
+            for group, name in cases:
+                tasks.append(("memory", ["--case", f"{group}/{name}", *proto], MALLOC_ENV))
+    return tasks
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; returns 0, or 1 if a worker failed (the others still report).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``); see ``--help``.
+    """
+    args = _parse(argv)
+    t_start = time.perf_counter()
+    tasks = _tasks(args)
+    if args.smoke:
+        # timings are not judged in smoke mode: overlap the workers' imports
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda t: _run_worker(t[0], args, t[1], t[2]), tasks))
+    else:
+        # timing suites strictly one after another; memory workers do not time anything
+        results = [_run_worker(k, args, a, e) for k, a, e in tasks if k != "memory"]
+        mem_tasks = [t for t in tasks if t[0] == "memory"]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results += list(pool.map(lambda t: _run_worker(t[0], args, t[1], t[2]), mem_tasks))
+
+    cases, scaling, memory, errors, workers = [], [], [], [], []
+    for (kind, extra, _), res in zip(tasks, results):
+        workers.append({"kind": kind, "args": extra, **res.get("worker", {})})
+        if "error" in res:
+            errors.append({"kind": kind, "args": extra, **res})
+            continue
+        cases += res.get("cases", [])
+        scaling += res.get("scaling", [])
+        memory += res.get("memory", [])
+
+    ratios = report.compute_ratios(
+        cases, memory, judge=not args.smoke, extra=report.prototype_ratios(cases)
+    )
+    json_path = args.json
+    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+    stem = os.path.splitext(json_path)[0]
+    png = report.plot_scaling(scaling, stem + "_scaling.png")
+    wall = time.perf_counter() - t_start
+    sz = sizes_for("smoke" if args.smoke else "full")
+    payload = {
+        "meta": {
+            "mode": "smoke" if args.smoke else "full",
+            "command": " ".join(
+                ["python", "-m", PACKAGE, *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "threads": args.threads,
+            "sizes": sz.to_dict(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "wall_s": wall,
+            "workers": workers,
+            "attention_batch": sz.attn_batch,
+            "note": "times are forward+backward medians of interleaved repetitions; "
+            "ratios are ratios of medians measured side by side in this run",
+        },
+        "cases": cases,
+        "memory": memory,
+        "ratios": ratios,
+        "scaling": scaling,
+        "plot": png,
+        "errors": errors,
+    }
+    with open(json_path, "w") as f:
+        json.dump(payload, f, indent=1)
+
+    if not args.quiet:
+        print(
+            f"# nmn_array benchmarks ({payload['meta']['mode']}, {args.threads} threads, "
+            f"attention batch {sz.attn_batch}, {sz.attn_len} tokens, width {sz.attn_dim}, "
+            f"{sz.attn_heads} heads)\n"
+        )
+        print(report.cases_table(cases, memory))
+        print()
+    print(report.ratios_table(ratios))
+    if not args.quiet:
+        print()
+        print(report.scaling_table(scaling))
+    for err in errors:
+        print(f"\nWORKER FAILED {err['kind']} {err['args']}: {err['error']}", file=sys.stderr)
+        if err.get("traceback"):
+            print(err["traceback"], file=sys.stderr)
+        elif err.get("stderr"):
+            print(err["stderr"], file=sys.stderr)
+    print(f"\nwrote {json_path}" + (f" and {png}" if png else "") + f" in {wall:.0f} s")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

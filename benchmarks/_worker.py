@@ -1,0 +1,103 @@
+"""Worker process of the benchmarks: one suite (torch, jax, tf) or one memory case.
+
+Started by :mod:`.__main__` as ``python -m <package>._worker ...`` with the thread
+environment already set, so no framework is imported before its thread limits are in place.
+Writes its result as JSON to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from ._common import pin_cpus, sizes_for
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks._worker")
+    p.add_argument("kind", choices=("torch", "jax", "tf", "memory"))
+    p.add_argument("--mode", choices=("full", "smoke"), default="full")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        help="group/name of a memory case (repeatable: measured one after another)",
+    )
+    p.add_argument("--scaling", action="store_true")
+    p.add_argument("--prototypes", action="store_true")
+    return p.parse_args(argv)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for mod in ("torch", "jax", "flax", "tensorflow", "keras", "nmn", "nmn_array", "numpy"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = str(getattr(m, "__version__", "?"))
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the requested suite or memory case and return its JSON-ready result."""
+    cpus = pin_cpus(args.threads)
+    sz = sizes_for(args.mode)
+    t0 = time.perf_counter()
+    if args.kind == "torch":
+        from . import torch_cases
+
+        torch_cases.setup_threads(args.threads)
+        result = torch_cases.run_suite(sz, scaling=args.scaling, prototypes=args.prototypes)
+    elif args.kind == "jax":
+        from . import jax_cases
+
+        result = jax_cases.run_suite(sz, prototypes=args.prototypes)
+    elif args.kind == "tf":
+        from . import tf_cases
+
+        tf_cases.setup_threads(args.threads)
+        result = tf_cases.run_suite(sz)
+    else:
+        import torch
+
+        from . import memory
+
+        torch.set_num_threads(args.threads)
+        result = {"memory": []}
+        for case in args.case:
+            group, name = case.split("/")
+            rec = memory.torch_case(group, name, sz, args.prototypes)
+            rec["process"] = "own" if len(args.case) == 1 else "shared"
+            result["memory"].append(rec)
+    result["worker"] = {
+        "kind": args.kind,
+        "seconds": time.perf_counter() - t0,
+        "cpus": cpus,
+        "pid": os.getpid(),
+        "versions": _versions(),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors are written to the JSON as ``error`` and give exit status 1."""
+    args = _parse(argv)
+    try:
+        result = run(args)
+        status = 0
+    except Exception as exc:  # noqa: BLE001 - reported to the parent process
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        status = 1
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

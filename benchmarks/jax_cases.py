@@ -1,0 +1,340 @@
+"""JAX cases under ``jax.jit``: our Flax NNX layers, Flax NNX's own layers, and nmn.nnx's.
+
+Every case is the same pure function: ``nnx.split`` the module into its parameters and the
+rest, and ``jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))`` of
+``loss(params, x) = sum(merge(params)(x))``, so gradients flow to the parameters and to the
+input. A step calls it once and blocks until the result is ready. Inputs are channels last
+(Flax's layout) for the convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import nmn_array
+
+from ._common import Sizes
+
+Factory = Callable[[Sizes, nnx.Rngs], tuple[nnx.Module, jax.Array, dict]]
+
+
+# --------------------------------------------------------------------------------------
+# Fallback wrappers over the pure functions
+# --------------------------------------------------------------------------------------
+class LocalYatNMN(nnx.Module):
+    """Dense yat layer with nnx's layout: ``kernel (in, out)``, ``bias (out,)``,
+    ``alpha (1,)``."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs) -> None:
+        init = nnx.initializers.xavier_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.alpha = nnx.Param(jnp.ones((1,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (..., in)`` -> ``(..., out)``."""
+        return nmn_array.yat(x, self.kernel[...].T, self.bias[...], alpha=self.alpha[...])
+
+
+class LocalYatConv(nnx.Module):
+    """Yat 2-D convolution, channels last, ``kernel (kh, kw, in, out)``, padding "same"."""
+
+    def __init__(self, in_features: int, out_features: int, k: int, *, rngs: nnx.Rngs) -> None:
+        init = nnx.initializers.xavier_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (k, k, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.alpha = nnx.Param(jnp.ones((1,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (N, H, W, C)`` -> ``(N, H, W, O)``."""
+        w = jnp.transpose(self.kernel[...], (3, 2, 0, 1))
+        return nmn_array.yat_conv(
+            x,
+            w,
+            self.bias[...],
+            padding="same",
+            data_format="channels_last",
+            alpha=self.alpha[...],
+        )
+
+
+class LocalYatAttention(nnx.Module):
+    """Multi-head yat self-attention with ``nnx.Linear`` q/k/v/out projections."""
+
+    def __init__(self, num_heads: int, in_features: int, *, rngs: nnx.Rngs) -> None:
+        self.num_heads = num_heads
+        self.query = nnx.Linear(in_features, in_features, rngs=rngs)
+        self.key = nnx.Linear(in_features, in_features, rngs=rngs)
+        self.value = nnx.Linear(in_features, in_features, rngs=rngs)
+        self.out = nnx.Linear(in_features, in_features, rngs=rngs)
+        self.alpha = nnx.Param(jnp.ones((1,)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (B, L, E)`` -> ``(B, L, E)``."""
+        b, length, e = x.shape
+
+        def heads(t: jax.Array) -> jax.Array:
+            return jnp.transpose(t.reshape(b, length, self.num_heads, -1), (0, 2, 1, 3))
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        y = nmn_array.yat_attention(q, k, v, alpha=self.alpha[...])
+        return self.out(jnp.transpose(y, (0, 2, 1, 3)).reshape(b, length, e))
+
+
+# --------------------------------------------------------------------------------------
+# Flax references
+# --------------------------------------------------------------------------------------
+class LinearReLU(nnx.Module):
+    """``nnx.Linear`` followed by ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs) -> None:
+        self.linear = nnx.Linear(in_features, out_features, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (..., in)`` -> ``(..., out)``."""
+        return jax.nn.relu(self.linear(x))
+
+
+class ConvReLU(nnx.Module):
+    """``nnx.Conv`` (padding "SAME") followed by ReLU."""
+
+    def __init__(self, in_features: int, out_features: int, k: int, *, rngs: nnx.Rngs) -> None:
+        self.conv = nnx.Conv(in_features, out_features, (k, k), padding="SAME", rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (N, H, W, C)`` -> ``(N, H, W, O)``."""
+        return jax.nn.relu(self.conv(x))
+
+
+class Deterministic(nnx.Module):
+    """Calls an attention module as self-attention with ``deterministic=True``."""
+
+    def __init__(self, inner: nnx.Module) -> None:
+        self.inner = inner
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (B, L, E)`` -> ``(B, L, E)``."""
+        return self.inner(x, deterministic=True)
+
+
+# --------------------------------------------------------------------------------------
+# Factories
+# --------------------------------------------------------------------------------------
+def frameworks_module() -> Any:
+    """``nmn_array.frameworks.nnx`` or None if it does not import (yet)."""
+    try:
+        from nmn_array.frameworks import nnx as fw
+    except Exception:  # noqa: BLE001 - any failure means "use the fallback"
+        return None
+    needed = ("YatNMN", "YatConv", "MultiHeadAttention")
+    return fw if all(hasattr(fw, name) for name in needed) else None
+
+
+def ours_impl() -> str:
+    """``"frameworks"`` when our side runs through ``nmn_array.frameworks.nnx``."""
+    return "frameworks" if frameworks_module() is not None else "wrapper"
+
+
+def _x(key: int, *shape: int) -> jax.Array:
+    return jax.random.normal(jax.random.key(key), shape, jnp.float32)
+
+
+def dense_ours(sz: Sizes, rngs: nnx.Rngs):
+    """Our YatNMN."""
+    fw = frameworks_module()
+    cls = fw.YatNMN if fw is not None else LocalYatNMN
+    return cls(sz.dense_in, sz.dense_out, rngs=rngs), _x(1, sz.dense_batch, sz.dense_in)
+
+
+def dense_native(sz: Sizes, rngs: nnx.Rngs):
+    """``nnx.Linear`` + ReLU."""
+    return LinearReLU(sz.dense_in, sz.dense_out, rngs=rngs), _x(1, sz.dense_batch, sz.dense_in)
+
+
+def dense_nmn(sz: Sizes, rngs: nnx.Rngs):
+    """nmn.nnx's YatNMN."""
+    from nmn.nnx import YatNMN
+
+    return YatNMN(sz.dense_in, sz.dense_out, rngs=rngs), _x(1, sz.dense_batch, sz.dense_in)
+
+
+def _conv_x(sz: Sizes) -> jax.Array:
+    return _x(2, sz.conv_batch, sz.conv_hw, sz.conv_hw, sz.conv_in)
+
+
+def conv_ours(sz: Sizes, rngs: nnx.Rngs):
+    """Our YatConv (padding "SAME")."""
+    fw = frameworks_module()
+    k = sz.conv_k
+    if fw is not None:
+        layer = fw.YatConv(sz.conv_in, sz.conv_out, (k, k), padding="SAME", rngs=rngs)
+    else:
+        layer = LocalYatConv(sz.conv_in, sz.conv_out, k, rngs=rngs)
+    return layer, _conv_x(sz)
+
+
+def conv_native(sz: Sizes, rngs: nnx.Rngs):
+    """``nnx.Conv`` + ReLU."""
+    return ConvReLU(sz.conv_in, sz.conv_out, sz.conv_k, rngs=rngs), _conv_x(sz)
+
+
+def conv_nmn(sz: Sizes, rngs: nnx.Rngs):
+    """nmn.nnx's YatConv (padding "SAME")."""
+    from nmn.nnx import YatConv
+
+    k = sz.conv_k
+    return YatConv(sz.conv_in, sz.conv_out, (k, k), padding="SAME", rngs=rngs), _conv_x(sz)
+
+
+def _attn_x(sz: Sizes) -> jax.Array:
+    return _x(3, sz.attn_batch, sz.attn_len, sz.attn_dim)
+
+
+def attn_ours(sz: Sizes, rngs: nnx.Rngs):
+    """Our MultiHeadAttention."""
+    fw = frameworks_module()
+    if fw is not None:
+        layer = Deterministic(
+            fw.MultiHeadAttention(sz.attn_heads, sz.attn_dim, decode=False, rngs=rngs)
+        )
+    else:
+        layer = LocalYatAttention(sz.attn_heads, sz.attn_dim, rngs=rngs)
+    return layer, _attn_x(sz)
+
+
+def attn_native(sz: Sizes, rngs: nnx.Rngs):
+    """``nnx.MultiHeadAttention`` (dot-product softmax attention)."""
+    mha = nnx.MultiHeadAttention(sz.attn_heads, sz.attn_dim, decode=False, rngs=rngs)
+    return Deterministic(mha), _attn_x(sz)
+
+
+def attn_nmn(sz: Sizes, rngs: nnx.Rngs):
+    """nmn.nnx's MultiHeadAttention."""
+    from nmn.nnx import MultiHeadAttention
+
+    return Deterministic(MultiHeadAttention(sz.attn_heads, sz.attn_dim, rngs=rngs)), _attn_x(sz)
+
+
+CASES: dict[str, dict[str, tuple[str, Any]]] = {
+    "dense": {
+        "ours": ("nmn_array nnx YatNMN", dense_ours),
+        "native": ("nnx.Linear+relu", dense_native),
+        "nmn": ("nmn 0.3.5 nnx YatNMN", dense_nmn),
+    },
+    "conv": {
+        "ours": ("nmn_array nnx YatConv", conv_ours),
+        "native": ("nnx.Conv+relu", conv_native),
+        "nmn": ("nmn 0.3.5 nnx YatConv", conv_nmn),
+    },
+    "attention": {
+        "ours": ("nmn_array nnx MultiHeadAttention", attn_ours),
+        "native": ("nnx.MultiHeadAttention", attn_native),
+        "nmn": ("nmn 0.3.5 nnx MultiHeadAttention", attn_nmn),
+    },
+}
+
+
+def all_cases(prototypes: bool = False) -> dict[str, dict[str, tuple[str, Any]]]:
+    """:data:`CASES`, plus the prototypes of :mod:`.prototypes_jax` when asked."""
+    cases = {group: dict(entries) for group, entries in CASES.items()}
+    if prototypes:
+        from .prototypes_jax import JAX_PROTOTYPES
+
+        for group, entries in JAX_PROTOTYPES.items():
+            cases.setdefault(group, {}).update(entries)
+    return cases
+
+
+def make_step(module: nnx.Module, x: jax.Array) -> tuple[Callable[[], Any], Callable, tuple]:
+    """The jitted ``value_and_grad`` of ``sum(module(x))`` over the parameters and ``x``.
+
+    Returns the step, the jitted function and its arguments (for cost analysis).
+    """
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def loss(p: Any, inp: jax.Array, other: Any) -> jax.Array:
+        return jnp.sum(nnx.merge(graphdef, p, other)(inp))
+
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    args = (params, x, rest)
+
+    def step() -> Any:
+        return jax.block_until_ready(fn(*args))
+
+    return step, fn, args
+
+
+def build(group: str, name: str, sz: Sizes, prototypes: bool = False) -> Callable[[], Any]:
+    """The step of one case."""
+    _, factory = all_cases(prototypes)[group][name]
+    module, x = factory(sz, nnx.Rngs(0))
+    return make_step(module, x)[0]
+
+
+def run_suite(sz: Sizes, prototypes: bool = False) -> dict[str, Any]:
+    """Time every JAX group, interleaved within the group (compilation in the warm-up)."""
+    from ._common import interleaved, record
+
+    impl = ours_impl()
+    records = []
+    for group, entries in all_cases(prototypes).items():
+        steps = {name: build(group, name, sz, prototypes) for name in entries}
+        times = interleaved(
+            steps, reps=sz.reps[group], warmup=sz.warmup, budget_s=sz.budget_s[group]
+        )
+        for name, samples in times.items():
+            kind = impl if name == "ours" else "prototype" if name[:5] == "proto" else "reference"
+            rec = record("jax", group, name, entries[name][0], samples, impl=kind)
+            records.append(rec)
+    return {"cases": records, "scaling": [], "impl": impl}
+
+
+def cost_analysis(group: str, name: str, sz: Sizes, prototypes: bool = False) -> dict[str, float]:
+    """XLA's flop and byte counts of one case's compiled forward + backward."""
+    _, factory = all_cases(prototypes)[group][name]
+    module, x = factory(sz, nnx.Rngs(0))
+    _, fn, args = make_step(module, x)
+    compiled = fn.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0]
+    keep = ("flops", "bytes accessed", "transcendentals")
+    out = {k: float(cost.get(k, math.nan)) for k in keep}
+    out.update(_wide_kernels(compiled.as_text(), _wide_numel(group, sz)))
+    return out
+
+
+def _wide_numel(group: str, sz: Sizes) -> int:
+    if group == "dense":
+        return sz.dense_batch * sz.dense_out
+    if group == "conv":
+        return sz.conv_batch * sz.conv_out * sz.conv_hw**2
+    return sz.attn_batch * sz.attn_heads * sz.attn_len**2
+
+
+def _wide_kernels(hlo: str, numel: int) -> dict[str, float]:
+    """Kernels of the optimised HLO's entry computation that write an array of ``numel``
+    elements or more: each is one pass over the widest tensor (``matmul_conv`` of them
+    are dots/convolutions, possibly with fused epilogues)."""
+    import re
+
+    entry = hlo[hlo.index("\nENTRY") :]
+    entry = entry[: entry.index("\n}")]
+    wide = dots = 0
+    for line in entry.splitlines():
+        m = re.match(r"\s*(ROOT )?%\S+ = (\w+)\[([\d,]*)\]\{?[^ ]* (\w[\w-]*)\(", line)
+        if m is None:
+            continue
+        dims = [int(d) for d in m.group(3).split(",") if d]
+        if not dims or math.prod(dims) < numel or m.group(4) in ("parameter", "bitcast"):
+            continue
+        wide += 1
+        if m.group(4) in ("dot", "convolution") or "ynn_fusion" in line.split("=")[0]:
+            dots += 1
+    return {"wide_kernels": float(wide), "matmul_conv": float(dots)}

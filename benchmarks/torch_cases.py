@@ -1,0 +1,352 @@
+"""PyTorch cases: our layers, the native layers they replace, and nmn 0.3.5's layers.
+
+Every case is built by a factory ``(sizes) -> (module, inputs)``; :func:`make_step` turns it
+into one forward + backward pass of ``module(*inputs).sum()`` with respect to the parameters
+and the inputs (a layer in the middle of a network needs both). Our side goes through
+``nmn_array.frameworks.torch`` when it imports, through the small local wrappers below
+otherwise (the JSON records which one ran, as ``impl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nmn_array
+
+from ._common import Sizes
+
+Factory = Callable[[Sizes], tuple[nn.Module, tuple[torch.Tensor, ...]]]
+
+
+# --------------------------------------------------------------------------------------
+# Fallback wrappers: parameters held here, arithmetic in the nmn_array pure functions.
+# --------------------------------------------------------------------------------------
+class LocalYatDense(nn.Module):
+    """Dense yat layer holding ``weight (out, in)``, ``bias (out,)`` and ``alpha (1,)``."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.xavier_normal_(self.weight)
+        bound = 1.0 / math.sqrt(in_features)
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.alpha = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., in)`` -> ``(..., out)``."""
+        return nmn_array.yat(x, self.weight, self.bias, alpha=self.alpha)
+
+
+class LocalYatConv2d(nn.Conv2d):
+    """Yat 2-D convolution on ``nn.Conv2d``'s parameters plus ``alpha (1,)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        self.alpha = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (N, C, H, W)`` -> ``(N, O, H', W')``."""
+        return nmn_array.yat_conv(x, self.weight, self.bias, padding=self.padding, alpha=self.alpha)
+
+
+class LocalYatAttention(nn.Module):
+    """Multi-head yat self-attention with ``nn.Linear`` q/k/v/out projections."""
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.alpha = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, L, E)`` -> ``(B, L, E)``."""
+        q, k, v = (
+            split_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        return self.out_proj(merge_heads(nmn_array.yat_attention(q, k, v, alpha=self.alpha)))
+
+
+# --------------------------------------------------------------------------------------
+# Native references
+# --------------------------------------------------------------------------------------
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(B, L, H*d)`` -> ``(B, H, L, d)``."""
+    b, length, _ = x.shape
+    return x.reshape(b, length, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, L, d)`` -> ``(B, L, H*d)``."""
+    b, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, h * d)
+
+
+class SDPAAttention(nn.Module):
+    """Softmax attention with the same q/k/v/out ``nn.Linear`` projections as ours, through
+    ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, L, E)`` -> ``(B, L, E)``."""
+        q, k, v = (
+            split_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        return self.out_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+
+
+class TorchMHA(nn.Module):
+    """``nn.MultiheadAttention`` (batch first) called as self-attention."""
+
+    def __init__(self, embed_dim: int, num_heads: int, need_weights: bool) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, L, E)`` -> ``(B, L, E)``."""
+        return self.mha(x, x, x, need_weights=self.need_weights)[0]
+
+
+class SelfAttention(nn.Module):
+    """Calls an attention module with ``x`` as query, key and value."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, L, E)`` -> ``(B, L, E)``."""
+        return self.inner(x)
+
+
+# --------------------------------------------------------------------------------------
+# Our side: the framework module when it imports, else the wrapper
+# --------------------------------------------------------------------------------------
+def frameworks_module() -> Any:
+    """``nmn_array.frameworks.torch`` or None if it does not import (yet)."""
+    try:
+        from nmn_array.frameworks import torch as fw
+    except Exception:  # noqa: BLE001 - any failure means "use the fallback"
+        return None
+    needed = ("YatNMN", "YatConv2D", "MultiHeadYatAttention")
+    return fw if all(hasattr(fw, name) for name in needed) else None
+
+
+def ours_impl() -> str:
+    """``"frameworks"`` when our side runs through ``nmn_array.frameworks.torch``."""
+    return "frameworks" if frameworks_module() is not None else "wrapper"
+
+
+def _x(*shape: int) -> tuple[torch.Tensor, ...]:
+    return (torch.randn(*shape).requires_grad_(True),)
+
+
+def _dense_input(sz: Sizes) -> tuple[torch.Tensor, ...]:
+    return _x(sz.dense_batch, sz.dense_in)
+
+
+def _conv_input(sz: Sizes) -> tuple[torch.Tensor, ...]:
+    return _x(sz.conv_batch, sz.conv_in, sz.conv_hw, sz.conv_hw)
+
+
+def _attn_input(sz: Sizes) -> tuple[torch.Tensor, ...]:
+    return _x(sz.attn_batch, sz.attn_len, sz.attn_dim)
+
+
+def dense_ours(sz: Sizes):
+    """Our YatNMN."""
+    fw = frameworks_module()
+    cls = fw.YatNMN if fw is not None else LocalYatDense
+    return cls(sz.dense_in, sz.dense_out), _dense_input(sz)
+
+
+def dense_native(sz: Sizes):
+    """``nn.Linear`` followed by ReLU."""
+    return nn.Sequential(nn.Linear(sz.dense_in, sz.dense_out), nn.ReLU()), _dense_input(sz)
+
+
+def dense_nmn(sz: Sizes):
+    """nmn 0.3.5's YatNMN."""
+    from nmn.torch import YatNMN
+
+    return YatNMN(sz.dense_in, sz.dense_out), _dense_input(sz)
+
+
+def conv_ours(sz: Sizes):
+    """Our YatConv2D."""
+    fw = frameworks_module()
+    cls = fw.YatConv2D if fw is not None else LocalYatConv2d
+    return cls(sz.conv_in, sz.conv_out, sz.conv_k, padding=sz.conv_k // 2), _conv_input(sz)
+
+
+def conv_native(sz: Sizes):
+    """``nn.Conv2d`` followed by ReLU."""
+    conv = nn.Conv2d(sz.conv_in, sz.conv_out, sz.conv_k, padding=sz.conv_k // 2)
+    return nn.Sequential(conv, nn.ReLU()), _conv_input(sz)
+
+
+def conv_nmn(sz: Sizes):
+    """nmn 0.3.5's YatConv2D."""
+    from nmn.torch import YatConv2D
+
+    return YatConv2D(sz.conv_in, sz.conv_out, sz.conv_k, padding=sz.conv_k // 2), _conv_input(sz)
+
+
+def attn_ours(sz: Sizes):
+    """Our MultiHeadYatAttention."""
+    fw = frameworks_module()
+    cls = fw.MultiHeadYatAttention if fw is not None else LocalYatAttention
+    return SelfAttention(cls(sz.attn_dim, sz.attn_heads)), _attn_input(sz)
+
+
+def attn_sdpa(sz: Sizes):
+    """Same projections, ``F.scaled_dot_product_attention``."""
+    return SDPAAttention(sz.attn_dim, sz.attn_heads), _attn_input(sz)
+
+
+def attn_mha(sz: Sizes):
+    """``nn.MultiheadAttention`` as users call it (``need_weights=True``, the default)."""
+    return TorchMHA(sz.attn_dim, sz.attn_heads, need_weights=True), _attn_input(sz)
+
+
+def attn_mha_fast(sz: Sizes):
+    """``nn.MultiheadAttention(..., need_weights=False)`` (its SDPA path)."""
+    return TorchMHA(sz.attn_dim, sz.attn_heads, need_weights=False), _attn_input(sz)
+
+
+def attn_nmn(sz: Sizes):
+    """nmn 0.3.5's MultiHeadYatAttention."""
+    from nmn.torch import MultiHeadYatAttention
+
+    return SelfAttention(MultiHeadYatAttention(sz.attn_dim, sz.attn_heads)), _attn_input(sz)
+
+
+#: group -> name -> (label, factory). The first entry of each group is ours.
+CASES: dict[str, dict[str, tuple[str, Factory]]] = {
+    "dense": {
+        "ours": ("nmn_array YatNMN", dense_ours),
+        "native": ("nn.Linear+ReLU", dense_native),
+        "nmn": ("nmn 0.3.5 YatNMN", dense_nmn),
+    },
+    "conv": {
+        "ours": ("nmn_array YatConv2D", conv_ours),
+        "native": ("nn.Conv2d+ReLU", conv_native),
+        "nmn": ("nmn 0.3.5 YatConv2D", conv_nmn),
+    },
+    "attention": {
+        "ours": ("nmn_array MultiHeadYatAttention", attn_ours),
+        "sdpa": ("Linear q/k/v/out + F.sdpa", attn_sdpa),
+        "mha": ("nn.MultiheadAttention", attn_mha),
+        "mha_fast": ("nn.MultiheadAttention(need_weights=False)", attn_mha_fast),
+        "nmn": ("nmn 0.3.5 MultiHeadYatAttention", attn_nmn),
+    },
+}
+
+#: scaling study -> (group of CASES, Sizes field varied, Sizes field of the point list, names)
+SCALING = {
+    "dense-batch": ("dense", "dense_batch", "dense_batches", ("ours", "native", "nmn")),
+    "conv-batch": ("conv", "conv_batch", "conv_batches", ("ours", "native", "nmn")),
+    "attention-seq": ("attention", "attn_len", "attn_lengths", ("ours", "sdpa", "nmn")),
+}
+
+
+def all_cases(prototypes: bool = False) -> dict[str, dict[str, tuple[str, Factory]]]:
+    """:data:`CASES`, plus the prototypes of :mod:`.prototypes` when asked."""
+    cases = {group: dict(entries) for group, entries in CASES.items()}
+    if prototypes:
+        from .prototypes import TORCH_PROTOTYPES
+
+        for group, entries in TORCH_PROTOTYPES.items():
+            cases.setdefault(group, {}).update(entries)
+    return cases
+
+
+def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    """One forward + backward of ``module(*inputs).sum()``; gradients are reset to None
+    first, as ``optimizer.zero_grad()`` does."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for t in params:
+            t.grad = None
+        for t in inputs:
+            t.grad = None
+        module(*inputs).sum().backward()
+
+    return step
+
+
+def build(group: str, name: str, sz: Sizes, prototypes: bool = False) -> Callable[[], None]:
+    """The step of one case, with a fixed seed so every case sees the same input."""
+    torch.manual_seed(0)
+    _, factory = all_cases(prototypes)[group][name]
+    module, inputs = factory(sz)
+    return make_step(module, inputs)
+
+
+def setup_threads(threads: int) -> None:
+    """Cap PyTorch's intra-op pool (inter-op work is not used by these cases)."""
+    torch.set_num_threads(threads)
+
+
+def run_suite(sz: Sizes, *, scaling: bool, prototypes: bool) -> dict[str, Any]:
+    """Time every torch group (interleaved within the group) and, optionally, the scaling
+    studies (interleaved within each point)."""
+    from ._common import interleaved, record
+
+    impl = ours_impl()
+    records, scale_records = [], []
+    for group, entries in all_cases(prototypes).items():
+        steps = {name: build(group, name, sz, prototypes) for name in entries}
+        times = interleaved(
+            steps, reps=sz.reps[group], warmup=sz.warmup, budget_s=sz.budget_s[group]
+        )
+        for name, samples in times.items():
+            records.append(
+                record("torch", group, name, entries[name][0], samples, impl=_impl(name, impl))
+            )
+    if scaling:
+        # every point of every study in one round-robin, so a slow phase of the machine
+        # spreads over all points instead of spoiling a few of them
+        steps, meta = {}, {}
+        for study, (group, field_name, points_name, names) in SCALING.items():
+            for point in getattr(sz, points_name):
+                psz = dataclasses.replace(sz, **{field_name: point})
+                for name in names:
+                    key = f"{study}|{point}|{name}"
+                    steps[key] = build(group, name, psz)
+                    meta[key] = (study, point, name, CASES[group][name][0])
+        times = interleaved(
+            steps, reps=sz.reps["scaling"], warmup=1, budget_s=sz.budget_s["scaling"]
+        )
+        for key, samples in times.items():
+            study, point, name, label = meta[key]
+            rec = record("torch", study, name, label, samples)
+            rec["x"] = point
+            scale_records.append(rec)
+    return {"cases": records, "scaling": scale_records, "impl": impl}
+
+
+def _impl(name: str, impl: str) -> str:
+    if name == "ours":
+        return impl
+    if name.startswith("proto"):
+        return "prototype"
+    return "reference"
