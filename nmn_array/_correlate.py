@@ -60,6 +60,13 @@ def window_sum(
 
     This is the correlation with an all-ones kernel, one output per channel.
     """
+    if native and is_jax(xp):
+        return _jax_window_sum(x, kernel, stride, pads, dilation)
+    if native and all(d == 1 for d in dilation):
+        if is_torch(xp):
+            return _torch_window_sum(x, kernel, stride, pads)
+        if is_tf(xp) and len(kernel) < 3:  # TF's CPU AvgPool3D has no float64 kernel
+            return _tf_window_sum(x, kernel, stride, pads)
     if native and (is_torch(xp) or is_jax(xp) or is_tf(xp)):
         g = x.shape[1]
         ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **device_kw(xp, x))
@@ -153,6 +160,21 @@ def _torch(x, w, stride, pads, dilation, groups):
     return conv(x, w, None, stride, padding, dilation, groups)
 
 
+def _torch_window_sum(x, kernel, stride, pads):
+    # oneDNN runs a convolution with few channels and an all-ones kernel 3-4x slower (forward
+    # and backward) than average pooling; the mean times the window size is the sum.
+    import torch.nn.functional as F
+
+    nd = len(stride)
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+    if any(lo or hi for lo, hi in pads):
+        x = F.pad(x, [v for pair in reversed(pads) for v in pair])
+    size = 1
+    for k in kernel:
+        size *= k
+    return pool(x, kernel, stride, 0) * size
+
+
 def _torch_transpose_args(pads, kernel, stride, dilation):
     """torch's (padding, output_padding) for these pads, or None if torch cannot express them."""
     padding, output_padding = [], []
@@ -189,6 +211,36 @@ def _jax(x, w, stride, pads, dilation, groups, *, lhs_dilation):
         feature_group_count=groups,
         precision=lax.Precision.HIGHEST,
     )
+
+
+def _jax_window_sum(x, kernel, stride, pads, dilation):
+    # XLA:CPU runs reduce_window about 8x faster than a grouped all-ones convolution.
+    from jax import lax
+
+    return lax.reduce_window(
+        x,
+        x.dtype.type(0),
+        lax.add,
+        (1, 1, *kernel),
+        (1, 1, *stride),
+        [(0, 0), (0, 0), *pads],
+        window_dilation=(1, 1, *dilation),
+    )
+
+
+def _tf_window_sum(x, kernel, stride, pads):
+    # As for torch: average pooling is much cheaper than an all-ones grouped convolution.
+    import tensorflow as tf
+
+    nd = len(stride)
+    xl = tf.transpose(x, [0, *range(2, 2 + nd), 1])
+    if any(lo or hi for lo, hi in pads):
+        xl = tf.pad(xl, [(0, 0), *pads, (0, 0)])
+    size = 1
+    for k in kernel:
+        size *= k
+    y = tf.nn.avg_pool(xl, list(kernel), list(stride), "VALID") * size
+    return tf.transpose(y, [0, nd + 1, *range(1, nd + 1)])
 
 
 def _tf(x, w, stride, pads, dilation, groups):
