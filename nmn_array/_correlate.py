@@ -28,19 +28,22 @@ def correlate(
     dilation: tuple[int, ...],
     groups: int,
     native: bool = True,
+    channels_last: bool = False,
 ) -> Any:
     """``x (N, C, *sp)`` correlated with ``w (O, C/groups, *k)`` -> ``(N, O, *out)``.
 
     ``pads`` are non-negative zero paddings, one (low, high) pair per spatial dim.
     ``native=False`` forces the portable path (used by the tests that compare the two).
+    ``channels_last`` (only where :func:`native_channels_last`): ``x (N, *sp, C)`` ->
+    ``(N, *out, O)``.
     """
     if native:
         if is_torch(xp):
             return _torch(x, w, stride, pads, dilation, groups)
         if is_jax(xp):
-            return _jax(x, w, stride, pads, dilation, groups, lhs_dilation=None)
+            return _jax(x, w, stride, pads, dilation, groups, lhs_dilation=None, last=channels_last)
         if is_tf(xp):
-            return _tf(x, w, stride, pads, dilation, groups)
+            return _tf(x, w, stride, pads, dilation, groups, last=channels_last)
     return portable.correlate(
         xp, pad(xp, x, pads), w, stride=stride, dilation=dilation, groups=groups
     )
@@ -55,22 +58,33 @@ def window_sum(
     pads: Pairs,
     dilation: tuple[int, ...],
     native: bool = True,
+    channels_last: bool = False,
 ) -> Any:
     """Sum of each channel of ``x (N, G, *sp)`` over every kernel window -> ``(N, G, *out)``.
 
     This is the correlation with an all-ones kernel, one output per channel.
+    ``channels_last`` as in :func:`correlate`.
     """
     if native and is_jax(xp):
-        return _jax_window_sum(x, kernel, stride, pads, dilation)
+        return _jax_window_sum(x, kernel, stride, pads, dilation, channels_last)
     if native and all(d == 1 for d in dilation):
         if is_torch(xp):
             return _torch_window_sum(x, kernel, stride, pads)
         if is_tf(xp) and len(kernel) < 3:  # TF's CPU AvgPool3D has no float64 kernel
-            return _tf_window_sum(x, kernel, stride, pads)
-    if native and (is_torch(xp) or is_jax(xp) or is_tf(xp)):
-        g = x.shape[1]
+            return _tf_window_sum(x, kernel, stride, pads, channels_last)
+    if native and (is_torch(xp) or is_tf(xp)):
+        g = x.shape[-1 if channels_last else 1]
         ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **device_kw(xp, x))
-        return correlate(xp, x, ones, stride=stride, pads=pads, dilation=dilation, groups=g)
+        return correlate(
+            xp,
+            x,
+            ones,
+            stride=stride,
+            pads=pads,
+            dilation=dilation,
+            groups=g,
+            channels_last=channels_last,
+        )
     return portable.window_sum(xp, pad(xp, x, pads), kernel, stride=stride, dilation=dilation)
 
 
@@ -144,6 +158,11 @@ def direct_kernel(xp: ModuleType, w: Any, groups: int) -> Any:
     return xp.flip(wd, axis=tuple(range(2, 2 + nd)))
 
 
+def native_channels_last(xp: ModuleType) -> bool:
+    """Whether :func:`correlate` and :func:`window_sum` take channels-last inputs natively."""
+    return is_jax(xp) or is_tf(xp)
+
+
 # --- native kernels -------------------------------------------------------------------
 
 
@@ -196,10 +215,11 @@ def _torch_transpose(x, w, stride, dilation, groups, padding, output_padding):
     return conv_t(x, w, None, stride, padding, output_padding, groups, dilation)
 
 
-def _jax(x, w, stride, pads, dilation, groups, *, lhs_dilation):
+def _jax(x, w, stride, pads, dilation, groups, *, lhs_dilation, last=False):
     from jax import lax
 
     sp = _SPATIAL[len(stride)]
+    layout = "N" + sp + "C" if last else "NC" + sp
     return lax.conv_general_dilated(
         x,
         w,
@@ -207,49 +227,52 @@ def _jax(x, w, stride, pads, dilation, groups, *, lhs_dilation):
         padding=list(pads),
         lhs_dilation=lhs_dilation,
         rhs_dilation=dilation,
-        dimension_numbers=("NC" + sp, "OI" + sp, "NC" + sp),
+        dimension_numbers=(layout, "OI" + sp, layout),
         feature_group_count=groups,
         precision=lax.Precision.HIGHEST,
     )
 
 
-def _jax_window_sum(x, kernel, stride, pads, dilation):
+def _jax_window_sum(x, kernel, stride, pads, dilation, last):
     # XLA:CPU runs reduce_window about 8x faster than a grouped all-ones convolution.
     from jax import lax
+
+    def spatial(values, fill):
+        return (fill, *values, fill) if last else (fill, fill, *values)
 
     return lax.reduce_window(
         x,
         x.dtype.type(0),
         lax.add,
-        (1, 1, *kernel),
-        (1, 1, *stride),
-        [(0, 0), (0, 0), *pads],
-        window_dilation=(1, 1, *dilation),
+        spatial(kernel, 1),
+        spatial(stride, 1),
+        list(spatial(pads, (0, 0))),
+        window_dilation=spatial(dilation, 1),
     )
 
 
-def _tf_window_sum(x, kernel, stride, pads):
+def _tf_window_sum(x, kernel, stride, pads, last):
     # As for torch: average pooling is much cheaper than an all-ones grouped convolution.
     import tensorflow as tf
 
     nd = len(stride)
-    xl = tf.transpose(x, [0, *range(2, 2 + nd), 1])
+    xl = x if last else tf.transpose(x, [0, *range(2, 2 + nd), 1])
     if any(lo or hi for lo, hi in pads):
         xl = tf.pad(xl, [(0, 0), *pads, (0, 0)])
     size = 1
     for k in kernel:
         size *= k
     y = tf.nn.avg_pool(xl, list(kernel), list(stride), "VALID") * size
-    return tf.transpose(y, [0, nd + 1, *range(1, nd + 1)])
+    return y if last else tf.transpose(y, [0, nd + 1, *range(1, nd + 1)])
 
 
-def _tf(x, w, stride, pads, dilation, groups):
+def _tf(x, w, stride, pads, dilation, groups, last=False):
     import tensorflow as tf
 
     nd = len(stride)
     to_last = [0, *range(2, 2 + nd), 1]
     to_first = [0, nd + 1, *range(1, nd + 1)]
-    xl = tf.transpose(x, to_last)
+    xl = x if last else tf.transpose(x, to_last)
     if any(lo or hi for lo, hi in pads):
         xl = tf.pad(xl, [(0, 0), *pads, (0, 0)])
     wl = tf.transpose(w, [*range(2, 2 + nd), 1, 0])  # (*k, C/G, O)
@@ -271,4 +294,4 @@ def _tf(x, w, stride, pads, dilation, groups):
         )
     if both:
         y = y[(slice(None), *(slice(None, None, s) for s in stride))]
-    return tf.transpose(y, to_first)
+    return y if last else tf.transpose(y, to_first)

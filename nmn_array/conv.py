@@ -91,31 +91,45 @@ def _common_checks(xp, x, w, bias, epsilon):
     return dtype
 
 
-def _group_sq_norms(xp: ModuleType, x: Any, groups: int) -> Any:
-    """``x (N, C, *sp)`` -> sum of squares over each group's channels, ``(N, G, *sp)``."""
+def _group_sq_norms(xp: ModuleType, x: Any, groups: int, last: bool = False) -> Any:
+    """``x (N, C, *sp)`` -> sum of squares over each group's channels, ``(N, G, *sp)``.
+
+    With ``last``, ``x (N, *sp, C)`` -> ``(N, *sp, G)``.
+    """
+    if last:
+        c, sp = x.shape[-1], tuple(x.shape[1:-1])
+        return xp.sum(xp.reshape(x * x, (-1, *sp, groups, c // groups)), axis=-1)
     c = x.shape[1]
     sp = tuple(x.shape[2:])
     sq = xp.reshape(x * x, (-1, groups, c // groups, *sp))
     return xp.sum(sq, axis=2)
 
 
-def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon):
-    """From dot (N, O, *out), patch norms (N, G, *out), filter norms (G, O/G) to the output."""
+def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last: bool = False):
+    """From dot (N, O, *out), patch norms (N, G, *out), filter norms (G, O/G) to the output.
+
+    With ``last``, dot is ``(N, *out, O)`` and the patch norms ``(N, *out, G)``.
+    """
     g, og = lay.groups, lay.o // lay.groups
-    out = tuple(dot.shape[2:])
-    ones = (1,) * lay.nd
-    dot_g = xp.reshape(dot, (-1, g, og, *out))
-    psq_g = xp.reshape(psq, (-1, g, 1, *out))
-    wsq_g = wsq if isinstance(wsq, float) else xp.reshape(wsq, (g, og, *ones))
+    if last:
+        out = tuple(dot.shape[1:-1])
+        group_shape, channel_shape, psq_shape = (g, og), (*out, g, og), (*out, g, 1)
+    else:
+        out = tuple(dot.shape[2:])
+        ones = (1,) * lay.nd
+        group_shape, channel_shape, psq_shape = (g, og, *ones), (g, og, *out), (g, 1, *out)
+    dot_g = xp.reshape(dot, (-1, *channel_shape))
+    psq_g = xp.reshape(psq, (-1, *psq_shape))
+    wsq_g = wsq if isinstance(wsq, float) else xp.reshape(wsq, group_shape)
     if bias is not None and not isinstance(bias, (int, float)):
         bias = (
-            xp.reshape(bias, (g, og, *ones))
-            if v.shape_of(bias) == (lay.o,)
-            else xp.reshape(bias, ())
+            xp.reshape(bias, group_shape) if v.shape_of(bias) == (lay.o,) else xp.reshape(bias, ())
         )
     y = yat_ratio(
         xp, dot_g, expanded_distance(dot_g, psq_g, wsq_g), bias=bias, alpha=alpha, epsilon=epsilon
     )
+    if last:
+        return xp.reshape(y, (-1, *out, lay.o))
     return lay.from_channels_first(xp, xp.reshape(y, (-1, lay.o, *out)))
 
 
@@ -190,7 +204,11 @@ def yat_conv(
     alpha = v.scalar_param(xp, alpha, "alpha", dtype)
     epsilon = v.scalar_param(xp, epsilon, "epsilon", dtype)
 
-    xc = lay.to_channels_first(xp, v.as_compute(xp, x, dtype))
+    # JAX and TensorFlow convolve channels-last inputs in place: no layout transposes.
+    last = lay.channels_last and mode == "zeros" and _native and corr.native_channels_last(xp)
+    xc = v.as_compute(xp, x, dtype)
+    if not last:
+        xc = lay.to_channels_first(xp, xc)
     wc = v.as_compute(xp, w, dtype)
     bc = v.as_compute(xp, bias, dtype)
     if weight_normalized:
@@ -199,14 +217,16 @@ def yat_conv(
     if mode != "zeros":
         xc = pad(xp, xc, pads, mode)
         pads = ((0, 0),) * lay.nd
-    geometry = dict(stride=stride_t, pads=pads, dilation=dilation_t, native=_native)
+    geometry = dict(
+        stride=stride_t, pads=pads, dilation=dilation_t, native=_native, channels_last=last
+    )
     dot = corr.correlate(xp, xc, wc, groups=groups, **geometry)
-    psq = corr.window_sum(xp, _group_sq_norms(xp, xc, groups), lay.kernel, **geometry)
+    psq = corr.window_sum(xp, _group_sq_norms(xp, xc, groups, last), lay.kernel, **geometry)
     if weight_normalized:
         wsq = 1.0
     else:
         wsq = xp.sum(xp.reshape(wc * wc, (groups, lay.o // groups, -1)), axis=-1)
-    y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon)
+    y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon, last)
     return v.cast_back(xp, y, x.dtype)
 
 

@@ -43,6 +43,15 @@ CASES = {
         ),
         lambda: [normal(1, 2, 5, 5), normal(2, 1, 2, 2), normal(2)],
     ),
+    "yat_conv_2d_channels_last": (
+        lambda x, w, b: na.yat_conv(
+            x, w, b, stride=2, dilation=(2, 1), groups=2, data_format="channels_last"
+        ),
+        lambda x, w, b: ref.yat_conv_ref(
+            x, w, b, stride=2, dilation=(2, 1), groups=2, data_format="channels_last"
+        ),
+        lambda: [normal(1, 6, 5, 2), normal(2, 1, 2, 2), normal(2)],
+    ),
     "yat_conv_1d_reflect": (
         lambda x, w: na.yat_conv(x, w, padding=2, padding_mode="reflect"),
         lambda x, w: ref.yat_conv_ref(x, w, padding=2, padding_mode="reflect"),

@@ -74,6 +74,23 @@ CONV = {
     "2d_reflect_same": (2, dict(padding="same", padding_mode="reflect")),
     "2d_circular": (2, dict(padding=1, padding_mode="circular", groups=2, stride=2)),
     "2d_channels_last": (2, dict(padding="same", data_format="channels_last", groups=2)),
+    # channels last goes through JAX's and TensorFlow's kernels without layout transposes
+    "1d_channels_last_stride_dil": (
+        1,
+        dict(stride=2, dilation=2, groups=2, padding=((1, 2),), data_format="channels_last"),
+    ),
+    "2d_channels_last_strided_dilated": (
+        2,
+        dict(stride=2, dilation=(2, 1), padding="same", data_format="channels_last"),
+    ),
+    "2d_channels_last_reflect": (
+        2,
+        dict(padding=1, padding_mode="reflect", data_format="channels_last", alpha=0.7),
+    ),
+    "3d_channels_last_weight_normalized": (
+        3,
+        dict(padding="valid", groups=2, weight_normalized=True, data_format="channels_last"),
+    ),
     "3d_basic": (3, dict(padding=1, groups=2)),
     "3d_stride_dil": (
         3,
