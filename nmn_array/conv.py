@@ -15,7 +15,7 @@ from typing import Any
 from nmn_array import _correlate as corr
 from nmn_array import _validation as v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace
+from nmn_array._namespace import array_namespace, is_torch
 from nmn_array._padding import PADDING_MODES, conv_pads, pad, transpose_pads
 from nmn_array.dense import NORM_GUARD, safe_norm
 
@@ -105,7 +105,7 @@ def _group_sq_norms(xp: ModuleType, x: Any, groups: int, last: bool = False) -> 
     return xp.sum(sq, axis=2)
 
 
-def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last: bool = False):
+def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last=False, native=True):
     """From dot (N, O, *out), patch norms (N, G, *out), filter norms (G, O/G) to the output.
 
     With ``last``, dot is ``(N, *out, O)`` and the patch norms ``(N, *out, G)``.
@@ -125,9 +125,13 @@ def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last: bool = 
         bias = (
             xp.reshape(bias, group_shape) if v.shape_of(bias) == (lay.o,) else xp.reshape(bias, ())
         )
-    y = yat_ratio(
-        xp, dot_g, expanded_distance(dot_g, psq_g, wsq_g), bias=bias, alpha=alpha, epsilon=epsilon
-    )
+    if native and is_torch(xp):
+        from nmn_array._native.torch_yat import yat_epilogue
+
+        y = yat_epilogue(dot_g, psq_g, wsq_g, bias, alpha, epsilon)
+    else:
+        dist = expanded_distance(dot_g, psq_g, wsq_g)
+        y = yat_ratio(xp, dot_g, dist, bias=bias, alpha=alpha, epsilon=epsilon)
     if last:
         return xp.reshape(y, (-1, *out, lay.o))
     return lay.from_channels_first(xp, xp.reshape(y, (-1, lay.o, *out)))
@@ -226,7 +230,7 @@ def yat_conv(
         wsq = 1.0
     else:
         wsq = xp.sum(xp.reshape(wc * wc, (groups, lay.o // groups, -1)), axis=-1)
-    y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon, last)
+    y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon, last, _native)
     return v.cast_back(xp, y, x.dtype)
 
 
@@ -324,5 +328,5 @@ def yat_conv_transpose(
     geometry = dict(stride=stride_t, pads=pads, dilation=dilation_t, native=_native)
     dot = corr.correlate_transpose(xp, xc, wc, groups=groups, **geometry)
     psq = corr.window_sum_transpose(xp, _group_sq_norms(xp, xc, groups), lay.kernel, **geometry)
-    y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon)
+    y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon, native=_native)
     return v.cast_back(xp, y, x.dtype)

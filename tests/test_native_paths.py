@@ -82,6 +82,64 @@ def test_torch_fused_dense_float32_and_compile():
     )
 
 
+CONV_OPTIONS = list(
+    itertools.product(
+        ["conv", "transpose"], [False, True], ["none", "vector", "scalar"], [False, True]
+    )
+)
+
+
+@pytest.mark.parametrize("kind, weight_normalized, bias_kind, learnable", CONV_OPTIONS, ids=str)
+def test_torch_fused_conv_epilogue_equals_portable(kind, weight_normalized, bias_kind, learnable):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    shape = (4, 3, 2, 2) if kind == "transpose" else (6, 2, 2, 2)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = {
+        "none": None,
+        "vector": torch.randn(6, generator=g, dtype=torch.float64),
+        "scalar": 0.3,
+    }[bias_kind]
+    if isinstance(bias, torch.Tensor):
+        bias.requires_grad_(True)
+    alpha = torch.tensor([1.3], dtype=torch.float64, requires_grad=True) if learnable else 1.3
+    eps = torch.tensor([1e-2], dtype=torch.float64, requires_grad=True) if learnable else 1e-2
+    fn = na.yat_conv_transpose if kind == "transpose" else na.yat_conv
+    kw = dict(
+        stride=2, padding=1, groups=2, alpha=alpha, epsilon=eps, weight_normalized=weight_normalized
+    )
+    inputs = [t for t in (x, w, bias, alpha, eps) if isinstance(t, torch.Tensor)]
+
+    fused = fn(x, w, bias, **kw)
+    portable = fn(x, w, bias, **kw, _native=False)
+    torch.testing.assert_close(fused, portable, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(fused.shape, generator=g, dtype=torch.float64)
+    g_fused = torch.autograd.grad(fused, inputs, upstream)
+    g_portable = torch.autograd.grad(portable, inputs, upstream)
+    for a, b in zip(g_fused, g_portable, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda *t: fn(*t[:2], t[2] if bias_kind == "vector" else bias, **kw), (x, w, *inputs[2:])
+    )
+
+
+def test_torch_fused_conv_epilogue_clamp_and_double_backward():
+    # a patch equal to its filter: the distance is clamped at 0 and no gradient flows there
+    x = torch.ones(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.ones(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    fused = torch.autograd.grad(na.yat_conv(x, w).sum(), (x, w))
+    portable = torch.autograd.grad(na.yat_conv(x, w, _native=False).sum(), (x, w))
+    for a, b in zip(fused, portable, strict=True):
+        torch.testing.assert_close(a, b)
+        assert torch.isfinite(a).all()
+    x = torch.randn(1, 2, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda a, c, d: na.yat_conv(a, c, d, alpha=1.1, padding=1), (x, w, b)
+    )
+
+
 ATTENTION_OPTIONS = [
     dict(),
     dict(causal=True),

@@ -93,6 +93,89 @@ class _YatScores(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None
 
 
+class _YatEpilogue(torch.autograd.Function):
+    """``alpha (dot + b)^2 / (max(col + row - 2 dot, 0) + eps)`` over broadcast operands.
+
+    The convolutions' end: ``dot`` is the correlation output, ``col`` the patch norms and
+    ``row`` the filter norms (a float 1.0 when the filters are unit length). Only ``n`` and
+    ``q`` of output size are kept for the backward (autograd over the plain formula keeps
+    about five), and the backward is the same closed form as :class:`_YatScores`'.
+    """
+
+    @staticmethod
+    def forward(ctx, dot, col, row, bias, alpha, epsilon):
+        n = dot if bias is None else dot + bias
+        # q = max(D, 0) + eps = max(D + eps, eps) with D = col + row + 2 b - 2 n
+        offset = row + epsilon if bias is None else row + 2 * bias + epsilon
+        q = torch.add(col + offset, n, alpha=-2)
+        q.clamp_(min=epsilon)
+        y = n * n
+        y.div_(q)
+        if alpha is not None:
+            y.mul_(alpha)
+        inputs = (dot, col, row, bias, alpha, epsilon)
+        ctx.kinds = tuple(isinstance(t, torch.Tensor) for t in inputs)
+        ctx.values = tuple(None if isinstance(t, torch.Tensor) else t for t in inputs)
+        ctx.save_for_backward(n, q, *(t for t in inputs if isinstance(t, torch.Tensor)))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, q, *saved = ctx.saved_tensors
+        saved = iter(saved)
+        dot, col, row, bias, alpha, eps = (
+            next(saved) if kind else value for kind, value in zip(ctx.kinds, ctx.values)
+        )
+        need = [k and w for k, w in zip(ctx.kinds, ctx.needs_input_grad)]
+        if torch.is_grad_enabled():
+            # create_graph=True: n and q are detached; differentiate the plain formula of the
+            # (graph-connected) inputs instead.
+            return _plain_epilogue_backward(grad, need, dot, col, row, bias, alpha, eps)
+        r = n / q
+        u = grad * r
+        g_n = u * (2.0 if alpha is None else 2 * alpha)  # through the numerator
+        h = u.mul_(r)  # G r^2
+        grads: list = [None] * 6
+        if need[4]:
+            grads[4] = torch.vdot(h.reshape(-1), q.reshape(-1)).reshape(alpha.shape)
+        if alpha is not None:
+            h.mul_(alpha)  # alpha G r^2 = -dL/dq
+        if need[5]:
+            grads[5] = h.sum().neg().reshape(eps.shape)
+        h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
+        if need[1]:
+            grads[1] = h.sum_to_size(col.shape).neg()
+        if need[2]:
+            grads[2] = h.sum_to_size(row.shape).neg()
+        if need[3]:
+            grads[3] = g_n.sum_to_size(bias.shape)
+        if need[0]:
+            # dD/d dot = -2; g_n may be the bias gradient itself when the shapes agree
+            grads[0] = torch.add(g_n, h, alpha=2) if need[3] else g_n.add_(h, alpha=2)
+        return tuple(grads)
+
+
+def _plain_epilogue_backward(grad, need, *inputs):
+    from nmn_array._epilogue import expanded_distance, yat_ratio
+    from nmn_array._namespace import array_namespace
+
+    dot, col, row, bias, alpha, eps = inputs
+    xp = array_namespace(dot)
+    y = yat_ratio(xp, dot, expanded_distance(dot, col, row), bias=bias, alpha=alpha, epsilon=eps)
+    wanted = [i for i in range(6) if need[i]]
+    grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad, create_graph=True)
+    out: list = [None] * 6
+    for i, g in zip(wanted, grads, strict=True):
+        out[i] = g
+    return tuple(out)
+
+
+def yat_epilogue(dot, col, row, bias, alpha, epsilon):
+    """Fused :func:`nmn_array._epilogue.yat_ratio` of :func:`expanded_distance`; the operands
+    broadcast against ``dot`` (``row`` may be the float 1.0)."""
+    return _YatEpilogue.apply(dot, col, row, bias, alpha, epsilon)
+
+
 def _ones(w: torch.Tensor) -> torch.Tensor:
     return torch.ones((), dtype=w.dtype, device=w.device)
 
