@@ -319,16 +319,15 @@ class YatNMN(_YatParams, keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: int(input_dim)})
 
     def call(self, inputs: Any) -> Any:
-        # (input_dim, units) -> the pure function's (out, in) layout
-        w = ops.transpose(_raw(self.kernel))
         return nmn_array.yat(
             inputs,
-            w,
+            _raw(self.kernel),
             self._bias_arg(),
             alpha=self._alpha_arg(),
             epsilon=self._epsilon_arg(),
             spherical=self.spherical,
             weight_normalized=self.weight_normalized,
+            _w_in_out=True,  # the (input_dim, units) kernel as stored: no transposes
         )
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:

@@ -428,12 +428,13 @@ class YatNMN(_YatParams, nnx.Module):
         with precision_scope(self.precision):
             return nmn_array.yat(
                 x,
-                kernel.T,  # (in, out) -> the pure function's (out, in)
+                kernel,
                 bias,
                 alpha=self._alpha_value(),
                 epsilon=self._epsilon_value(),
                 spherical=self.spherical,
                 weight_normalized=self.weight_normalized,
+                _w_in_out=True,  # the (in, out) kernel as stored: no transposes under XLA
             )
 
 

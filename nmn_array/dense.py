@@ -23,9 +23,9 @@ def safe_norm(xp: Any, a: Any, axis: Any = -1) -> Any:
     return xp.where(positive, xp.sqrt(safe), scalar_like(xp, 0.0, sq))
 
 
-def normalize(xp: Any, a: Any, guard: float = NORM_GUARD) -> Any:
-    """``a / (|a| + guard)`` along the last axis."""
-    return a / (safe_norm(xp, a) + guard)
+def normalize(xp: Any, a: Any, guard: float = NORM_GUARD, axis: int = -1) -> Any:
+    """``a / (|a| + guard)`` along ``axis``."""
+    return a / (safe_norm(xp, a, axis=axis) + guard)
 
 
 def yat(
@@ -38,6 +38,7 @@ def yat(
     spherical: bool = False,
     weight_normalized: bool = False,
     _native: bool = True,
+    _w_in_out: bool = False,
 ) -> Any:
     """The yat product ⵟ of inputs ``x`` with neurons ``w``.
 
@@ -82,6 +83,11 @@ def yat(
     v.check_bool(spherical, "spherical")
     v.check_bool(weight_normalized, "weight_normalized")
     xs, ws = v.shape_of(x), v.shape_of(w)
+    # _w_in_out: a framework's (d, n) kernel, used as it is stored; XLA otherwise materialises
+    # the transposes to and from (n, d) in every step.
+    in_out = _w_in_out and len(ws) == 2
+    if in_out:
+        ws = (ws[1], ws[0])
     if len(xs) < 1:
         raise ValueError(f"x must have at least one axis (..., d), got shape {xs}")
     if len(ws) not in (1, 2):
@@ -108,31 +114,41 @@ def yat(
     bc = v.as_compute(xp, bias, dtype)
     if vector:
         wc = xp.reshape(wc, (1, ws[0]))
-    out = _yat_dense(xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, _native)
+    if in_out and _native and is_torch(xp):
+        wc, in_out = xp.matrix_transpose(wc), False  # a free view; the fused path wants (n, d)
+    out = _yat_dense(
+        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, _native, in_out=in_out
+    )
     if vector:
         out = out[..., 0]
     return v.cast_back(xp, out, x.dtype)
 
 
-def _yat_dense(xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native=True):
+def _yat_dense(
+    xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native=True, *, in_out=False
+):
+    feature_axis = 0 if in_out else -1
     if spherical:
         x = normalize(xp, x)
-        w = normalize(xp, w)
+        w = normalize(xp, w, axis=feature_axis)
     if weight_normalized:
-        w = normalize(xp, w)
+        w = normalize(xp, w, axis=feature_axis)
     unit_x, unit_w = spherical, spherical or weight_normalized
     if native and is_torch(xp):
         from nmn_array._native.torch_yat import yat_dense
 
         return yat_dense(x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w)
-    return plain_yat_dense(xp, x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w)
+    return plain_yat_dense(
+        xp, x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w, in_out=in_out
+    )
 
 
-def plain_yat_dense(xp, x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool):
+def plain_yat_dense(xp, x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, in_out=False):
     """The standard-only dense yat; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as 1
-    (spherical mode's distance ``2 - 2 x.w`` is the expanded one with both norms 1)."""
-    dot = xp.matmul(x, xp.matrix_transpose(w))
+    (spherical mode's distance ``2 - 2 x.w`` is the expanded one with both norms 1);
+    ``in_out``: ``w`` is ``(d, n)``."""
+    dot = xp.matmul(x, w if in_out else xp.matrix_transpose(w))
     x_sq = 1.0 if unit_x else xp.sum(x * x, axis=-1, keepdims=True)
-    w_sq = 1.0 if unit_w else xp.sum(w * w, axis=-1)
+    w_sq = 1.0 if unit_w else xp.sum(w * w, axis=0 if in_out else -1)
     dist = expanded_distance(dot, x_sq, w_sq)
     return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon)

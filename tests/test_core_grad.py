@@ -31,6 +31,11 @@ CASES = {
         lambda x, w, b: ref.yat_ref(x, w, b, alpha=1.3),
         lambda: [normal(3, 4), normal(2, 4), normal(2)],
     ),
+    "yat_kernel_layout": (
+        lambda x, k, b: na.yat(x, k, b, alpha=0.8, weight_normalized=True, _w_in_out=True),
+        lambda x, k, b: ref.yat_ref(x, k.T, b, alpha=0.8, weight_normalized=True),
+        lambda: [normal(3, 4), normal(4, 2), normal(2)],
+    ),
     "yat_spherical": (
         lambda x, w: na.yat(x, w, spherical=True),
         lambda x, w: ref.yat_ref(x, w, spherical=True),

@@ -48,6 +48,23 @@ def test_yat_matches_reference(backend, case, dtype):
     assert_matches(got, ref.yat_ref(*rounded([x, w, b], dtype), **kwargs), dtype, case)
 
 
+@pytest.mark.parametrize("case", sorted(DENSE))
+def test_yat_kernel_layout_matches_reference(backend, case):
+    # the private (in, out) kernel layout the Flax and Keras modules pass as stored
+    kwargs, with_bias = DENSE[case]
+    x, w = normal(2, 3, 6), normal(5, 6)
+    b = normal(5) if with_bias else None
+    kernel = np.ascontiguousarray(w.T)
+    got = run(
+        backend,
+        lambda x, k, b=None, **kw: na.yat(x, k, b, _w_in_out=True, **kw),
+        [x, kernel, b],
+        kwargs,
+        "float64",
+    )
+    assert_matches(got, ref.yat_ref(x, w, b, **kwargs), "float64", case)
+
+
 def test_yat_vector_and_exact_match():
     x, w = normal(3, 7), normal(7)
     np.testing.assert_allclose(na.yat(x, w), ref.yat_ref(x, w), rtol=1e-10)
