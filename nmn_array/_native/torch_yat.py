@@ -69,6 +69,7 @@ class _YatScores(torch.autograd.Function):
         u = grad * r  # G r
         g_n = u * (2.0 if alpha is None else 2 * alpha)  # through the numerator
         h = u.mul_(r)  # G r^2 (u is not needed any more)
+        del r  # score-sized temporaries are the peak memory of attention's backward
         grad_alpha = None
         if has_alpha and need[3]:
             # dL/dalpha = sum G n^2 / q = sum (G r^2) q, taken before h is scaled by alpha
@@ -77,8 +78,12 @@ class _YatScores(torch.autograd.Function):
             h.mul_(alpha)  # alpha G r^2 = -dL/dq
         grad_eps = h.sum().neg().reshape(eps.shape) if has_eps and need[4] else None
         h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
-        g_s = torch.add(g_n, h, alpha=2)  # dD/ds = -2
-        grad_x = grad_w = grad_b = None
+        grad_b = None
+        if has_bias and need[2]:
+            flat = g_n.reshape(-1, g_n.shape[-1])
+            grad_b = (flat.sum() if bias.numel() == 1 else flat.sum(dim=0)).reshape(bias.shape)
+        g_s = g_n.add_(h, alpha=2)  # dD/ds = -2; g_n is not needed any more
+        grad_x = grad_w = None
         if need[0]:
             grad_x = torch.matmul(g_s, w)
             if not unit_x:
@@ -87,9 +92,6 @@ class _YatScores(torch.autograd.Function):
             grad_w = torch.matmul(g_s.transpose(-1, -2), x)
             if not unit_w:
                 grad_w.addcmul_(w, h.sum(dim=-2).unsqueeze(-1), value=-2)
-        if has_bias and need[2]:
-            flat = g_n.reshape(-1, g_n.shape[-1])
-            grad_b = (flat.sum() if bias.numel() == 1 else flat.sum(dim=0)).reshape(bias.shape)
         return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None
 
 
