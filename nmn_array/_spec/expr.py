@@ -106,6 +106,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "is_str": lambda v: isinstance(v, str),
     "len": len,
     "lower": lambda v: v.lower() if isinstance(v, str) else v,
+    "upper": lambda v: v.upper() if isinstance(v, str) else v,
     "max": max,
     "min": min,
     "prod": _prod,

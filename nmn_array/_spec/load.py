@@ -206,7 +206,11 @@ class Unit:
         """Every target of ``prop``, sorted by id."""
         out = []
         for backend in self.backends(prop):
-            for dtype in self.dtypes(prop):
+            dtypes = self.dtypes(prop)
+            if prop == "module_equals_function":
+                module = self.data.get("modules", {}).get(backend, {})
+                dtypes = [d for d in dtypes if d in module.get("dtypes", dtypes)]
+            for dtype in dtypes:
                 skip = self._matching("skips", prop, backend, dtype)
                 xfail = self._matching("xfails", prop, backend, dtype)
                 out.append(

@@ -78,10 +78,10 @@ FAMILIES = (
 )
 
 #: Tolerance policies the harness implements (see docs/testing.md).
-POLICIES = ("yat_ratio", "attention", "elementwise")
+POLICIES = ("yat_ratio", "attention", "elementwise", "module")
 
 #: Boundary inputs the harness can force (grad_finite, invariants).
-BOUNDARIES = ("x_equals_w", "zero_x", "zero_w")
+BOUNDARIES = ("x_equals_w", "x_near_w", "zero_x", "zero_w")
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 
@@ -334,7 +334,23 @@ _MISSING = _Missing()
 #: Layout helpers a module's weight expressions may call (implemented by the harness).
 _LAYOUT_FUNCTIONS = {
     name: None
-    for name in ("transpose", "permute", "flip", "reshape", "ravel", "swap_last", "as_float")
+    for name in (
+        "transpose",
+        "permute",
+        "flip",
+        "reshape",
+        "ravel",
+        "moveaxis",
+        "swap_last",
+        "as_float",
+        "hwio",
+        "flip_spatial",
+        # backend-side helpers for a layer's function_call 'let' / 'result' expressions
+        "linear",
+        "split_heads",
+        "merge_heads",
+        "rotary",
+    )
 }
 
 IDENT = Str(_IDENT, "an identifier (letters, digits, underscores)")
@@ -357,11 +373,12 @@ SHAPE_WHEN = ListOf(
 )
 
 ELEMENTS = Record(
-    "an elements mapping {min, max, min_magnitude, p_true}",
+    "an elements mapping {min, max, min_magnitude, min_abs, p_true}",
     {
         "min": (Num(), False),
         "max": (Num(), False),
         "min_magnitude": (Num(), False),
+        "min_abs": (Num(), False),
         "p_true": (Num(), False),
     },
 )
@@ -468,25 +485,39 @@ PROPERTY_OPTIONS = Record(
     },
 )
 
-MODULE = Record(
-    "a module mapping {class, init, weights, call, output, function_kwargs, dtypes, note}",
+CALL = Record(
+    "a call mapping {method, args, kwargs, let, result}",
     {
-        "class": (OBJECT, True),
-        "init": (MapOf(IDENT, Either(ExprNode(), Scalar())), False),
-        "weights": (MapOf(Str(r"[A-Za-z0-9_.\[\]']+", "a parameter path"), ExprNode()), True),
-        "call": (
-            Record(
-                "a call mapping {method, args, kwargs}",
-                {
-                    "method": (IDENT, False),
-                    "args": (ListOf(ExprNode()), False),
-                    "kwargs": (MapOf(IDENT, Either(ExprNode(), Scalar())), False),
-                },
+        "method": (IDENT, False),
+        "args": (ListOf(ExprNode()), False),
+        "kwargs": (MapOf(IDENT, Either(ExprNode(), Scalar())), False),
+        # function side only: names computed on the module's backend before the call, in
+        # order, and the expression of the call's output ``out`` compared with the module
+        "let": (MapOf(IDENT, ExprNode(allow_int=False)), False),
+        "result": (ExprNode(allow_int=False), False),
+    },
+)
+
+#: The name a function call's ``result`` expression reads the function's output from.
+RESULT_NAME = "out"
+
+MODULE = Record(
+    "a module mapping {class, init, weights, call, function, dtypes, note}",
+    {
+        "class": (
+            Str(
+                r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_{}][A-Za-z0-9_.{}]*",
+                "a class path 'module:Class' (may contain {param} placeholders)",
             ),
-            False,
+            True,
         ),
-        "output": (ExprNode(allow_int=False), False),
-        "function_kwargs": (MapOf(IDENT, Either(ExprNode(), Scalar())), False),
+        "init": (MapOf(IDENT, Either(ExprNode(), Scalar())), False),
+        "weights": (
+            MapOf(Str(r"[A-Za-z0-9_.]+", "a parameter path such as 'query.kernel'"), ExprNode()),
+            True,
+        ),
+        "call": (CALL, False),
+        "function": (CALL, False),
         "dtypes": (ListOf(DTYPE_NAME, min_len=1), False),
         "note": (Str(), False),
     },
@@ -554,6 +585,7 @@ SPEC = Record(
         ),
         "properties": (MapOf(PROPERTY_NAME, Nullable(PROPERTY_OPTIONS)), True),
         "modules": (MapOf(FRAMEWORK_NAME, MODULE), False),
+        "function_call": (CALL, False),
         "skips": (ListOf(SKIP), False),
         "xfails": (ListOf(XFAIL), False),
         "notes": (Str(), False),
@@ -732,8 +764,11 @@ def _cross_references(data: Mapping[str, Any], report: _Report) -> None:
                 f"a parameter name ({sorted(params)})",
                 groups["param"],
             )
+    _check_calls(data, known | set(arrays), report)
     if data["kind"] == "layer" and not data.get("modules"):
         report.add("modules", "at least one framework module for kind 'layer'")
+    if data["kind"] == "layer" and "function_call" not in data:
+        report.add("function_call", "a required key for kind 'layer' ({args, kwargs})")
     variant_names = [v["name"] for v in data.get("variants", ())]
     if len(set(variant_names)) != len(variant_names):
         report.add("variants", "distinct variant names", variant_names)
@@ -759,6 +794,49 @@ def _cross_references(data: Mapping[str, Any], report: _Report) -> None:
             v = item.get("variant")
             if v is not None and v not in variant_names:
                 report.add(f"{section}[{i}].variant", f"a variant name ({variant_names})", v)
+
+
+def _check_calls(data: Mapping[str, Any], known: set[str], report: _Report) -> None:
+    """``let`` / ``result`` belong to the function side; their names must resolve."""
+    calls = [("function_call", data.get("function_call"), True)]
+    for fw, module in data.get("modules", {}).items():
+        calls.append((f"modules.{fw}.call", module.get("call"), False))
+        calls.append((f"modules.{fw}.function", module.get("function"), True))
+    base_let = dict((data.get("function_call") or {}).get("let", {}))
+    for path, call, function_side in calls:
+        if not call:
+            continue
+        if not function_side:
+            for key in ("let", "result"):
+                if key in call:
+                    report.add(
+                        f"{path}.{key}",
+                        "no such key on a module call ('let' and 'result' belong to "
+                        "function_call or modules.<fw>.function)",
+                        call[key],
+                    )
+            continue
+        visible = set(known)
+        lets = {**base_let, **call.get("let", {})} if path != "function_call" else base_let
+        for name, text in lets.items():
+            if name in known or name == RESULT_NAME:
+                report.add(
+                    f"{path}.let.{name}",
+                    f"a new name (not a dim, param or array, nor {RESULT_NAME!r})",
+                    name,
+                )
+            unknown = sorted(expr.names_in(text) - visible)
+            if unknown:
+                report.add(f"{path}.let.{name}", "names defined before this entry", unknown)
+            visible.add(name)
+        if "result" in call:
+            unknown = sorted(expr.names_in(call["result"]) - visible - {RESULT_NAME})
+            if unknown:
+                report.add(
+                    f"{path}.result",
+                    f"names from dims, params, arrays, 'let' or {RESULT_NAME!r}",
+                    unknown,
+                )
 
 
 def _check_param(param: Mapping[str, Any], path: str, known: set[str], report: _Report) -> None:

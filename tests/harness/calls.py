@@ -1,0 +1,202 @@
+"""Calling the function under test on a backend, and the float64 reference, for one case.
+
+JAX runs under ``jax.jit`` of the whole call (eager JAX dispatches op by op and is slow);
+TensorFlow runs eagerly; ``jit_equals_eager`` compares the two modes explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tests.backends import Backend
+from tests.harness.case import ArrayParam, Case, plain
+from tests.harness.spec import Spec
+
+#: jitted JAX callables, keyed by (function, static arguments, argument layout)
+_JIT_CACHE: dict[Any, Callable[..., Any]] = {}
+
+
+def backend(name: str) -> Backend:
+    """The Backend object of ``name``; imports it (error if required, skip if optional)."""
+    b = Backend(name)
+    b.module()
+    return b
+
+
+def _passed_params(spec: Spec) -> list[str]:
+    return [n for n, p in spec.params.items() if p.get("pass", True)]
+
+
+def layout(spec: Spec, case: Case, extra: Mapping[str, Any] | None = None) -> tuple[list, dict]:
+    """The call ``fn(*positional, **keyword)`` with NumPy / Python values (backend-free)."""
+    values: dict[str, Any] = {}
+    for name in spec.arrays:
+        values[name] = case.arrays.get(name)
+    for name in _passed_params(spec):
+        if name in case.params:
+            values[name] = case.params[name]
+    values.update(extra or {})
+    positional = [values.pop(n) if n in values else None for n in spec.call]
+    keyword = {k: v for k, v in values.items() if not (k in spec.arrays and v is None)}
+    return positional, keyword
+
+
+def _is_array(v: Any) -> bool:
+    return isinstance(v, (np.ndarray, ArrayParam))
+
+
+def _to_backend(b: Backend, v: Any, dtype: str) -> Any:
+    if isinstance(v, ArrayParam):
+        return b.from_numpy(np.full(v.shape, v.value), dtype)
+    return b.from_numpy(v, dtype)
+
+
+def call(
+    spec: Spec,
+    b: Backend,
+    case: Case,
+    dtype: str,
+    *,
+    fn: Callable[..., Any] | None = None,
+    jit: bool | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
+    """``fn`` on backend ``b`` with the case's inputs cast to ``dtype``; returns the raw output.
+
+    Arrays (and array-form parameters) are the traced arguments; everything else is static.
+    """
+    fn = fn or spec.fn
+    positional, keyword = layout(spec, case, extra)
+    dynamic: list[Any] = []
+    slots_pos: list[tuple[str, Any]] = []
+    slots_kw: list[tuple[str, str, Any]] = []
+    for v in positional:
+        if _is_array(v):
+            slots_pos.append(("dyn", len(dynamic)))
+            dynamic.append(_to_backend(b, v, dtype))
+        else:
+            slots_pos.append(("static", v))
+    for k, v in keyword.items():
+        if _is_array(v):
+            slots_kw.append((k, "dyn", len(dynamic)))
+            dynamic.append(_to_backend(b, v, dtype))
+        else:
+            slots_kw.append((k, "static", v))
+
+    def bound(*dyn: Any) -> Any:
+        args = [dyn[v] if kind == "dyn" else v for kind, v in slots_pos]
+        kwargs = {k: dyn[v] if kind == "dyn" else v for k, kind, v in slots_kw}
+        return fn(*args, **kwargs)
+
+    if jit is None:
+        jit = b.name == "jax"
+    if jit and b.name == "jax":
+        key = (fn, repr(slots_pos), repr(slots_kw))
+        compiled = _JIT_CACHE.get(key)
+        if compiled is None:
+            compiled = _JIT_CACHE[key] = b.jit(bound)
+        return compiled(*dynamic)
+    if jit:
+        return b.jit(bound)(*dynamic)
+    return bound(*dynamic)
+
+
+def output_dtype(b: Backend, out: Any) -> str:
+    return np.asarray(b.to_numpy(out)).dtype.name
+
+
+def run(
+    spec: Spec,
+    b: Backend,
+    case: Case,
+    dtype: str,
+    *,
+    fn: Callable[..., Any] | None = None,
+    jit: bool | None = None,
+    extra: Mapping[str, Any] | None = None,
+    expect_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """:func:`call`, checked for array type and dtype (and shape, when given), as float64."""
+    out = call(spec, b, case, dtype, fn=fn, jit=jit, extra=extra)
+    kind = b.array_type()
+    assert isinstance(out, kind), (
+        f"{spec.name} on {b.name}: returned {type(out).__module__}.{type(out).__name__}, "
+        f"expected {kind.__module__}.{kind.__name__} (array type in == array type out)"
+    )
+    got_dtype = output_dtype(b, out)
+    assert got_dtype == dtype, f"{spec.name} on {b.name}: output dtype {got_dtype}, input {dtype}"
+    value = np.asarray(b.to_numpy(out), dtype=np.float64)
+    if expect_shape is not None:
+        assert value.shape == tuple(expect_shape), (
+            f"{spec.name} on {b.name}: output shape {value.shape}, the spec says {expect_shape}"
+        )
+    return value
+
+
+def baseline(spec: Spec, case: Case, dtype: str) -> np.ndarray:
+    """The NumPy backend's output (cached: every target of a test compares with it)."""
+    key = ("numpy", spec.name, spec.fn, case.digest(), dtype)
+    value = SHARED.get(key)
+    if value is None:
+        value = SHARED.put(key, run(spec, backend("numpy"), case, dtype))
+    return value
+
+
+def rounded(value: Any, dtype: str) -> Any:
+    """What a backend sees of an input, back in float64 (float arrays rounded to ``dtype``)."""
+    if isinstance(value, ArrayParam):
+        return float(np.float64(np.asarray(value.value, dtype=dtype)))
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return value.astype(dtype).astype(np.float64)
+    if isinstance(value, float):
+        return float(np.asarray(value, dtype=dtype))
+    return value
+
+
+def reference(
+    spec: Spec, case: Case, dtype: str, extra: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """The naive float64 reference on the dtype-rounded inputs (cached on the case)."""
+    key = ("ref", spec.name, spec.ref, case.digest(), dtype, repr(sorted((extra or {}).items())))
+    value = SHARED.get(key)
+    if value is None:
+        positional, keyword = layout(spec, case, extra)
+        args = [rounded(v, dtype) for v in positional]
+        kwargs = {k: rounded(v, dtype) for k, v in keyword.items()}
+        value = SHARED.put(key, np.asarray(spec.ref(*args, **kwargs), dtype=np.float64))
+    return value
+
+
+class _SharedCache:
+    """A bounded process-wide cache of reference-side results, keyed by case content."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.data: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self.data) >= self.size:
+            self.data.pop(next(iter(self.data)))
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)  # shared between tests: nobody may modify it
+        self.data[key] = value
+        return value
+
+
+SHARED = _SharedCache()
+
+
+def plain_call(positional: list, keyword: dict) -> tuple[list, dict]:
+    """Array-form parameters as Python floats (for the reference, which takes floats)."""
+    return [plain(v) for v in positional], {k: plain(v) for k, v in keyword.items()}
+
+
+def param(case: Case, name: str, default: Any = None) -> Any:
+    """A parameter's plain value."""
+    return plain(case.params.get(name, default))

@@ -1,0 +1,339 @@
+"""Yat, attention, rotary and squasher invariants. Each check computes both sides on the
+backend under test and allows the sum of both sides' tolerances (docs/testing.md)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import nmn_array
+from tests.backends import Backend
+from tests.harness import calls, families, tolerance
+from tests.harness.case import Case, plain
+from tests.harness.spec import Spec
+
+
+def _what(spec: Spec, prop: str, b: Backend, dtype: str) -> str:
+    return f"{spec.name} {prop} on {b}:{dtype}"
+
+
+def _rng(case: Case) -> np.random.Generator:
+    """A generator seeded by the case's data: deterministic, but different per example."""
+    seed = 0
+    for name in sorted(case.arrays):
+        a = case.arrays[name]
+        if a is not None:
+            seed = zlib.crc32(np.ascontiguousarray(a).tobytes(), seed)
+    return np.random.default_rng(seed)
+
+
+def _pair(spec: Spec, b: Backend, dtype: str, a: Case, c: Case) -> tuple[Any, Any, Any]:
+    """Outputs of two cases and the tolerance of their difference."""
+    ya = calls.run(spec, b, a, dtype)
+    yc = calls.run(spec, b, c, dtype)
+    tol = tolerance.allowed(spec, a, dtype) + tolerance.allowed(spec, c, dtype)
+    return ya, yc, tol
+
+
+# -- yat ---------------------------------------------------------------------------------
+
+
+def nonnegative(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``alpha >= 0`` and a square over a clamped distance plus epsilon: never negative."""
+    y = calls.run(spec, b, case, dtype)
+    assert np.all(np.isfinite(y)), f"{_what(spec, 'nonnegative', b, dtype)}: non-finite output"
+    assert np.all(y >= 0), (
+        f"{_what(spec, 'nonnegative', b, dtype)}: {int((y < 0).sum())} negative outputs, "
+        f"min {y.min()!r} (boundary={case.boundary!r})"
+    )
+
+
+def _plain_dense(case: Case) -> Case:
+    return case.replace(
+        params={"spherical": False, "weight_normalized": False}, arrays={"bias": None}
+    )
+
+
+def self_response(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``yat(w, w) = alpha |w|^4 / epsilon`` (distance 0)."""
+    case = _plain_dense(case)
+    w = case.arrays["w"]
+    c = case.replace(arrays={"x": w.copy()})
+    y = calls.run(spec, b, c, dtype)
+    wr = calls.rounded(w, dtype)
+    alpha = calls.param(c, "alpha")
+    alpha = 1.0 if alpha is None else float(calls.rounded(c.params["alpha"], dtype))
+    eps = float(calls.rounded(c.params.get("epsilon", 1e-5), dtype))
+    sq = np.sum(wr * wr, axis=-1)
+    want = alpha * sq**2 / eps
+    tol = tolerance.allowed(spec, c, dtype)
+    if w.ndim == 2:
+        y, tol = np.diagonal(y), np.diagonal(tol)
+    tolerance.assert_close(y, want, tol, _what(spec, "self_response", b, dtype))
+
+
+def orthogonal_zero(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``x`` orthogonal to neuron 0 (and no bias) gives 0 for that neuron."""
+    case = case.replace(arrays={"bias": None})
+    x, w = case.arrays["x"], case.arrays["w"]
+    w0 = calls.rounded(w if w.ndim == 1 else w[0], dtype)
+    norm = float(w0 @ w0)
+    if norm > 0:
+        x = x - (x @ w0)[..., None] * w0 / norm
+    c = case.replace(arrays={"x": x})
+    y = calls.run(spec, b, c, dtype)
+    y0 = y if w.ndim == 1 else y[..., 0]
+    tol = tolerance.allowed(spec, c, dtype)
+    tol0 = tol if w.ndim == 1 else tol[..., 0]
+    # the rounded inputs are orthogonal only to rounding: compare with the reference's value
+    ref = calls.reference(spec, c, dtype)
+    ref0 = ref if w.ndim == 1 else ref[..., 0]
+    tolerance.assert_close(
+        y0, np.zeros_like(y0), tol0 + np.abs(ref0), _what(spec, "orthogonal_zero", b, dtype)
+    )
+
+
+def joint_sign_flip(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """Negating the listed inputs together leaves the output unchanged."""
+    names = spec.options("joint_sign_flip").get("negate") or list(families.ROLES[spec.family])
+    flipped = {n: -case.arrays[n] for n in names if n and case.arrays.get(n) is not None}
+    y, yf, tol = _pair(spec, b, dtype, case, case.replace(arrays=flipped))
+    tolerance.assert_close(yf, y, tol, _what(spec, "joint_sign_flip", b, dtype))
+
+
+def joint_rotation(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """Rotating the listed inputs by one orthogonal matrix leaves the output unchanged."""
+    names = spec.options("joint_rotation").get("rotate") or list(families.ROLES[spec.family])
+    d = case.arrays[names[0]].shape[-1]
+    q, r = np.linalg.qr(_rng(case).normal(size=(d, d)))
+    q = q * np.sign(np.diagonal(r))
+    rotated = {n: case.arrays[n] @ q.T for n in names if case.arrays.get(n) is not None}
+    y, yr, tol = _pair(spec, b, dtype, case, case.replace(arrays=rotated))
+    tolerance.assert_close(yr, y, tol, _what(spec, "joint_rotation", b, dtype))
+
+
+def eps_monotone(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """A larger epsilon never increases the output."""
+    eps = float(calls.param(case, "epsilon", 1e-5))
+    bigger = case.replace(params={"epsilon": eps * 10.0 + 1e-3})
+    y, yb, tol = _pair(spec, b, dtype, case, bigger)
+    over = yb > y + tol
+    assert not over.any(), (
+        f"{_what(spec, 'eps_monotone', b, dtype)}: {int(over.sum())} outputs grew when epsilon "
+        f"went from {eps} to {eps * 10 + 1e-3}; e.g. {y[over][0]!r} -> {yb[over][0]!r}"
+    )
+
+
+def kernel1_equals_dense(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """A 1x1 yat convolution is the dense yat product applied at every position."""
+    x, w = case.arrays["x"], case.arrays["w"]
+    groups = int(calls.param(case, "groups", 1))
+    nd = x.ndim - 2
+    tap = w[(slice(None), slice(None), *([0] * nd))]  # (O, C/groups)
+    dense_w = np.concatenate([tap] * groups, axis=1) if groups > 1 else tap  # (O, C)
+    conv_w = dense_w.reshape(dense_w.shape + (1,) * nd)
+    c = case.replace(
+        arrays={"w": conv_w},
+        params={
+            "stride": 1,
+            "dilation": 1,
+            "padding": 0,
+            "groups": 1,
+            "padding_mode": "zeros",
+        },
+    )
+    y_conv = calls.run(spec, b, c, dtype)
+    last = calls.param(case, "data_format") == "channels_last"
+    x_last = x if last else np.moveaxis(x, 1, -1)
+    kwargs = {
+        name: case.params[name]
+        for name in ("alpha", "epsilon", "weight_normalized")
+        if name in case.params
+    }
+    dense_spec = _dense_view(spec)
+    dense_case = Case(
+        params=kwargs,
+        dims={},
+        arrays={"x": x_last, "w": dense_w, "bias": case.arrays.get("bias")},
+    )
+    y_dense = calls.run(dense_spec, b, dense_case, dtype, fn=nmn_array.yat)
+    if not last:
+        y_dense = np.moveaxis(y_dense, -1, 1)
+    tol = 2.0 * tolerance.allowed(spec, c, dtype)
+    tolerance.assert_close(y_conv, y_dense, tol, _what(spec, "kernel1_equals_dense", b, dtype))
+
+
+class _DenseView:
+    """Just enough of a Spec to call ``nmn_array.yat`` through :func:`calls.run`."""
+
+    name = "yat"
+    arrays = {"x": {}, "w": {}, "bias": {"optional": True}}
+    call = ["x", "w", "bias"]
+    params = {"alpha": {}, "epsilon": {}, "weight_normalized": {}}
+    fn = staticmethod(nmn_array.yat)
+
+
+def _dense_view(spec: Spec) -> Any:
+    return _DenseView()
+
+
+# -- attention ---------------------------------------------------------------------------
+
+
+def rows_normalized(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """Weight rows sum to 1 (softmax), ``T / (T + eps)`` (l1) or ``U / (1e-12 + U)``
+    (softermax) over the visible keys; rows with no visible key sum to 0."""
+    y = calls.run(spec, b, case, dtype)
+    t = tolerance.attention_terms(spec, case, dtype)
+    vis, scores = t["visible"], t["scores"]
+    norm = str(calls.param(case, "normalization", "softmax")).lower()
+    any_visible = vis.any(axis=-1)
+    if norm == "softmax":
+        want = np.where(any_visible, 1.0, 0.0)
+    elif norm == "l1":
+        total = np.sum(np.where(vis, scores, 0.0), axis=-1)
+        want = total / (total + float(t["eps"]))
+    else:
+        p = float(calls.param(case, "power", 1.0))
+        total = np.sum(np.where(vis, scores, 0.0) ** p, axis=-1)
+        want = total / (1e-12 + total)
+    want = np.broadcast_to(want, y.shape[:-1])
+    allowed = np.sum(np.broadcast_to(tolerance.allowed(spec, case, dtype), y.shape), axis=-1)
+    tolerance.assert_close(y.sum(axis=-1), want, allowed, _what(spec, "rows_normalized", b, dtype))
+
+
+def kv_permutation(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """Permuting keys and values together (and the mask's key axis) changes nothing."""
+    case = case.replace(params={"causal": False})
+    lk = case.arrays["k"].shape[-2]
+    perm = _rng(case).permutation(lk)
+    arrays = {n: case.arrays[n][..., perm, :] for n in ("k", "v")}
+    mask = case.arrays.get("mask")
+    if mask is not None and mask.shape[-1] == lk:
+        arrays["mask"] = mask[..., perm]
+    y, yp, tol = _pair(spec, b, dtype, case, case.replace(arrays=arrays))
+    tolerance.assert_close(yp, y, tol, _what(spec, "kv_permutation", b, dtype))
+
+
+def causal_prefix(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """With ``causal=True``, changing keys (and values) a query cannot see leaves its output
+    unchanged, and its weights on those keys are exactly 0."""
+    case = case.replace(params={"causal": True})
+    k = case.arrays["k"]
+    lq, lk = case.arrays["q"].shape[-2], k.shape[-2]
+    cut = lk // 2
+    rng = _rng(case)
+    arrays = {"k": k.copy()}
+    arrays["k"][..., cut:, :] = rng.uniform(-3, 3, size=arrays["k"][..., cut:, :].shape)
+    if case.arrays.get("v") is not None:
+        arrays["v"] = case.arrays["v"].copy()
+        arrays["v"][..., cut:, :] = rng.uniform(-3, 3, size=arrays["v"][..., cut:, :].shape)
+    changed = case.replace(arrays=arrays)
+    y, yc, tol = _pair(spec, b, dtype, case, changed)
+    # query i sees key j iff j <= i + lk - lq: queries with i + lk - lq < cut see none changed
+    blind = [i for i in range(lq) if i + lk - lq < cut]
+    what = _what(spec, "causal_prefix", b, dtype)
+    if blind:
+        tolerance.assert_close(
+            yc[..., blind, :], y[..., blind, :], tol[..., blind, :], what + f" (queries {blind})"
+        )
+    if spec.family == "attention_weights":
+        future = np.arange(lk)[None, :] > np.arange(lq)[:, None] + (lk - lq)
+        leaked = np.broadcast_to(future, y.shape) & (y != 0)
+        assert not leaked.any(), f"{what}: {int(leaked.sum())} nonzero weights on future keys"
+
+
+def masked_keys_zero(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """Masked keys get weight exactly 0; a query that sees no key gets all zeros, no NaN."""
+    y = calls.run(spec, b, case, dtype)
+    what = _what(spec, "masked_keys_zero", b, dtype)
+    assert np.all(np.isfinite(y)), f"{what}: non-finite weights"
+    vis = tolerance.attention_terms(spec, case, dtype)["visible"]
+    hidden = np.broadcast_to(~vis, y.shape) & (y != 0)
+    assert not hidden.any(), (
+        f"{what}: {int(hidden.sum())} masked (query, key) pairs have nonzero weight, e.g. "
+        f"{y[hidden][0]!r}"
+    )
+
+
+# -- rotary and squashers ----------------------------------------------------------------
+
+
+def rotation_preserves_norm(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """RoPE rotates each interleaved pair: every pair keeps its length."""
+    y = calls.run(spec, b, case, dtype)
+    x = calls.rounded(case.arrays["x"], dtype)
+    got = y[..., 0::2] ** 2 + y[..., 1::2] ** 2
+    want = x[..., 0::2] ** 2 + x[..., 1::2] ** 2
+    allowed = tolerance.allowed(spec, case, dtype)
+    pair_tol = (allowed[..., 0::2] + allowed[..., 1::2]) * 2.0 * np.sqrt(want + 1e-300)
+    tolerance.assert_close(
+        got, want, pair_tol + 1e-300, _what(spec, "rotation_preserves_norm", b, dtype)
+    )
+
+
+def squasher_range(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """softermax in [0, 1] with row sums <= 1; softer_sigmoid in [0, 1] with value 1/2 at 1;
+    soft_tanh in [-1, 1] with value 0 at 1."""
+    what = _what(spec, "squasher_range", b, dtype)
+    y = calls.run(spec, b, case, dtype)
+    assert np.all(np.isfinite(y)), f"{what}: non-finite output"
+    low = -1.0 if spec.family == "soft_tanh" else 0.0
+    assert np.all(y >= low) and np.all(y <= 1.0), (
+        f"{what}: outputs outside [{low}, 1]: {y.min()}, {y.max()}"
+    )
+    if spec.family == "softermax":
+        axis = int(calls.param(case, "axis", -1))
+        assert np.all(y.sum(axis=axis) <= 1.0 + 1e-5), f"{what}: a row sums above 1"
+        return
+    ones = case.replace(arrays={"x": np.ones_like(case.arrays["x"])})
+    at_one = calls.run(spec, b, ones, dtype)
+    want = 0.0 if spec.family == "soft_tanh" else 0.5
+    tolerance.assert_close(
+        at_one, np.full_like(at_one, want), 4 * np.finfo(dtype).eps, what + " at x = 1"
+    )
+
+
+def soft_tanh_identity(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``soft_tanh(x, n) == 2 softer_sigmoid(x, n) - 1``."""
+    st = calls.run(spec, b, case, dtype)
+    ss = calls.run(spec, b, case, dtype, fn=nmn_array.softer_sigmoid)
+    tol = 2.0 * tolerance.allowed(spec, case, dtype) + 4 * np.finfo(dtype).eps
+    tolerance.assert_close(st, 2.0 * ss - 1.0, tol, _what(spec, "soft_tanh_identity", b, dtype))
+
+
+def nonpositive_n_raises(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``n <= 0`` raises ValueError (at call time, also under jit)."""
+    for n in (0.0, -1.0, -2.5):
+        try:
+            calls.call(spec, b, case.replace(params={"n": n}), dtype)
+        except ValueError as exc:
+            assert "n" in str(exc), f"the ValueError for n={n} does not name n: {exc}"
+        else:
+            raise AssertionError(
+                f"{_what(spec, 'nonpositive_n_raises', b, dtype)}: n={n} did not raise ValueError"
+            )
+
+
+INVARIANTS: dict[str, Callable[[Spec, Backend, str, Case], None]] = {
+    "nonnegative": nonnegative,
+    "self_response": self_response,
+    "orthogonal_zero": orthogonal_zero,
+    "joint_sign_flip": joint_sign_flip,
+    "joint_rotation": joint_rotation,
+    "kernel1_equals_dense": kernel1_equals_dense,
+    "eps_monotone": eps_monotone,
+    "rows_normalized": rows_normalized,
+    "kv_permutation": kv_permutation,
+    "causal_prefix": causal_prefix,
+    "masked_keys_zero": masked_keys_zero,
+    "rotation_preserves_norm": rotation_preserves_norm,
+    "squasher_range": squasher_range,
+    "soft_tanh_identity": soft_tanh_identity,
+    "nonpositive_n_raises": nonpositive_n_raises,
+}
+
+_ = plain  # re-exported helpers stay importable from here

@@ -1,0 +1,333 @@
+"""Meta-tests of the spec harness: a deliberately broken implementation must fail each
+property. Every test wraps or monkeypatches the function under test (never the package's
+source) and runs the same check the generated tests run, expecting an AssertionError.
+
+The checks are driven by hypothesis exactly like the generated tests (derandomized, no
+shrinking), so "the property catches this bug" is tested on the same input distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+import nmn_array
+from nmn_array import _epilogue
+from tests.harness import cases, checks, load
+from tests.harness.spec import Spec
+
+YAT = load("functions/yat.yaml")
+CONV2D = load("functions/yat_conv.yaml", variant="yat_conv2d")
+CONV1D = load("functions/yat_conv.yaml", variant="yat_conv1d")
+ATTN = load("functions/yat_attention.yaml")
+WEIGHTS = load("functions/yat_attention_weights.yaml")
+ROTARY = load("functions/rotary_embedding.yaml")
+SOFTERMAX = load("functions/softermax.yaml")
+SIGMOID = load("functions/softer_sigmoid.yaml")
+TANH = load("functions/soft_tanh.yaml")
+
+_SETTINGS = settings(
+    max_examples=40,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    report_multiple_bugs=False,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def verdict(spec: Spec, prop: str, target: str, **draw: Any) -> AssertionError | None:
+    """Run ``prop`` of ``spec`` on ``target`` over hypothesis examples; the first failure."""
+
+    @_SETTINGS
+    @given(case=cases(spec, prop, **draw))
+    def check(case: Any) -> None:
+        checks.run(spec, prop, target, case)
+
+    try:
+        check()
+    except AssertionError as exc:
+        return exc
+    return None
+
+
+def must_fail(spec: Spec, prop: str, target: str, broken: Callable[..., Any], **draw: Any) -> str:
+    """The property fails for ``broken`` (and passes for the real function)."""
+    assert verdict(spec, prop, target, **draw) is None, f"{prop} fails on the real function"
+    failure = verdict(spec.with_function(broken), prop, target, **draw)
+    assert failure is not None, f"{prop} did not catch the broken implementation"
+    return str(failure)
+
+
+# -- the three bugs the issue names --------------------------------------------------------
+
+
+def test_bias_outside_the_square_fails_matches_reference():
+    def broken(x, w, bias=None, **kw):
+        y = nmn_array.yat(x, w, None, **kw)
+        return y if bias is None else np.asarray(y + bias)
+
+    message = must_fail(YAT, "matches_reference", "numpy:float64", broken, present=("bias",))
+    assert "outside the tolerance" in message
+
+
+def test_unclamped_distance_fails_nonnegative(monkeypatch):
+    def unclamped_ratio(xp, dot, dist, *, bias=None, alpha=None, epsilon=1e-5):
+        num = dot if bias is None else dot + bias
+        out = num * num / (dist + epsilon)  # no max(dist, 0)
+        return out if alpha is None else out * alpha
+
+    import nmn_array.dense
+
+    assert verdict(YAT, "nonnegative", "numpy:float32", epsilon=1e-8) is None
+    monkeypatch.setattr(nmn_array.dense, "yat_ratio", unclamped_ratio)
+    failure = verdict(YAT, "nonnegative", "numpy:float32", epsilon=1e-8)
+    assert failure is not None and "negative outputs" in str(failure)
+    monkeypatch.setattr(nmn_array.dense, "yat_ratio", _epilogue.yat_ratio)
+
+
+def test_conv_ignoring_dilation_fails_matches_reference():
+    def broken(x, w, bias=None, *, dilation=1, **kw):
+        return nmn_array.yat_conv(x, w, bias, **kw)
+
+    must_fail(CONV2D, "matches_reference", "numpy:float64", broken, dilation=2)
+
+
+# -- generic properties --------------------------------------------------------------------
+
+
+def test_backend_specific_error_fails_cross_backend():
+    import torch
+
+    def broken(x, w, bias=None, **kw):
+        y = nmn_array.yat(x, w, bias, **kw)
+        return y * 1.001 if isinstance(y, torch.Tensor) else y
+
+    must_fail(YAT, "cross_backend", "torch:float64", broken)
+
+
+def test_portable_path_bug_fails_portable_equals_native():
+    def broken(x, w, bias=None, *, _native=True, epsilon=1e-5, **kw):
+        eps = epsilon if _native else epsilon * 3.0
+        return nmn_array.yat_conv(x, w, bias, _native=_native, epsilon=eps, **kw)
+
+    must_fail(CONV1D, "portable_equals_native", "torch:float64", broken)
+
+
+def test_mixing_batch_entries_fails_batch_consistency():
+    def broken(x, w, bias=None, **kw):
+        # scales every row by a statistic of the whole batch
+        return nmn_array.yat(x, w, bias, **kw) * (1.0 + 0.1 * float(np.abs(np.asarray(x)).max()))
+
+    must_fail(YAT, "batch_consistency", "numpy:float64", broken)
+
+
+def test_coupled_units_fail_output_slicing():
+    def broken(x, w, bias=None, **kw):
+        return nmn_array.yat(x, w / (1.0 + np.abs(w).sum()), bias, **kw)
+
+    must_fail(YAT, "output_slicing", "numpy:float64", broken)
+
+
+def test_conv_group_leak_fails_output_slicing():
+    def broken(x, w, bias=None, **kw):
+        y = nmn_array.yat_conv(x, w, bias, **kw)
+        return y + 0.01 * float(np.asarray(x).sum())
+
+    must_fail(CONV1D, "output_slicing", "numpy:float64", broken, groups=2)
+
+
+def test_trace_dependent_result_fails_jit_equals_eager():
+    import tensorflow as tf
+
+    def broken(x, w, bias=None, **kw):
+        y = nmn_array.yat(x, w, bias, **kw)
+        return y if tf.executing_eagerly() else y * 1.01
+
+    must_fail(YAT, "jit_equals_eager", "tensorflow:float64", broken)
+
+
+def test_sqrt_of_zero_fails_grad_finite():
+    import torch
+
+    def broken(x, w, bias=None, **kw):
+        # value unchanged, but d/dx sqrt(|x|^2) is inf * 0 = NaN at x == 0
+        return nmn_array.yat(x, w, bias, **kw) + 0.0 * torch.sqrt(torch.sum(x * x))
+
+    must_fail(YAT, "grad_finite", "torch:float64", broken)
+
+
+def test_wrong_gradient_fails_grad_matches_finite_differences():
+    import torch
+
+    def broken(x, w, bias=None, **kw):
+        # forward unchanged, gradient of x shifted by 0.5
+        return nmn_array.yat(x, w, bias, **kw) + 0.5 * torch.sum(x - x.detach())
+
+    must_fail(YAT, "grad_matches_finite_differences", "torch:float64", broken)
+
+
+# -- yat invariants ------------------------------------------------------------------------
+
+
+def test_wrong_epsilon_fails_self_response():
+    def broken(x, w, bias=None, *, epsilon=1e-5, **kw):
+        return nmn_array.yat(
+            x, w, bias, epsilon=2.0 * float(np.asarray(epsilon).reshape(-1)[0]), **kw
+        )
+
+    must_fail(YAT, "self_response", "numpy:float64", broken)
+
+
+def test_offset_fails_orthogonal_zero():
+    def broken(x, w, bias=None, **kw):
+        return nmn_array.yat(x, w, bias, **kw) + 1e-3
+
+    must_fail(YAT, "orthogonal_zero", "numpy:float64", broken)
+
+
+def test_shifted_input_fails_joint_sign_flip():
+    def broken(x, w, bias=None, **kw):
+        return nmn_array.yat(x + 0.5, w, bias, **kw)
+
+    must_fail(YAT, "joint_sign_flip", "numpy:float64", broken)
+
+
+def test_anisotropic_scaling_fails_joint_rotation():
+    def broken(x, w, bias=None, **kw):
+        scale = 1.0 + np.arange(np.shape(x)[-1])
+        return nmn_array.yat(x * scale, w, bias, **kw)
+
+    must_fail(YAT, "joint_rotation", "numpy:float64", broken)
+
+
+def test_inverted_epsilon_fails_eps_monotone():
+    def broken(x, w, bias=None, *, epsilon=1e-5, **kw):
+        eps = float(np.asarray(epsilon).reshape(-1)[0])
+        return nmn_array.yat(x, w, bias, epsilon=1.0 / eps, **kw)
+
+    must_fail(YAT, "eps_monotone", "numpy:float64", broken)
+
+
+def test_conv_dropping_bias_fails_kernel1_equals_dense():
+    def broken(x, w, bias=None, **kw):
+        return nmn_array.yat_conv(x, w, None, **kw)
+
+    must_fail(CONV2D, "kernel1_equals_dense", "numpy:float64", broken, present=("bias",))
+
+
+# -- attention invariants ------------------------------------------------------------------
+
+
+def test_unnormalized_weights_fail_rows_normalized():
+    def broken(q, k, **kw):
+        return 0.9 * nmn_array.yat_attention_weights(q, k, **kw)
+
+    must_fail(WEIGHTS, "rows_normalized", "numpy:float64", broken)
+
+
+def test_position_dependent_values_fail_kv_permutation():
+    def broken(q, k, v, **kw):
+        ramp = np.linspace(1.0, 2.0, np.shape(v)[-2])[:, None]
+        return nmn_array.yat_attention(q, k, v * ramp, **kw)
+
+    must_fail(ATTN, "kv_permutation", "numpy:float64", broken)
+
+
+def test_ignoring_causal_fails_causal_prefix():
+    def broken(q, k, v, *, causal=False, **kw):
+        return nmn_array.yat_attention(q, k, v, **kw)
+
+    must_fail(ATTN, "causal_prefix", "numpy:float64", broken)
+
+
+def test_ignoring_mask_fails_masked_keys_zero():
+    def broken(q, k, *, mask=None, **kw):
+        return nmn_array.yat_attention_weights(q, k, **kw)
+
+    must_fail(WEIGHTS, "masked_keys_zero", "numpy:float64", broken)
+
+
+# -- rotary and squashers ------------------------------------------------------------------
+
+
+def test_scaled_rotation_fails_rotation_preserves_norm():
+    def broken(x, positions=None, **kw):
+        return 1.01 * nmn_array.rotary_embedding(x, positions, **kw)
+
+    must_fail(ROTARY, "rotation_preserves_norm", "numpy:float64", broken)
+
+
+def test_wrong_denominator_fails_squasher_range():
+    def broken(x, n=1.0):
+        p = np.asarray(x) ** n
+        return p / (0.5 + p)
+
+    must_fail(SIGMOID, "squasher_range", "numpy:float64", broken)
+
+
+def test_wrong_offset_fails_soft_tanh_identity():
+    def broken(x, n=1.0):
+        return nmn_array.soft_tanh(x, n) * 0.99
+
+    must_fail(TANH, "soft_tanh_identity", "numpy:float64", broken)
+
+
+def test_missing_check_fails_nonpositive_n_raises():
+    def broken(x, n=1.0, **kw):
+        return nmn_array.softermax(x, abs(n) or 1.0, **kw)
+
+    must_fail(SOFTERMAX, "nonpositive_n_raises", "numpy:float64", broken)
+
+
+def test_reference_agreement_is_not_vacuous():
+    """A float32 result perturbed by 1e-3 relative is outside the float32 tolerance."""
+
+    def broken(x, w, bias=None, **kw):
+        return nmn_array.yat(x, w, bias, **kw) * (1.0 + 1e-3)
+
+    must_fail(YAT, "matches_reference", "numpy:float32", broken)
+
+
+# -- module == function ----------------------------------------------------------------------
+
+ATTN_LAYER = load("layers/attention.yaml")
+DENSE_LAYER = load("layers/dense.yaml")
+
+
+def test_attention_ignoring_alpha_fails_module_equals_function():
+    """The harness-side projections and the function call are compared, not just shapes."""
+
+    def broken(q, k, v, **kw):
+        kw["alpha"] = None
+        return nmn_array.yat_attention(q, k, v, **kw)
+
+    must_fail(ATTN_LAYER, "module_equals_function", "torch:float64", broken)
+
+
+def test_forgotten_weight_fails_module_equals_function():
+    """JAX modules are built abstractly; a variable the spec does not set is NaN, so a spec
+    that forgets one fails instead of comparing against an arbitrary initial value."""
+    data = {**DENSE_LAYER.data, "modules": dict(DENSE_LAYER.data["modules"])}
+    data["modules"]["nnx"] = {
+        **data["modules"]["nnx"],
+        "weights": {"alpha": "alpha if alpha_mode == 'learnable' else None"},
+    }
+    unit = dataclasses.replace(
+        DENSE_LAYER.unit, file=dataclasses.replace(DENSE_LAYER.unit.file, data=data)
+    )
+    failure = verdict(Spec(unit), "module_equals_function", "nnx:float64")
+    assert failure is not None and "nan" in str(failure).lower()
+
+
+@pytest.mark.parametrize("prop", sorted(checks.CHECKS))
+def test_every_check_is_exercised_here(prop):
+    """Each harness check has at least one meta-test above (module == function aside)."""
+    source = open(__file__).read()
+    assert f'"{prop}"' in source, f"no meta-test breaks {prop}"

@@ -1,0 +1,382 @@
+"""The spec tool (``python -m nmn_array._spec``): generate, check, list and the schema.
+
+Each test that edits something works on a copy of ``spec/``, ``tests/generated/`` and
+``docs/capabilities.md`` in a temporary directory, so the real tree is never touched.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nmn_array._spec import cli, generate, schema
+from nmn_array._spec.load import find_root, load_tree
+from tests.harness import checks
+
+ROOT = find_root(Path(__file__).resolve().parent)
+FIX = "python -m nmn_array._spec generate"
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A scratch repository: a copy of the spec, the generated tests and the docs table."""
+    shutil.copytree(ROOT / "spec", tmp_path / "spec")
+    shutil.copytree(
+        ROOT / "tests" / "generated",
+        tmp_path / "tests" / "generated",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "capabilities.md", tmp_path / "docs" / "capabilities.md")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'scratch'\n")
+    return tmp_path
+
+
+def run(root: Path, *args: str, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = cli.main(["--root", str(root), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def defined_tests(root: Path) -> dict[str, set[str]]:
+    """Generated file name -> names of the test functions it defines."""
+    names = {}
+    for path in sorted((root / "tests" / "generated").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        names[path.name] = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    return names
+
+
+def test_check_passes_on_the_committed_tree(capsys):
+    code, out, err = run(ROOT, "check", capsys=capsys)
+    assert code == 0, err
+    assert "up to date" in out
+
+
+def test_generate_is_deterministic(tree, capsys):
+    before = {p: p.read_bytes() for p in (tree / "tests" / "generated").glob("*.py")}
+    code, out, _ = run(tree, "generate", capsys=capsys)
+    assert code == 0
+    assert "up to date" in out  # a copy of a current tree regenerates to the same bytes
+    after = {p: p.read_bytes() for p in (tree / "tests" / "generated").glob("*.py")}
+    assert before == after
+    files = load_tree(tree)
+    _, first = generate.expected_outputs(generate.Outputs.default(tree))
+    _, second = generate.expected_outputs(generate.Outputs.default(tree))
+    assert first == second and len(files) >= 9
+
+
+def test_removing_a_property_removes_exactly_its_tests(tree, capsys):
+    spec = tree / "spec" / "functions" / "yat.yaml"
+    text = spec.read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("  eps_monotone:"))
+    spec.write_text(text.replace(line + "\n", ""))
+    before = defined_tests(tree)
+    untouched = {
+        p.name: p.read_bytes()
+        for p in (tree / "tests" / "generated").glob("test_*.py")
+        if p.name != "test_yat.py"
+    }
+    code, out, _ = run(tree, "generate", capsys=capsys)
+    assert code == 0 and "wrote tests/generated/test_yat.py" in out
+    after = defined_tests(tree)
+    removed = before["test_yat.py"] - after["test_yat.py"]
+    assert removed and all(n.startswith("test_yat__eps_monotone") for n in removed)
+    assert not after["test_yat.py"] - before["test_yat.py"]
+    assert {n for n in before["test_yat.py"] if n.startswith("test_yat__eps_monotone")} == removed
+    for name, data in untouched.items():
+        assert (tree / "tests" / "generated" / name).read_bytes() == data, name
+    code, _, _ = run(tree, "check", capsys=capsys)
+    assert code == 0
+
+
+def test_hand_edit_fails_check_naming_file_and_command(tree, capsys):
+    target = tree / "tests" / "generated" / "test_softermax.py"
+    target.write_text(target.read_text().replace("examples(20)", "examples(2)", 1))
+    code, _, err = run(tree, "check", capsys=capsys)
+    assert code == 1
+    assert "tests/generated/test_softermax.py: hand-edited" in err
+    assert FIX in err
+
+
+def test_spec_change_without_regenerating_fails_check(tree, capsys):
+    spec = tree / "spec" / "functions" / "soft_tanh.yaml"
+    spec.write_text(spec.read_text().replace("max_examples: 20", "max_examples: 19"))
+    code, _, err = run(tree, "check", capsys=capsys)
+    assert code == 1
+    assert "tests/generated/test_soft_tanh.py: stale (spec/functions/soft_tanh.yaml changed" in err
+    assert "docs/capabilities.md: stale" in err
+    assert FIX in err
+    assert run(tree, "generate", capsys=capsys)[0] == 0
+    assert run(tree, "check", capsys=capsys)[0] == 0
+
+
+def test_missing_and_extra_files_fail_check(tree, capsys):
+    (tree / "tests" / "generated" / "test_rotary_embedding.py").unlink()
+    (tree / "tests" / "generated" / "test_handwritten.py").write_text("def test_x():\n    pass\n")
+    code, _, err = run(tree, "check", capsys=capsys)
+    assert code == 1
+    assert "tests/generated/test_rotary_embedding.py: missing" in err
+    assert "tests/generated/test_handwritten.py: extra" in err
+    code, out, _ = run(tree, "generate", capsys=capsys)
+    assert "removed tests/generated/test_handwritten.py" in out
+    assert run(tree, "check", capsys=capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        (
+            "  matches_reference: {}",
+            "  matches_refrence: {}",
+            "properties.matches_refrence",
+            "a key that is one of 'matches_reference'",
+        ),
+        (
+            "  D: {range: [1, 6], note: features}",
+            "  D: {range: one to six, note: features}",
+            "dims.D.range",
+            "expected a list of two values [low, high]",
+        ),
+        (
+            "  spherical: {type: bool}",
+            "  spherical: {type: boolean}",
+            "params.spherical.type",
+            "expected one of 'int', 'float', 'bool'",
+        ),
+        (
+            '  x: {shape: ["*L", D]}',
+            '  x: {shape: ["*L", E]}',
+            "arrays.x.shape",
+            "expected names from dims or params",
+        ),
+        (
+            "policy: yat_ratio",
+            "polcy: yat_ratio",
+            "tolerances.polcy",
+            "no such key here; allowed keys:",
+        ),
+        (
+            "  self_response: {backends: [numpy, torch], dtypes: [float64]}",
+            "  rows_normalized: {backends: [numpy, torch], dtypes: [float64]}",
+            "properties.rows_normalized",
+            "a property implemented for family 'dense'",
+        ),
+    ],
+)
+def test_schema_errors_name_file_key_and_form(tree, capsys, old, new, key, expected):
+    spec = tree / "spec" / "functions" / "yat.yaml"
+    text = spec.read_text()
+    assert old in text
+    spec.write_text(text.replace(old, new, 1))
+    code, _, err = run(tree, "check", capsys=capsys)
+    assert code == 2
+    assert f"spec/functions/yat.yaml: key '{key}'" in err
+    assert expected in err
+
+
+def test_schema_error_for_a_missing_required_key():
+    with pytest.raises(schema.SpecError) as info:
+        schema.validate({"name": "x", "kind": "function"}, "spec/functions/x.yaml")
+    message = str(info.value)
+    assert "spec/functions/x.yaml: key 'arrays': expected a required key" in message
+    assert "spec/functions/x.yaml: key 'tolerances': expected a required key" in message
+
+
+def test_list_prints_units_properties_and_backends(capsys):
+    code, out, _ = run(ROOT, "list", capsys=capsys)
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert ["yat", "matches_reference"] in [r[:2] for r in rows]
+    assert any(r[:2] == ["yat_conv3d", "portable_equals_native"] for r in rows)
+    assert any("torch[f32,f64]" in " ".join(r) for r in rows)
+
+
+def test_generated_files_are_thin_and_headed():
+    for path in sorted((ROOT / "tests" / "generated").glob("test_*.py")):
+        text = path.read_text()
+        assert text.startswith("# GENERATED by nmn_array._spec"), path
+        assert "spec sha256: " in text.splitlines()[1]
+        assert FIX in text.splitlines()[2]
+        tree = ast.parse(text)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                assert len(node.body) == 1, f"{path.name}::{node.name} is not a one-line body"
+
+
+def test_generated_code_is_ruff_clean():
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed in this environment")
+    generated = str(ROOT / "tests" / "generated")
+    lint = subprocess.run([str(ruff), "check", generated], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [str(ruff), "format", "--check", generated], capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_harness_implements_every_schema_property():
+    implemented = set(checks.CHECKS) | {"module_equals_function"}
+    assert implemented == set(schema.PROPERTIES)
+
+
+def test_capabilities_table_lists_every_unit():
+    text = (ROOT / "docs" / "capabilities.md").read_text()
+    for spec in load_tree(ROOT):
+        for unit in spec.units():
+            assert f"## `{unit.name}`" in text
+
+
+def test_module_entry_point_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "nmn_array._spec", "--root", str(ROOT), "check"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- coverage: every public function and layer class has a spec entry ----------------------
+
+#: The framework modules and the base classes their layers derive from.
+FRAMEWORK_BASES = {
+    "torch": ("torch", "torch.nn:Module"),
+    "nnx": ("flax", "flax.nnx:Module"),
+    "linen": ("flax", "flax.linen:Module"),
+    "keras": ("keras", "keras.layers:Layer"),
+    "tf": ("tensorflow", "tensorflow:Module"),
+}
+
+
+def spec_classes(files) -> dict[str, set[str]]:
+    """Framework -> the ``module:Class`` paths the layer specs list (variants formatted)."""
+    listed: dict[str, set[str]] = {fw: set() for fw in FRAMEWORK_BASES}
+    for f in files:
+        if f.data["kind"] != "layer":
+            continue
+        for unit in f.units():
+            for fw, module in f.data.get("modules", {}).items():
+                listed[fw].add(module["class"].format(**unit.fixed))
+    return listed
+
+
+def public_layer_classes(framework: str) -> dict[str, type]:
+    """``Name -> class`` for the layer classes in the framework module's ``__all__``; a name
+    that aliases another public class (``YatDense`` = ``YatNMN``) is listed once."""
+    import importlib
+
+    dependency, base_path = FRAMEWORK_BASES[framework]
+    pytest.importorskip(dependency)
+    module = importlib.import_module(f"nmn_array.frameworks.{framework}")
+    base_module, base_name = base_path.split(":")
+    base = getattr(importlib.import_module(base_module), base_name)
+    by_class: dict[int, list[str]] = {}
+    for name in sorted(module.__all__):
+        obj = getattr(module, name)
+        if isinstance(obj, type) and issubclass(obj, base):
+            by_class.setdefault(id(obj), []).append(name)
+    out: dict[str, type] = {}
+    for names in by_class.values():
+        cls = getattr(module, names[0])
+        out[cls.__name__ if cls.__name__ in names else names[0]] = cls
+    return dict(sorted(out.items()))
+
+
+def uncovered_layer_classes(root: Path, framework: str) -> list[str]:
+    """The public layer classes of ``framework`` that no spec under ``root`` lists."""
+    from tests.harness.spec import resolve
+
+    covered = {id(resolve(path)) for path in spec_classes(load_tree(root))[framework]}
+    classes = public_layer_classes(framework)
+    assert classes, f"nmn_array.frameworks.{framework} exports no layer class"
+    return [
+        f"nmn_array.frameworks.{framework}:{name}"
+        for name, cls in classes.items()
+        if id(cls) not in covered
+    ]
+
+
+def uncovered_functions(root: Path) -> list[str]:
+    """The public functions of ``nmn_array`` that no spec/functions entry under ``root`` tests."""
+    import nmn_array
+
+    specified = {f.data["function"] for f in load_tree(root) if f.data["kind"] == "function"}
+    functions = [
+        f"nmn_array.{name}"
+        for name in nmn_array.__all__
+        if callable(obj := getattr(nmn_array, name)) and not isinstance(obj, type)
+    ]
+    assert functions, "nmn_array.__all__ names no function"
+    return [name for name in functions if name not in specified]
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORK_BASES))
+def test_every_public_layer_class_has_a_spec_entry(framework):
+    missing = uncovered_layer_classes(ROOT, framework)
+    assert not missing, (
+        f"layer classes without a spec entry (a modules.{framework}.class in spec/layers/*.yaml): "
+        + ", ".join(missing)
+    )
+
+
+def test_every_public_function_has_a_spec_entry():
+    missing = uncovered_functions(ROOT)
+    assert not missing, (
+        "public functions without a spec entry (a spec/functions/*.yaml whose 'function' is "
+        "the function): " + ", ".join(missing)
+    )
+
+
+def test_coverage_checks_name_what_is_missing(tree):
+    listed = spec_classes(load_tree(tree))
+    assert "nmn_array.frameworks.torch:YatConv2D" in listed["torch"]  # "{spatial_dims}" formatted
+    torch_classes = public_layer_classes("torch")
+    assert "YatNMN" in torch_classes and "YatDense" not in torch_classes  # an alias counts once
+    assert uncovered_layer_classes(tree, "torch") == []
+    for name in ("embed.yaml", "embed_lookup.yaml"):
+        (tree / "spec" / "layers" / name).unlink()
+    assert uncovered_layer_classes(tree, "torch") == ["nmn_array.frameworks.torch:YatEmbed"]
+    assert uncovered_layer_classes(tree, "nnx") == ["nmn_array.frameworks.nnx:Embed"]
+    (tree / "spec" / "functions" / "softermax.yaml").unlink()
+    assert uncovered_functions(tree) == ["nmn_array.softermax"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        (
+            "    call: {args: [x]}\n  nnx:",
+            "    call: {args: [x], result: out}\n  nnx:",
+            "modules.torch.call.result",
+            "no such key on a module call",
+        ),
+        (
+            '  result: "linear(merge_heads(out), wo, bo if use_bias else None)"',
+            '  result: "linear(merge_heads(out), w_out, bo if use_bias else None)"',
+            "function_call.result",
+            "names from dims, params, arrays, 'let' or 'out'",
+        ),
+        (
+            '    q: "split_heads(linear(x, wq, bq if use_bias else None), H)"',
+            '    x: "split_heads(linear(x, wq, bq if use_bias else None), H)"',
+            "function_call.let.x",
+            "a new name",
+        ),
+    ],
+)
+def test_schema_errors_in_function_call_let_and_result(tree, capsys, old, new, key, expected):
+    spec = tree / "spec" / "layers" / "attention.yaml"
+    text = spec.read_text()
+    assert old in text
+    spec.write_text(text.replace(old, new, 1))
+    code, _, err = run(tree, "check", capsys=capsys)
+    assert code == 2
+    assert f"spec/layers/attention.yaml: key '{key}'" in err
+    assert expected in err
