@@ -281,17 +281,21 @@ def _tf(x, w, stride, pads, dilation, groups, last=False):
     run_stride = (1,) * nd if both else stride
     # Grouped convolution is not available in TF's CPU kernels: one convolution per group.
     if groups == 1:
-        y = tf.nn.convolution(xl, wl, strides=run_stride, padding="VALID", dilations=dilation)
+        y = _tf_conv(xl, wl, run_stride, dilation)
     else:
         xs = tf.split(xl, groups, axis=-1)
         ws = tf.split(wl, groups, axis=-1)
-        y = tf.concat(
-            [
-                tf.nn.convolution(a, b, strides=run_stride, padding="VALID", dilations=dilation)
-                for a, b in zip(xs, ws)
-            ],
-            axis=-1,
-        )
+        y = tf.concat([_tf_conv(a, b, run_stride, dilation) for a, b in zip(xs, ws)], axis=-1)
     if both:
         y = y[(slice(None), *(slice(None, None, s) for s in stride))]
     return y if last else tf.transpose(y, to_first)
+
+
+def _tf_conv(x, w, stride, dilation):
+    import tensorflow as tf
+
+    if len(stride) == 3 and all(d == 1 for d in dilation):
+        # tf.nn.convolution's eager gradient of a 5-D input fails (its Conv3D op carries no
+        # data_format attribute, which _Conv3DGrad reads); conv3d sets it.
+        return tf.nn.conv3d(x, w, (1, *stride, 1), "VALID", data_format="NDHWC")
+    return tf.nn.convolution(x, w, strides=stride, padding="VALID", dilations=dilation)

@@ -57,6 +57,11 @@ CASES = {
         ),
         lambda: [normal(1, 6, 5, 2), normal(2, 1, 2, 2), normal(2)],
     ),
+    "yat_conv_3d": (
+        lambda x, w: na.yat_conv(x, w, padding=1, stride=(1, 2, 1)),
+        lambda x, w: ref.yat_conv_ref(x, w, padding=1, stride=(1, 2, 1)),
+        lambda: [normal(1, 2, 3, 3, 3), normal(2, 2, 2, 2, 2)],
+    ),
     "yat_conv_1d_reflect": (
         lambda x, w: na.yat_conv(x, w, padding=2, padding_mode="reflect"),
         lambda x, w: ref.yat_conv_ref(x, w, padding=2, padding_mode="reflect"),
