@@ -352,14 +352,16 @@ def test_coverage_checks_name_what_is_missing(tree):
     ("old", "new", "key", "expected"),
     [
         (
-            "    call: {args: [x]}\n  nnx:",
+            '    call: {args: [x], kwargs: {mask: "attention_mask(mask, causal, L)"}}\n  nnx:',
             "    call: {args: [x], result: out}\n  nnx:",
             "modules.torch.call.result",
             "no such key on a module call",
         ),
         (
-            '  result: "linear(merge_heads(out), wo, bo if use_bias else None)"',
-            '  result: "linear(merge_heads(out), w_out, bo if use_bias else None)"',
+            '  result: "zero_keyless(linear(merge_heads(out), wo, bo if use_bias else None), mask, '
+            'causal)"',
+            '  result: "zero_keyless(linear(merge_heads(out), w_out, bo if use_bias else None), '
+            'mask, causal)"',
             "function_call.result",
             "names from dims, params, arrays, 'let' or 'out'",
         ),

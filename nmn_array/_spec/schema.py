@@ -345,11 +345,13 @@ _LAYOUT_FUNCTIONS = {
         "as_float",
         "hwio",
         "flip_spatial",
+        "attention_mask",
         # backend-side helpers for a layer's function_call 'let' / 'result' expressions
         "linear",
         "split_heads",
         "merge_heads",
         "rotary",
+        "zero_keyless",
     )
 }
 

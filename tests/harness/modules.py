@@ -34,7 +34,18 @@ LAYOUT_FUNCTIONS: dict[str, Any] = {
     "hwio": lambda a: np.ascontiguousarray(np.moveaxis(np.moveaxis(a, 0, -1), 0, -2)),
     # reverse every spatial axis of a channels-last kernel (*k, I, O)
     "flip_spatial": lambda a: np.ascontiguousarray(np.flip(a, tuple(range(np.ndim(a) - 2)))),
+    # the boolean attention mask (True = attend) a module gets for a drawn mask and causal
+    "attention_mask": lambda mask, causal, length: _attention_mask(mask, causal, length),
 }
+
+
+def _attention_mask(mask: Any, causal: bool, length: int) -> np.ndarray | None:
+    """``mask`` (or all True) and, if ``causal``, the lower triangle of ``(length, length)``:
+    the explicit mask of a self-attention module without a causal flag. None if neither."""
+    if mask is None and not causal:
+        return None
+    visible = np.ones((length, length), bool) if mask is None else np.asarray(mask, bool)
+    return np.logical_and(visible, np.tril(np.ones((length, length), bool))) if causal else visible
 
 
 def _namespace(*arrays: Any) -> Any:
@@ -78,6 +89,20 @@ def _rotary(x: Any, theta: float) -> Any:
     return nmn_array.rotary_embedding(x, theta=theta)
 
 
+def _zero_keyless(y: Any, mask: Any, causal: bool) -> Any:
+    """Zero ``y (B, L, E)`` at the queries that see no key in any head under ``mask``
+    (``(B, H or 1, L, L)``, True = attend) and ``causal``: the attention modules' rule (nmn
+    0.3.5), applied after the output projection's bias."""
+    if mask is None:
+        return y  # causal alone leaves every query its own key
+    visible = _attention_mask(np.asarray(mask), causal, _shape(y)[-2])
+    has_key = np.any(visible, axis=(1, 3))[..., None]  # (B, L, 1)
+    if has_key.all():
+        return y
+    xp = _namespace(y)
+    return xp.where(xp.asarray(has_key), y, xp.zeros_like(y))
+
+
 #: Helpers of a layer spec's ``function_call.let`` / ``result`` expressions: they act on the
 #: module's backend arrays (in the case's dtype), not on the NumPy float64 inputs.
 BACKEND_FUNCTIONS: dict[str, Any] = {
@@ -85,6 +110,7 @@ BACKEND_FUNCTIONS: dict[str, Any] = {
     "split_heads": _split_heads,
     "merge_heads": _merge_heads,
     "rotary": _rotary,
+    "zero_keyless": _zero_keyless,
 }
 
 
