@@ -25,6 +25,25 @@ _EXTRAS = {
 }
 
 
+def unit_normalized(a: Any, keep_axis: int) -> Any:
+    """``a`` with each slice along ``keep_axis`` scaled to unit length, ``v / (|v| + 1e-8)``.
+
+    nmn's ``weight_normalized`` re-parameterisation of a stored kernel or table (Decision 7),
+    computed by :func:`nmn_array.dense.normalize` on the framework's own array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> unit_normalized(np.array([[3.0, 0.0], [4.0, 1.0]]), 1).round(6).tolist()
+    [[0.6, 0.0], [0.8, 1.0]]
+    """
+    from nmn_array._namespace import array_namespace
+    from nmn_array.dense import normalize
+
+    axes = tuple(i for i in range(a.ndim) if i != keep_axis % a.ndim)
+    return normalize(array_namespace(a), a, axis=axes)
+
+
 def require(module: str) -> ModuleType:
     """Import ``module`` or raise an ImportError that names the extra to install.
 

@@ -32,6 +32,7 @@ from nmn_array.frameworks._common import (
     softplus_inverse,
     transpose_conv_call_args,
     transpose_conv_pads,
+    unit_normalized,
 )
 
 import nmn_array
@@ -65,7 +66,6 @@ __all__ = [
 _register = keras.saving.register_keras_serializable(package="nmn_array")
 
 # Normalisation guard of nmn's build-time weight normalisation (Decision 7).
-_NORM_GUARD = 1e-8
 # Decision 2: normalize_qk is q / max(|q|, 1e-12).
 _QK_NORM_FLOOR = 1e-12
 
@@ -108,21 +108,9 @@ def _fp32_safe(initializer: Any) -> Any:
     return initialize
 
 
-def _unit_filters(w: Any, axis: int) -> Any:
-    """``w`` with each slice along ``axis`` scaled to unit length: ``v / (|v| + 1e-8)``.
-
-    Weight normalisation: a re-parameterisation of the weight (Decision 7's guard), not yat
-    arithmetic.
-    """
-    axes = tuple(i for i in range(len(w.shape)) if i != axis % len(w.shape))
-    # not ops.norm: Keras computes it in float32 for float64 inputs
-    norm = ops.sqrt(ops.sum(ops.square(w), axis=axes, keepdims=True))
-    return w / (norm + _NORM_GUARD)
-
-
 def _unit_filters_init(variable: Any, axis: int) -> None:
     """Build-time weight normalisation of a stored kernel (nmn does it once at build)."""
-    variable.assign(_unit_filters(_raw(variable), axis))
+    variable.assign(unit_normalized(_raw(variable), axis))
 
 
 def _epsilon_dtype(layer: keras.layers.Layer) -> str:

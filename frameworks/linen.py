@@ -33,6 +33,7 @@ from nmn_array.frameworks._common import (
     reject_nondefault,
     require,
     softplus_inverse,
+    unit_normalized,
 )
 
 import nmn_array
@@ -83,7 +84,6 @@ Array = Any
 #: ``constant_alpha=True``.
 DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
 # nmn's guard when normalising the embedding table (Decision 7).
-_NORM_GUARD = 1e-8
 # Decision 2: normalize_qk is q / max(|q|, 1e-12).
 _QK_NORM_FLOOR = 1e-12
 
@@ -481,7 +481,7 @@ class YatEmbed(_YatMixin, nn.Module):
         """Rows of the table: ``(*inputs.shape, features)``."""
         table = self._table()
         if self.weight_normalized:
-            table = table / (jnp.linalg.norm(table, axis=1, keepdims=True) + _NORM_GUARD)
+            table = unit_normalized(table, 0)
         (table,) = _promote_dtype(table, dtype=self.dtype, inexact=False)
         if self.num_embeddings == 1:
             return jnp.broadcast_to(table, inputs.shape + (self.features,))

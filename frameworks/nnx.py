@@ -36,6 +36,7 @@ from nmn_array.frameworks._common import (
     reject_unsupported_features,
     require,
     softplus_inverse,
+    unit_normalized,
 )
 
 import nmn_array
@@ -92,7 +93,6 @@ default_bias_init = _initializers.zeros_init()
 default_alpha_init = _initializers.ones_init()
 default_embed_init = _linear.default_embed_init
 # nmn's guard when normalising stored weights at construction (Decision 7).
-_NORM_GUARD = 1e-8
 # Decision 2: normalize_qk is q / max(|q|, 1e-12).
 _QK_NORM_FLOOR = 1e-12
 _DECISION_13 = "DropConnect, kernel banks, fused kernels and linear attention are Decision 13"
@@ -390,8 +390,7 @@ class YatNMN(_YatParams, nnx.Module):
         if positive_init:
             kernel = jnp.abs(kernel)
         if weight_normalized:
-            norm = jnp.sqrt(jnp.sum(kernel**2, axis=0, keepdims=True))
-            kernel = kernel / (norm + _NORM_GUARD)
+            kernel = unit_normalized(kernel, 1)
         self.kernel = (FrozenParam if lazy else nnx.Param)(kernel)
         self._setup_bias(
             use_bias, constant_bias, softplus_bias, scalar_bias, bias_init, out_features,
@@ -542,8 +541,7 @@ class YatConv(_YatParams, nnx.Module):
         if positive_init:
             kernel = jnp.abs(kernel)
         if weight_normalized:
-            axes = tuple(range(kernel.ndim - 1))
-            kernel = kernel / (jnp.sqrt(jnp.sum(kernel**2, axis=axes, keepdims=True)) + _NORM_GUARD)
+            kernel = unit_normalized(kernel, -1)
         self.kernel = nnx.Param(kernel)
         self._setup_bias(
             use_bias, constant_bias, softplus_bias, scalar_bias, bias_init, out_features,
@@ -796,8 +794,7 @@ class Embed(_YatParams, nnx.Module):
     ) -> None:
         table = embedding_init(rngs.params(), (num_embeddings, features), param_dtype)
         if weight_normalized:
-            norm = jnp.sqrt(jnp.sum(table**2, axis=1, keepdims=True))
-            table = table / (norm + _NORM_GUARD)
+            table = unit_normalized(table, 0)
         self.embedding = nnx.Param(table)
         self._setup_alpha(use_alpha, constant_alpha, alpha_init, param_dtype, rngs)
         self._setup_epsilon(epsilon, learnable_epsilon, param_dtype)

@@ -31,6 +31,7 @@ from nmn_array.frameworks._common import (
     require,
     softplus_inverse,
     torch_conv_padding,
+    unit_normalized,
 )
 
 import nmn_array
@@ -61,7 +62,6 @@ __all__ = [
 #: nmn's constant alpha, ``constant_alpha=True``.
 DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
 # nmn's guard when normalising stored weights at construction (Decision 7).
-_NORM_GUARD = 1e-8
 # Decision 2: normalize_qk is q / max(|q|, 1e-12), which is F.normalize's default.
 _QK_NORM_FLOOR = 1e-12
 
@@ -239,8 +239,7 @@ class YatNMN(_YatParams, nn.Module):
         self.reset_parameters(kernel_init, bias_init, alpha_init)
         if weight_normalized:
             with torch.no_grad():
-                norm = self.weight.norm(dim=-1, keepdim=True)
-                self.weight.div_(norm + _NORM_GUARD)
+                self.weight.copy_(unit_normalized(self.weight, 0))
         if self.lazy:
             self.weight.requires_grad_(False)
 
@@ -412,9 +411,7 @@ def _make_conv(base: type, nd: int) -> type:
             self.kernel_bank_id = kernel_bank_id
             if weight_normalized:
                 with torch.no_grad():
-                    dims = tuple(range(1, self.weight.dim()))
-                    norm = self.weight.pow(2).sum(dim=dims, keepdim=True).sqrt()
-                    self.weight.div_(norm + _NORM_GUARD)
+                    self.weight.copy_(unit_normalized(self.weight, 0))
             self._setup_yat(
                 bias=bias,
                 constant_bias=constant_bias,

@@ -8,6 +8,7 @@ PyTorch, JAX and TensorFlow arrays go to their own convolution kernels; every ot
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -188,10 +189,7 @@ def _torch_window_sum(x, kernel, stride, pads):
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
     if any(lo or hi for lo, hi in pads):
         x = F.pad(x, [v for pair in reversed(pads) for v in pair])
-    size = 1
-    for k in kernel:
-        size *= k
-    return pool(x, kernel, stride, 0) * size
+    return pool(x, kernel, stride, 0) * math.prod(kernel)
 
 
 def _torch_transpose_args(pads, kernel, stride, dilation):
@@ -259,10 +257,7 @@ def _tf_window_sum(x, kernel, stride, pads, last):
     xl = x if last else tf.transpose(x, [0, *range(2, 2 + nd), 1])
     if any(lo or hi for lo, hi in pads):
         xl = tf.pad(xl, [(0, 0), *pads, (0, 0)])
-    size = 1
-    for k in kernel:
-        size *= k
-    y = tf.nn.avg_pool(xl, list(kernel), list(stride), "VALID") * size
+    y = tf.nn.avg_pool(xl, list(kernel), list(stride), "VALID") * math.prod(kernel)
     return y if last else tf.transpose(y, [0, nd + 1, *range(1, nd + 1)])
 
 

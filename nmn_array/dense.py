@@ -23,7 +23,7 @@ def safe_norm(xp: Any, a: Any, axis: Any = -1) -> Any:
     return xp.where(positive, xp.sqrt(safe), scalar_like(xp, 0.0, sq))
 
 
-def normalize(xp: Any, a: Any, guard: float = NORM_GUARD, axis: int = -1) -> Any:
+def normalize(xp: Any, a: Any, guard: float = NORM_GUARD, axis: Any = -1) -> Any:
     """``a / (|a| + guard)`` along ``axis``."""
     return a / (safe_norm(xp, a, axis=axis) + guard)
 

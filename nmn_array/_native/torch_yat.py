@@ -65,19 +65,9 @@ class _YatScores(torch.autograd.Function):
             # are detached from the graph, so differentiate the plain formula instead.
             return _plain_backward(ctx, grad, x, w, bias, alpha, eps, unit_x, unit_w)
         need = ctx.needs_input_grad
-        r = n / q
-        u = grad * r  # G r
-        g_n = u * (2.0 if alpha is None else 2 * alpha)  # through the numerator
-        h = u.mul_(r)  # G r^2 (u is not needed any more)
-        del r  # score-sized temporaries are the peak memory of attention's backward
-        grad_alpha = None
-        if has_alpha and need[3]:
-            # dL/dalpha = sum G n^2 / q = sum (G r^2) q, taken before h is scaled by alpha
-            grad_alpha = torch.vdot(h.reshape(-1), q.reshape(-1)).reshape(alpha.shape)
-        if alpha is not None:
-            h.mul_(alpha)  # alpha G r^2 = -dL/dq
-        grad_eps = h.sum().neg().reshape(eps.shape) if has_eps and need[4] else None
-        h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
+        g_n, h, grad_alpha, grad_eps = _ratio_backward(
+            grad, n, q, alpha, eps, want_alpha=has_alpha and need[3], want_eps=has_eps and need[4]
+        )
         grad_b = None
         if has_bias and need[2]:
             flat = g_n.reshape(-1, g_n.shape[-1])
@@ -133,18 +123,10 @@ class _YatEpilogue(torch.autograd.Function):
             # create_graph=True: n and q are detached; differentiate the plain formula of the
             # (graph-connected) inputs instead.
             return _plain_epilogue_backward(grad, need, dot, col, row, bias, alpha, eps)
-        r = n / q
-        u = grad * r
-        g_n = u * (2.0 if alpha is None else 2 * alpha)  # through the numerator
-        h = u.mul_(r)  # G r^2
         grads: list = [None] * 6
-        if need[4]:
-            grads[4] = torch.vdot(h.reshape(-1), q.reshape(-1)).reshape(alpha.shape)
-        if alpha is not None:
-            h.mul_(alpha)  # alpha G r^2 = -dL/dq
-        if need[5]:
-            grads[5] = h.sum().neg().reshape(eps.shape)
-        h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
+        g_n, h, grads[4], grads[5] = _ratio_backward(
+            grad, n, q, alpha, eps, want_alpha=need[4], want_eps=need[5]
+        )
         if need[1]:
             grads[1] = h.sum_to_size(col.shape).neg()
         if need[2]:
@@ -157,6 +139,41 @@ class _YatEpilogue(torch.autograd.Function):
         return tuple(grads)
 
 
+def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool):
+    """The closed-form backward shared by both Functions, from ``G = dL/dy``.
+
+    Returns ``g_n`` (``dL/dn`` through the numerator, ``2 alpha G r``), ``h`` (``alpha G r^2``
+    where ``D > 0``, else 0: ``-dL/dD``), and the alpha and epsilon gradients (None unless
+    wanted).
+    """
+    r = n / q
+    u = grad * r  # G r
+    g_n = u * (2.0 if alpha is None else 2 * alpha)
+    h = u.mul_(r)  # G r^2 (u is not needed any more)
+    del r  # score-sized temporaries are the peak memory of attention's backward
+    grad_alpha = grad_eps = None
+    if want_alpha:
+        # dL/dalpha = sum G n^2 / q = sum (G r^2) q, taken before h is scaled by alpha
+        grad_alpha = torch.vdot(h.reshape(-1), q.reshape(-1)).reshape(alpha.shape)
+    if alpha is not None:
+        h.mul_(alpha)  # alpha G r^2 = -dL/dq
+    if want_eps:
+        grad_eps = h.sum().neg().reshape(eps.shape)
+    h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
+    return g_n, h, grad_alpha, grad_eps
+
+
+def _grads_of(y, grad, inputs, need) -> tuple:
+    """``create_graph`` gradients of ``y`` for the ``inputs`` flagged in ``need`` (None for the
+    others): the higher-order path of both Functions, through the plain formula."""
+    wanted = [i for i, t in enumerate(inputs) if need[i] and isinstance(t, torch.Tensor)]
+    grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad, create_graph=True)
+    out: list = [None] * len(need)
+    for i, g in zip(wanted, grads, strict=True):
+        out[i] = g
+    return tuple(out)
+
+
 def _plain_epilogue_backward(grad, need, *inputs):
     from nmn_array._epilogue import expanded_distance, yat_ratio
     from nmn_array._namespace import array_namespace
@@ -164,12 +181,7 @@ def _plain_epilogue_backward(grad, need, *inputs):
     dot, col, row, bias, alpha, eps = inputs
     xp = array_namespace(dot)
     y = yat_ratio(xp, dot, expanded_distance(dot, col, row), bias=bias, alpha=alpha, epsilon=eps)
-    wanted = [i for i in range(6) if need[i]]
-    grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad, create_graph=True)
-    out: list = [None] * 6
-    for i, g in zip(wanted, grads, strict=True):
-        out[i] = g
-    return tuple(out)
+    return _grads_of(y, grad, inputs, need)
 
 
 def yat_epilogue(dot, col, row, bias, alpha, epsilon):
@@ -194,17 +206,8 @@ def _plain_backward(ctx, grad, x, w, bias, alpha, eps, unit_x, unit_w):
     bias = bias if bias is not None else ctx.bias_value
     xp = array_namespace(x)
     y = plain_yat_dense(xp, x, w, bias, alpha, eps, unit_x=unit_x, unit_w=unit_w)
-    candidates = (x, w, bias, alpha, eps)
-    wanted = [
-        i
-        for i, t in enumerate(candidates)
-        if ctx.needs_input_grad[i] and isinstance(t, torch.Tensor)
-    ]
-    grads = torch.autograd.grad(y, [candidates[i] for i in wanted], grad, create_graph=True)
-    out: list = [None] * 7
-    for i, g in zip(wanted, grads, strict=True):
-        out[i] = g
-    return tuple(out)
+    # seven outputs: the two flags of forward get None
+    return _grads_of(y, grad, (x, w, bias, alpha, eps, None, None), ctx.needs_input_grad)
 
 
 def _row(bias: Any, w: torch.Tensor) -> Any:
