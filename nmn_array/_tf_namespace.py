@@ -20,6 +20,7 @@ import tensorflow as tf
 __all__ = [
     "abs",
     "arange",
+    "argmin",
     "asarray",
     "astype",
     "bool",
@@ -56,6 +57,7 @@ __all__ = [
     "squeeze",
     "stack",
     "sum",
+    "take",
     "where",
     "zeros",
     "zeros_like",
@@ -273,3 +275,14 @@ def logical_and(x1, x2, /):
 
 def logical_not(x, /):
     return tf.logical_not(x)
+
+
+def argmin(x, /, *, axis=None, keepdims: bool = False):
+    out = tf.math.argmin(x, axis=-1 if axis is None else axis, output_type=tf.int64)
+    if keepdims:
+        out = tf.expand_dims(out, axis=-1 if axis is None else axis)
+    return out
+
+
+def take(x, indices, /, *, axis=None):
+    return tf.gather(x, indices, axis=0 if axis is None else axis)

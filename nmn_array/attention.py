@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 from nmn_array import _validation as _v
+from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
 from nmn_array._namespace import array_namespace, device_kw, is_torch, scalar_like
+from nmn_array.dense import DISTANCES
 from nmn_array.squashers import softermax_impl
 
 NORMALIZATIONS = ("softmax", "softermax", "l1")
@@ -59,14 +61,14 @@ def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalizati
     return xp, dtype, normalization, factor, epsilon
 
 
-def _scores(xp, q, k, factor, epsilon, spherical, native):
+def _scores(xp, q, k, factor, epsilon, spherical, native, refine):
     if spherical:
         q = q / xp.sqrt(xp.sum(q * q, axis=-1, keepdims=True) + epsilon)
         k = k / xp.sqrt(xp.sum(k * k, axis=-1, keepdims=True) + epsilon)
     if native and is_torch(xp):
         from nmn_array._native.torch_yat import yat_scores
 
-        return yat_scores(q, k, factor, epsilon, unit=spherical)
+        return yat_scores(q, k, factor, epsilon, unit=spherical, refine=refine)
     dot = xp.matmul(q, xp.matrix_transpose(k))
     if spherical:
         dist = 2.0 - (dot + dot)
@@ -74,6 +76,8 @@ def _scores(xp, q, k, factor, epsilon, spherical, native):
         q_sq = xp.sum(q * q, axis=-1, keepdims=True)
         k_sq = xp.matrix_transpose(xp.sum(k * k, axis=-1, keepdims=True))
         dist = expanded_distance(dot, q_sq, k_sq)
+    if refine:
+        dist = refine_distance(xp, dist, q, k)
     return yat_ratio(xp, dot, dist, alpha=factor, epsilon=epsilon)
 
 
@@ -114,13 +118,26 @@ def _normalize(xp, scores, visible, normalization, epsilon, power, native):
 
 
 def _weights(
-    q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power, native
+    q,
+    k,
+    v_,
+    mask,
+    causal,
+    alpha,
+    epsilon,
+    scale,
+    spherical,
+    normalization,
+    power,
+    distance,
+    native,
 ):
     xp, dtype, normalization, factor, epsilon = _check(
         q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power
     )
+    refine = _v.lowered_choice(distance, "distance", DISTANCES) == "refined"
     qc, kc = _v.as_compute(xp, q, dtype), _v.as_compute(xp, k, dtype)
-    scores = _scores(xp, qc, kc, factor, epsilon, spherical, native)
+    scores = _scores(xp, qc, kc, factor, epsilon, spherical, native, refine)
     visible = _visible(xp, mask, causal, q.shape[-2], k.shape[-2], qc)
     return xp, dtype, _normalize(xp, scores, visible, normalization, epsilon, power, native)
 
@@ -137,6 +154,7 @@ def yat_attention_weights(
     spherical: bool = False,
     normalization: str = "softmax",
     power: float = 1.0,
+    distance: str = "refined",
     _native: bool = True,
 ) -> Any:
     """Attention weights from yat scores.
@@ -166,6 +184,9 @@ def yat_attention_weights(
         ``S^power / (1e-12 + sum S^power)``.
     power : float > 0
         Used by ``"softermax"`` only.
+    distance : {"refined", "expanded"}
+        As in :func:`nmn_array.yat`: ``"refined"`` recomputes each query's distance to its
+        nearest key directly, so ``q == k`` gets its exact score.
 
     Returns
     -------
@@ -179,7 +200,19 @@ def yat_attention_weights(
     [1.0]
     """
     xp, _, weights = _weights(
-        q, k, None, mask, causal, alpha, epsilon, scale, spherical, normalization, power, _native
+        q,
+        k,
+        None,
+        mask,
+        causal,
+        alpha,
+        epsilon,
+        scale,
+        spherical,
+        normalization,
+        power,
+        distance,
+        _native,
     )
     return _v.cast_back(xp, weights, q.dtype)
 
@@ -197,6 +230,7 @@ def yat_attention(
     spherical: bool = False,
     normalization: str = "softmax",
     power: float = 1.0,
+    distance: str = "refined",
     _native: bool = True,
 ) -> Any:
     """Yat attention: :func:`yat_attention_weights` applied to the values ``v (..., Lk, dv)``.
@@ -212,7 +246,19 @@ def yat_attention(
     (2, 3, 6)
     """
     xp, dtype, weights = _weights(
-        q, k, v, mask, causal, alpha, epsilon, scale, spherical, normalization, power, _native
+        q,
+        k,
+        v,
+        mask,
+        causal,
+        alpha,
+        epsilon,
+        scale,
+        spherical,
+        normalization,
+        power,
+        distance,
+        _native,
     )
     out = xp.matmul(weights, _v.as_compute(xp, v, dtype))
     return _v.cast_back(xp, out, q.dtype)

@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from nmn_array import _validation as v
+from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
 from nmn_array._namespace import array_namespace, is_torch, scalar_like
 
 #: Guard added to norms when normalising vectors (nmn's constant, Decision 7).
 NORM_GUARD = 1e-8
+#: How the squared distance is computed: "refined" (default) recomputes each row's nearest
+#: pair directly after the one GEMM; "expanded" is the GEMM alone (nmn's form). docs/math.md.
+DISTANCES = ("refined", "expanded")
 
 
 def safe_norm(xp: Any, a: Any, axis: Any = -1) -> Any:
@@ -37,6 +41,7 @@ def yat(
     epsilon: Any = 1e-5,
     spherical: bool = False,
     weight_normalized: bool = False,
+    distance: str = "refined",
     _native: bool = True,
     _w_in_out: bool = False,
 ) -> Any:
@@ -62,6 +67,12 @@ def yat(
         distance ``max(2 - 2 x.w, 0)``.
     weight_normalized : bool
         Normalise each neuron to unit length and take ``|w|^2`` as exactly 1.
+    distance : {"refined", "expanded"}
+        ``"expanded"`` takes the squared distance from the one matrix product,
+        ``|x|^2 + |w|^2 - 2 x.w``, whose rounding error swamps epsilon where ``x`` is close
+        to a neuron. ``"refined"`` (the default) also recomputes, for each input, the
+        distance to its nearest neuron directly: accurate near collisions for one extra pass
+        (docs/math.md, "Accuracy"). Like ``torch.cdist``'s ``compute_mode``.
 
     Returns
     -------
@@ -82,6 +93,7 @@ def yat(
     v.check_epsilon(epsilon)
     v.check_bool(spherical, "spherical")
     v.check_bool(weight_normalized, "weight_normalized")
+    refine = v.lowered_choice(distance, "distance", DISTANCES) == "refined"
     xs, ws = v.shape_of(x), v.shape_of(w)
     # _w_in_out: a framework's (d, n) kernel, used as it is stored; XLA otherwise materialises
     # the transposes to and from (n, d) in every step.
@@ -117,7 +129,7 @@ def yat(
     if in_out and _native and is_torch(xp):
         wc, in_out = xp.matrix_transpose(wc), False  # a free view; the fused path wants (n, d)
     out = _yat_dense(
-        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, _native, in_out=in_out
+        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, _native, in_out, refine
     )
     if vector:
         out = out[..., 0]
@@ -125,7 +137,7 @@ def yat(
 
 
 def _yat_dense(
-    xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native=True, *, in_out=False
+    xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native, in_out, refine
 ):
     feature_axis = 0 if in_out else -1
     if spherical:
@@ -137,18 +149,22 @@ def _yat_dense(
     if native and is_torch(xp):
         from nmn_array._native.torch_yat import yat_dense
 
-        return yat_dense(x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w)
+        return yat_dense(x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w, refine=refine)
     return plain_yat_dense(
-        xp, x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w, in_out=in_out
+        xp, x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w, in_out=in_out, refine=refine
     )
 
 
-def plain_yat_dense(xp, x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, in_out=False):
+def plain_yat_dense(
+    xp, x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, in_out=False, refine=True
+):
     """The standard-only dense yat; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as 1
     (spherical mode's distance ``2 - 2 x.w`` is the expanded one with both norms 1);
-    ``in_out``: ``w`` is ``(d, n)``."""
+    ``in_out``: ``w`` is ``(d, n)``; ``refine``: see :mod:`nmn_array._distance`."""
     dot = xp.matmul(x, w if in_out else xp.matrix_transpose(w))
     x_sq = 1.0 if unit_x else xp.sum(x * x, axis=-1, keepdims=True)
     w_sq = 1.0 if unit_w else xp.sum(w * w, axis=0 if in_out else -1)
     dist = expanded_distance(dot, x_sq, w_sq)
+    if refine:
+        dist = refine_distance(xp, dist, x, w, in_out=in_out)
     return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon)

@@ -1,88 +1,123 @@
-"""A fused PyTorch autograd function for yat scores: the dense layer and attention.
+"""Fused PyTorch autograd functions for yat scores (dense layer, attention) and for the
+convolutions' epilogue.
 
 Autograd over the plain formula keeps one temporary per elementwise step and replays each
-in the backward; here the forward is one GEMM plus four in-place passes, and the backward is
+in the backward; here the forward is one GEMM plus a few in-place passes, and the backward is
 written by hand from the closed-form derivatives, so the whole layer costs two GEMMs more than
 the forward and a handful of elementwise passes.
 
 With ``n = x.w + b``, ``D = |x|^2 + |w|^2 - 2 x.w``, ``q = max(D, 0) + eps``, ``r = n / q``
 and ``y = alpha * n * r``:
 ``dy/dn = 2 alpha r``, ``dy/dq = -alpha r^2``, ``dq/dD = [D > 0]``, ``dq/deps = 1``.
+
+Both Functions follow the ``torch.func`` protocol (``forward`` without ``ctx``,
+``setup_context``, a generated vmap rule), so ``torch.func.grad``, ``vmap``, ``jacrev`` and
+``functional_call`` work through them. ``n`` and ``q`` leave ``forward`` as extra
+non-differentiable outputs because that protocol saves intermediates only that way.
+
+Higher-order derivatives (``create_graph=True``, Hessian-vector products, nested
+``torch.func`` transforms) run the same closed-form backward out of place on ``n`` and ``q``
+recomputed from the graph-connected inputs, so autograd can differentiate it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat.torch as xp_torch
 import torch
+
+from nmn_array._distance import nearest_direct
 
 
 class _YatScores(torch.autograd.Function):
     """``x (..., M, d)`` against ``w (..., N, d)`` (same leading dims) -> ``(..., M, N)``."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool):
-        wt = w.transpose(-1, -2)
-        if bias is not None and x.dim() == 2:
-            n = torch.addmm(_row(bias, w), x, wt)
-        else:
-            n = torch.matmul(x, wt)
-            if bias is not None:
-                n.add_(_row(bias, w))
-        # q = max(D, 0) + eps = max(D + eps, eps), with D = |x|^2 + |w|^2 - 2 (n - b):
-        # the per-column terms fold into one row, leaving three passes over (..., M, N).
-        row = _ones(w) if unit_w else _sq_norms(w).unsqueeze(-2)
-        if bias is not None:
-            row = row + 2 * _row(bias, w)
-        q = torch.add(row + epsilon, n, alpha=-2)
-        q.add_(1.0 if unit_x else _sq_norms(x).unsqueeze(-1))
-        q.clamp_(min=epsilon)
+    def forward(x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool, refine: bool):
+        n, q = _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, inplace=True)
         y = n * n
         y.div_(q)
         if alpha is not None:
             y.mul_(alpha)
-        # n and q are kept (r = n / q is recomputed): one temporary fewer between the passes
-        tensors = [t for t in (bias, alpha, epsilon) if isinstance(t, torch.Tensor)]
-        ctx.save_for_backward(x, w, n, q, *tensors)
-        ctx.flags = (unit_x, unit_w)
-        ctx.kinds = tuple(isinstance(t, torch.Tensor) for t in (bias, alpha, epsilon))
-        ctx.alpha = alpha if not isinstance(alpha, torch.Tensor) else None
-        ctx.epsilon = epsilon if not isinstance(epsilon, torch.Tensor) else None
-        ctx.bias_value = bias if not isinstance(bias, torch.Tensor) else None
-        return y
+        return y, n, q
 
     @staticmethod
-    def backward(ctx, grad):
-        x, w, n, q, *params = ctx.saved_tensors
-        params = iter(params)
-        has_bias, has_alpha, has_eps = ctx.kinds
-        bias = next(params) if has_bias else None
-        alpha = next(params) if has_alpha else ctx.alpha
-        eps = next(params) if has_eps else ctx.epsilon
-        unit_x, unit_w = ctx.flags
-        if torch.is_grad_enabled():
-            # create_graph=True (higher-order derivatives): the values saved by the forward
-            # are detached from the graph, so differentiate the plain formula instead.
-            return _plain_backward(ctx, grad, x, w, bias, alpha, eps, unit_x, unit_w)
+    def setup_context(ctx, inputs, output):
+        x, w, bias, alpha, epsilon, unit_x, unit_w, refine = inputs
+        _, n, q = output
+        ctx.mark_non_differentiable(n, q)
+        # n and q are kept (r = n / q is recomputed): one temporary fewer between the passes
+        _save(ctx, (x, w, n, q), (bias, alpha, epsilon))
+        ctx.flags = (unit_x, unit_w, refine)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_n, _grad_q):
+        (x, w, n, q), (bias, alpha, eps) = _saved(ctx, 4)
+        unit_x, unit_w, refine = ctx.flags
         need = ctx.needs_input_grad
+        inplace = not torch.is_grad_enabled()
+        if not inplace:
+            # create_graph: n and q were computed without a graph; recompute them with one
+            n, q = _scores_n_q(x, w, bias, eps, unit_x, unit_w, refine, inplace=False)
         g_n, h, grad_alpha, grad_eps = _ratio_backward(
-            grad, n, q, alpha, eps, want_alpha=has_alpha and need[3], want_eps=has_eps and need[4]
+            grad, n, q, alpha, eps, want_alpha=need[3], want_eps=need[4], inplace=inplace
         )
         grad_b = None
-        if has_bias and need[2]:
+        if need[2]:
             flat = g_n.reshape(-1, g_n.shape[-1])
             grad_b = (flat.sum() if bias.numel() == 1 else flat.sum(dim=0)).reshape(bias.shape)
-        g_s = g_n.add_(h, alpha=2)  # dD/ds = -2; g_n is not needed any more
+        # dD/ds = -2; g_n is not needed any more
+        g_s = g_n.add_(h, alpha=2) if inplace else g_n + 2 * h
         grad_x = grad_w = None
         if need[0]:
             grad_x = torch.matmul(g_s, w)
             if not unit_x:
-                grad_x.addcmul_(x, h.sum(dim=-1, keepdim=True), value=-2)
+                grad_x = _add_scaled(grad_x, x, h.sum(dim=-1, keepdim=True), inplace)
         if need[1]:
             grad_w = torch.matmul(g_s.transpose(-1, -2), x)
             if not unit_w:
-                grad_w.addcmul_(w, h.sum(dim=-2).unsqueeze(-1), value=-2)
-        return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None
+                grad_w = _add_scaled(grad_w, w, h.sum(dim=-2).unsqueeze(-1), inplace)
+        return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None, None
+
+
+def _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, *, inplace: bool):
+    """``n = x.w + b`` and ``q = max(D, 0) + eps`` of :class:`_YatScores`.
+
+    ``q`` is computed from the plain dot product, before the bias is added: folding the bias
+    into the distance would cancel it back out and lose precision for large biases.
+    """
+    dot = torch.matmul(x, w.transpose(-1, -2))
+    # q = max(D, 0) + eps = max(D + eps, eps), D = |x|^2 + |w|^2 - 2 x.w: the per-column
+    # terms fold into one row, leaving three passes over (..., M, N).
+    row = _ones(w) if unit_w else _sq_norms(w).unsqueeze(-2)
+    col = _ones(x) if unit_x else _sq_norms(x).unsqueeze(-1)
+    if inplace:
+        q = torch.add(row + epsilon, dot, alpha=-2)
+        q.add_(col).clamp_min_(epsilon)  # clamp_min_ has a vmap batching rule, clamp_ not
+    else:
+        q = torch.clamp((row + epsilon) - 2 * dot + col, min=epsilon)
+    if refine:
+        q = _refine(q, x, w, epsilon)
+    if bias is None:
+        return dot, q
+    return (dot.add_(_row(bias, w)) if inplace else dot + _row(bias, w)), q
+
+
+def _refine(q, x, w, epsilon):
+    """Replace each row's smallest ``q`` by the directly computed distance of that pair.
+
+    The expanded distance loses ``~u (|x|^2 + |w|^2)`` to cancellation, which swamps a small
+    epsilon exactly where the score is largest (near-collisions); see docs/math.md.
+    """
+    nearest, direct = nearest_direct(xp_torch, q, x, w)
+    value = (direct + epsilon).unsqueeze(-1)
+    index = nearest.unsqueeze(-1)
+    # out of place even in the fast path: in-place scatter_ has no vmap batching rule, and
+    # the old q is freed at once, so the peak memory is unchanged
+    return q.scatter(-1, index, value)
 
 
 class _YatEpilogue(torch.autograd.Function):
@@ -94,38 +129,33 @@ class _YatEpilogue(torch.autograd.Function):
     about five), and the backward is the same closed form as :class:`_YatScores`'.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, dot, col, row, bias, alpha, epsilon):
-        n = dot if bias is None else dot + bias
-        # q = max(D, 0) + eps = max(D + eps, eps) with D = col + row + 2 b - 2 n
-        offset = row + epsilon if bias is None else row + 2 * bias + epsilon
-        q = torch.add(col + offset, n, alpha=-2)
-        q.clamp_(min=epsilon)
+    def forward(dot, col, row, bias, alpha, epsilon):
+        n, q = _epilogue_n_q(dot, col, row, bias, epsilon)
         y = n * n
         y.div_(q)
         if alpha is not None:
             y.mul_(alpha)
-        inputs = (dot, col, row, bias, alpha, epsilon)
-        ctx.kinds = tuple(isinstance(t, torch.Tensor) for t in inputs)
-        ctx.values = tuple(None if isinstance(t, torch.Tensor) else t for t in inputs)
-        ctx.save_for_backward(n, q, *(t for t in inputs if isinstance(t, torch.Tensor)))
-        return y
+        return y, n, q
 
     @staticmethod
-    def backward(ctx, grad):
-        n, q, *saved = ctx.saved_tensors
-        saved = iter(saved)
-        dot, col, row, bias, alpha, eps = (
-            next(saved) if kind else value for kind, value in zip(ctx.kinds, ctx.values)
-        )
-        need = [k and w for k, w in zip(ctx.kinds, ctx.needs_input_grad)]
-        if torch.is_grad_enabled():
-            # create_graph=True: n and q are detached; differentiate the plain formula of the
-            # (graph-connected) inputs instead.
-            return _plain_epilogue_backward(grad, need, dot, col, row, bias, alpha, eps)
+    def setup_context(ctx, inputs, output):
+        _, n, q = output
+        ctx.mark_non_differentiable(n, q)
+        _save(ctx, (n, q), inputs)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_n, _grad_q):
+        (n, q), (dot, col, row, bias, alpha, eps) = _saved(ctx, 2)
+        need = [kind and wanted for kind, wanted in zip(ctx.inputs_kinds, ctx.needs_input_grad)]
+        inplace = not torch.is_grad_enabled()
+        if not inplace:
+            n, q = _epilogue_n_q(dot, col, row, bias, eps)
         grads: list = [None] * 6
         g_n, h, grads[4], grads[5] = _ratio_backward(
-            grad, n, q, alpha, eps, want_alpha=need[4], want_eps=need[5]
+            grad, n, q, alpha, eps, want_alpha=need[4], want_eps=need[5], inplace=inplace
         )
         if need[1]:
             grads[1] = h.sum_to_size(col.shape).neg()
@@ -135,104 +165,102 @@ class _YatEpilogue(torch.autograd.Function):
             grads[3] = g_n.sum_to_size(bias.shape)
         if need[0]:
             # dD/d dot = -2; g_n may be the bias gradient itself when the shapes agree
-            grads[0] = torch.add(g_n, h, alpha=2) if need[3] else g_n.add_(h, alpha=2)
+            keep = need[3] or not inplace
+            grads[0] = torch.add(g_n, h, alpha=2) if keep else g_n.add_(h, alpha=2)
         return tuple(grads)
 
 
-def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool):
+def _epilogue_n_q(dot, col, row, bias, epsilon):
+    """``n`` and ``q`` of :class:`_YatEpilogue`; ``q`` from ``dot`` before the bias (see
+    :func:`_scores_n_q`). Out of place: ``dot`` is the caller's tensor."""
+    q = torch.add(col + (row + epsilon), dot, alpha=-2).clamp_min(epsilon)
+    # a view, not dot itself: an input returned as an output cannot be saved (torch.func)
+    return (dot.view_as(dot) if bias is None else dot + bias), q
+
+
+def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool, inplace: bool):
     """The closed-form backward shared by both Functions, from ``G = dL/dy``.
 
     Returns ``g_n`` (``dL/dn`` through the numerator, ``2 alpha G r``), ``h`` (``alpha G r^2``
     where ``D > 0``, else 0: ``-dL/dD``), and the alpha and epsilon gradients (None unless
-    wanted).
+    wanted). ``inplace=False`` uses only out-of-place operations, so that autograd can
+    differentiate it (higher-order derivatives).
     """
     r = n / q
     u = grad * r  # G r
     g_n = u * (2.0 if alpha is None else 2 * alpha)
-    h = u.mul_(r)  # G r^2 (u is not needed any more)
+    h = u.mul_(r) if inplace else u * r  # G r^2
     del r  # score-sized temporaries are the peak memory of attention's backward
     grad_alpha = grad_eps = None
     if want_alpha:
         # dL/dalpha = sum G n^2 / q = sum (G r^2) q, taken before h is scaled by alpha
         grad_alpha = torch.vdot(h.reshape(-1), q.reshape(-1)).reshape(alpha.shape)
     if alpha is not None:
-        h.mul_(alpha)  # alpha G r^2 = -dL/dq
+        h = h.mul_(alpha) if inplace else h * alpha  # alpha G r^2 = -dL/dq
     if want_eps:
         grad_eps = h.sum().neg().reshape(eps.shape)
-    h.masked_fill_(q <= eps, 0)  # the clamp: q == eps where D <= 0
+    clamped = q <= eps  # the clamp: q == eps where D <= 0
+    h = h.masked_fill_(clamped, 0) if inplace else h.masked_fill(clamped, 0)
     return g_n, h, grad_alpha, grad_eps
 
 
-def _grads_of(y, grad, inputs, need) -> tuple:
-    """``create_graph`` gradients of ``y`` for the ``inputs`` flagged in ``need`` (None for the
-    others): the higher-order path of both Functions, through the plain formula."""
-    wanted = [i for i, t in enumerate(inputs) if need[i] and isinstance(t, torch.Tensor)]
-    grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad, create_graph=True)
-    out: list = [None] * len(need)
-    for i, g in zip(wanted, grads, strict=True):
-        out[i] = g
-    return tuple(out)
+def _add_scaled(out, a, s, inplace: bool):
+    """``out - 2 a s`` (the norm terms of the input gradients)."""
+    return out.addcmul_(a, s, value=-2) if inplace else torch.addcmul(out, a, s, value=-2)
 
 
-def _plain_epilogue_backward(grad, need, *inputs):
-    from nmn_array._epilogue import expanded_distance, yat_ratio
-    from nmn_array._namespace import array_namespace
+def _save(ctx, tensors, optional) -> None:
+    """Save ``tensors`` and the tensor members of ``optional``; remember the others' values."""
+    ctx.inputs_kinds = tuple(isinstance(t, torch.Tensor) for t in optional)
+    ctx.values = tuple(None if isinstance(t, torch.Tensor) else t for t in optional)
+    ctx.save_for_backward(*tensors, *(t for t in optional if isinstance(t, torch.Tensor)))
 
-    dot, col, row, bias, alpha, eps = inputs
-    xp = array_namespace(dot)
-    y = yat_ratio(xp, dot, expanded_distance(dot, col, row), bias=bias, alpha=alpha, epsilon=eps)
-    return _grads_of(y, grad, inputs, need)
+
+def _saved(ctx, count: int):
+    saved = ctx.saved_tensors
+    rest = iter(saved[count:])
+    optional = tuple(next(rest) if kind else v for kind, v in zip(ctx.inputs_kinds, ctx.values))
+    return saved[:count], optional
 
 
 def yat_epilogue(dot, col, row, bias, alpha, epsilon):
     """Fused :func:`nmn_array._epilogue.yat_ratio` of :func:`expanded_distance`; the operands
     broadcast against ``dot`` (``row`` may be the float 1.0)."""
-    return _YatEpilogue.apply(dot, col, row, bias, alpha, epsilon)
+    return _YatEpilogue.apply(dot, col, row, bias, alpha, epsilon)[0]
 
 
-def _ones(w: torch.Tensor) -> torch.Tensor:
-    return torch.ones((), dtype=w.dtype, device=w.device)
+def _ones(a: torch.Tensor) -> torch.Tensor:
+    return torch.ones((), dtype=a.dtype, device=a.device)
 
 
 def _sq_norms(a: torch.Tensor) -> torch.Tensor:
     """Row-wise squared norms in one fused reduction."""
-    return torch.linalg.vector_norm(a, dim=-1).square_()
-
-
-def _plain_backward(ctx, grad, x, w, bias, alpha, eps, unit_x, unit_w):
-    from nmn_array._namespace import array_namespace
-    from nmn_array.dense import plain_yat_dense
-
-    bias = bias if bias is not None else ctx.bias_value
-    xp = array_namespace(x)
-    y = plain_yat_dense(xp, x, w, bias, alpha, eps, unit_x=unit_x, unit_w=unit_w)
-    # seven outputs: the two flags of forward get None
-    return _grads_of(y, grad, (x, w, bias, alpha, eps, None, None), ctx.needs_input_grad)
+    return torch.linalg.vector_norm(a, dim=-1).square()
 
 
 def _row(bias: Any, w: torch.Tensor) -> Any:
     """The bias as a row over the output features (a scalar bias broadcasts)."""
     if not isinstance(bias, torch.Tensor):
-        return torch.full((w.shape[0],), float(bias), dtype=w.dtype, device=w.device)
-    return bias.reshape(-1).expand(w.shape[0]) if bias.numel() == 1 else bias.reshape(-1)
+        return torch.full((w.shape[-2],), float(bias), dtype=w.dtype, device=w.device)
+    return bias.reshape(-1).expand(w.shape[-2]) if bias.numel() == 1 else bias.reshape(-1)
 
 
-def yat_dense(x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool):
+def yat_dense(x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, refine: bool = True):
     """``x (..., d)``, ``w (n, d)`` -> ``(..., n)``; the arguments are already validated and in
     the compute dtype; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as exactly 1."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y = _YatScores.apply(x2, w, bias, alpha, epsilon, unit_x, unit_w)
+    y = _YatScores.apply(x2, w, bias, alpha, epsilon, unit_x, unit_w, refine)[0]
     return y.reshape(*lead, w.shape[0])
 
 
-def yat_scores(q, k, alpha, epsilon, *, unit: bool):
+def yat_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
     """Attention scores ``alpha (q.k)^2 / (max(D, 0) + eps)``: ``q (..., Lq, d)``,
     ``k (..., Lk, d)`` (leading dims broadcast) -> ``(..., Lq, Lk)``."""
     lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
     q = q.expand(*lead, *q.shape[-2:])
     k = k.expand(*lead, *k.shape[-2:])
-    return _YatScores.apply(q, k, None, alpha, epsilon, unit, unit)
+    return _YatScores.apply(q, k, None, alpha, epsilon, unit, unit, refine)[0]
 
 
 def masked_softmax(scores, visible):
