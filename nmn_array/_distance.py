@@ -24,23 +24,49 @@ from nmn_array._namespace import device_kw
 
 
 def nearest_direct(
-    xp: ModuleType, dist: Any, x: Any, w: Any, *, in_out: bool = False
+    xp: ModuleType,
+    dist: Any,
+    x: Any,
+    w: Any,
+    *,
+    in_out: bool = False,
+    unit_x: bool = False,
+    unit_w: bool = False,
 ) -> tuple[Any, Any]:
     """The column of each row's smallest ``dist`` and the direct squared distance there.
 
     ``dist (..., M, N)`` (or ``(..., N)`` for a dense layer with any leading axes), ``x``
     broadcastable to ``(..., M, d)``, ``w (N, d)`` or ``(..., N, d)`` (``(d, N)`` if
     ``in_out``). Returns ``index`` and ``direct`` of shape ``dist.shape[:-1]``.
+
+    ``unit_x``/``unit_w``: the distance is *defined* with ``|x|^2``/``|w|^2`` taken as 1
+    (spherical and weight-normalised modes), so ``1 - |v|^2`` is added to the direct value:
+    the same quantity as the expanded form, with the same derivatives, only without its
+    cancellation.
     """
     index = xp.argmin(dist, axis=-1)
     rows = _rows_at(xp, w, index, in_out=in_out)
     diff = x - rows
-    return index, xp.sum(diff * diff, axis=-1)
+    direct = xp.sum(diff * diff, axis=-1)
+    if unit_x:
+        direct = direct + (1.0 - xp.sum(x * x, axis=-1))
+    if unit_w:
+        direct = direct + (1.0 - xp.sum(rows * rows, axis=-1))
+    return index, direct
 
 
-def refine_distance(xp: ModuleType, dist: Any, x: Any, w: Any, *, in_out: bool = False) -> Any:
+def refine_distance(
+    xp: ModuleType,
+    dist: Any,
+    x: Any,
+    w: Any,
+    *,
+    in_out: bool = False,
+    unit_x: bool = False,
+    unit_w: bool = False,
+) -> Any:
     """``dist`` with each row's smallest entry replaced by the direct squared distance."""
-    index, direct = nearest_direct(xp, dist, x, w, in_out=in_out)
+    index, direct = nearest_direct(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
     n = dist.shape[-1]
     cols = xp.arange(n, dtype=index.dtype, **device_kw(xp, index))
     hit = cols == xp.expand_dims(index, axis=-1)

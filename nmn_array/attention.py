@@ -77,7 +77,7 @@ def _scores(xp, q, k, factor, epsilon, spherical, native, refine):
         k_sq = xp.matrix_transpose(xp.sum(k * k, axis=-1, keepdims=True))
         dist = expanded_distance(dot, q_sq, k_sq)
     if refine:
-        dist = refine_distance(xp, dist, q, k)
+        dist = refine_distance(xp, dist, q, k, unit_x=spherical, unit_w=spherical)
     return yat_ratio(xp, dot, dist, alpha=factor, epsilon=epsilon)
 
 

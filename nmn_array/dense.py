@@ -166,5 +166,5 @@ def plain_yat_dense(
     w_sq = 1.0 if unit_w else xp.sum(w * w, axis=0 if in_out else -1)
     dist = expanded_distance(dot, x_sq, w_sq)
     if refine:
-        dist = refine_distance(xp, dist, x, w, in_out=in_out)
+        dist = refine_distance(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
     return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon)

@@ -100,19 +100,19 @@ def _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, *, inplace: bool):
     else:
         q = torch.clamp((row + epsilon) - 2 * dot + col, min=epsilon)
     if refine:
-        q = _refine(q, x, w, epsilon)
+        q = _refine(q, x, w, epsilon, unit_x, unit_w)
     if bias is None:
         return dot, q
     return (dot.add_(_row(bias, w)) if inplace else dot + _row(bias, w)), q
 
 
-def _refine(q, x, w, epsilon):
+def _refine(q, x, w, epsilon, unit_x, unit_w):
     """Replace each row's smallest ``q`` by the directly computed distance of that pair.
 
     The expanded distance loses ``~u (|x|^2 + |w|^2)`` to cancellation, which swamps a small
     epsilon exactly where the score is largest (near-collisions); see docs/math.md.
     """
-    nearest, direct = nearest_direct(xp_torch, q, x, w)
+    nearest, direct = nearest_direct(xp_torch, q, x, w, unit_x=unit_x, unit_w=unit_w)
     value = (direct + epsilon).unsqueeze(-1)
     index = nearest.unsqueeze(-1)
     # out of place even in the fast path: in-place scatter_ has no vmap batching rule, and

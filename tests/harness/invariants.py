@@ -58,7 +58,14 @@ def _plain_dense(case: Case) -> Case:
 
 
 def self_response(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
-    """``yat(w, w) = alpha |w|^4 / epsilon`` (distance 0)."""
+    """``yat(w, w) = alpha |w|^4 / epsilon`` (distance 0), to a tolerance that stays bounded.
+
+    The distance of each input to its nearest neuron is computed directly (docs/math.md,
+    "Accuracy"), so the diagonal is exact up to ``3 k |y|`` (``k`` from the accumulation
+    length): rounding of the numerator twice, of the norms once. Rows that have another row
+    within the expanded form's own error are not isolated and carry the documented weaker
+    bound; they are left out of this check.
+    """
     case = _plain_dense(case)
     w = case.arrays["w"]
     c = case.replace(arrays={"x": w.copy()})
@@ -69,10 +76,22 @@ def self_response(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
     eps = float(calls.rounded(c.params.get("epsilon", 1e-5), dtype))
     sq = np.sum(wr * wr, axis=-1)
     want = alpha * sq**2 / eps
-    tol = tolerance.allowed(spec, c, dtype)
+    k = tolerance.accumulation_k(spec, c, dtype)
     if w.ndim == 2:
-        y, tol = np.diagonal(y), np.diagonal(tol)
-    tolerance.assert_close(y, want, tol, _what(spec, "self_response", b, dtype))
+        y = np.diagonal(y)
+        isolated = _isolated_rows(wr, k)
+        y, want = y[isolated], want[isolated]
+    tolerance.assert_close(y, want, 3 * k * np.abs(want), _what(spec, "self_response", b, dtype))
+
+
+def _isolated_rows(w: np.ndarray, k: float) -> np.ndarray:
+    """Rows whose every other row is farther than the expanded distance's error bound."""
+    diff = w[:, None, :] - w[None, :, :]
+    dist = np.sum(diff * diff, axis=-1)
+    sq = np.sum(w * w, axis=-1)
+    near = dist <= 8 * k * (sq[:, None] + sq[None, :])
+    np.fill_diagonal(near, False)
+    return ~np.any(near, axis=-1)
 
 
 def orthogonal_zero(spec: Spec, b: Backend, dtype: str, case: Case) -> None:

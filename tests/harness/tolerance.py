@@ -37,7 +37,8 @@ def unit_roundoff(dtype: str) -> float:
     return float(np.finfo(dtype).eps) / 2.0
 
 
-def _k(spec: Spec, case: Case, dtype: str) -> float:
+def accumulation_k(spec: Spec, case: Case, dtype: str) -> float:
+    """``k = c (n + 2) u``: the relative rounding of one accumulated dot product or norm."""
     tol = spec.tolerances
     n_acc = float(expr.evaluate(tol.get("accumulation", 1), case.env()))
     return float(tol.get("c", 4.0)) * (n_acc + 2.0) * unit_roundoff(dtype)
@@ -80,7 +81,7 @@ def _rotary_extra(spec: Spec, case: Case, dtype: str) -> np.ndarray:
     theta = float(calls.param(case, "theta", 10000.0))
     angle = np.abs(pos[:, None] * theta ** (-2.0 * np.arange(d // 2) / d))  # (L, d/2)
     pair = np.abs(x[..., 0::2]) + np.abs(x[..., 1::2])  # (..., L, d/2)
-    bound = _k(spec, case, dtype) * (1.0 + 10.0 * angle) * pair
+    bound = accumulation_k(spec, case, dtype) * (1.0 + 10.0 * angle) * pair
     return np.repeat(bound, 2, axis=-1)
 
 
@@ -102,7 +103,7 @@ def _yat_ratio(spec: Spec, case: Case, dtype: str) -> np.ndarray:
     # where the reference is exactly 0 (s + b == 0), y says nothing about |x|^2 + |w|^2:
     # bound it by n * (max x^2 + max w^2) (each of the n accumulated terms is at most that)
     q = np.where(positive, q, _global_q(spec, case, dtype) + 2.0 * b)
-    k = _k(spec, case, dtype)
+    k = accumulation_k(spec, case, dtype)
     ay = np.abs(y1)
     bound = k * (ay + (ay + 2.0 * alpha * sb) * q / big_e) + alpha * (k * q) ** 2 / big_e
     rtol, atol = _rtol_atol(spec, dtype)
@@ -152,7 +153,7 @@ def attention_terms(spec: Spec, case: Case, dtype: str) -> dict[str, np.ndarray]
     big_e = dist + eps
     scores = a * s * s / big_e
     qq = dist + 2.0 * np.abs(s)
-    kk = _k(spec, case, dtype)
+    kk = accumulation_k(spec, case, dtype)
     d_scores = (
         kk * (scores + (scores + 2.0 * a * np.abs(s)) * qq / big_e) + a * (kk * qq) ** 2 / big_e
     )
