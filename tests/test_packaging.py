@@ -45,7 +45,7 @@ def _tree_files(directory: Path) -> list[Path]:
     return found
 
 
-def expected_wheel_modules() -> dict[str, Path]:
+def expected_wheel_modules(root: Path = ROOT) -> dict[str, Path]:
     """Wheel path -> source file for every ``.py`` file under each ``package-dir`` root.
 
     ``package-dir`` maps an import name to a directory (``nmn_array.frameworks`` ->
@@ -55,9 +55,9 @@ def expected_wheel_modules() -> dict[str, Path]:
     mapping = PYPROJECT["tool"]["setuptools"]["package-dir"]
     expected: dict[str, Path] = {}
     for package, directory in mapping.items():
-        base = ROOT / directory
+        base = root / directory
         # A root nested in another root (none today) is covered by its own entry.
-        nested = {ROOT / d for p, d in mapping.items() if p != package and (ROOT / d) != base}
+        nested = {root / d for p, d in mapping.items() if p != package and (root / d) != base}
         for source in _tree_files(base):
             if source.suffix != ".py" or any(n in source.parents for n in nested):
                 continue
@@ -95,7 +95,11 @@ def test_packages_list_every_subpackage() -> None:
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Build the sdist and the wheel (from the sdist) once; return their paths."""
+    """Build the sdist and the wheel (from the sdist) once from a clean copy of the tree.
+
+    The tests compare the distributions with that copy, not with the working tree, which
+    other tests running in parallel may change meanwhile.
+    """
     out = tmp_path_factory.mktemp("dist")
     source = clean_copy(tmp_path_factory.mktemp("clone") / "nmn-array")
     # --no-isolation: build with the pinned setuptools of this venv (requirements/ci.txt),
@@ -109,7 +113,7 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert result.returncode == 0, f"build failed:\n{result.stdout[-3000:]}\n{result.stderr}"
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
-    return {"sdist": sdist, "wheel": wheel}
+    return {"sdist": sdist, "wheel": wheel, "source": source}
 
 
 def _wheel_names(wheel: Path) -> set[str]:
@@ -126,7 +130,7 @@ def test_wheel_holds_every_module_and_nothing_else(dists: dict[str, Path]) -> No
     names = _wheel_names(dists["wheel"])
     info = _dist_info(names)
     shipped = {name for name in names if not name.startswith(info + "/")}
-    expected = set(expected_wheel_modules())
+    expected = set(expected_wheel_modules(dists["source"]))
     missing = sorted(expected - shipped)
     assert not missing, (
         f"modules missing from the wheel (add their packages to [tool.setuptools] packages "
@@ -141,7 +145,7 @@ def test_wheel_modules_match_the_sources(dists: dict[str, Path]) -> None:
     with zipfile.ZipFile(dists["wheel"]) as zf:
         shipped = set(zf.namelist())
         compared = 0
-        for name, source in expected_wheel_modules().items():
+        for name, source in expected_wheel_modules(dists["source"]).items():
             if name in shipped:
                 assert zf.read(name) == source.read_bytes(), f"{name} differs from {source}"
                 compared += 1
@@ -164,10 +168,12 @@ def test_wheel_metadata_license_and_entry_point(dists: dict[str, Path]) -> None:
 def test_sdist_holds_tests_spec_docs_and_packages(dists: dict[str, Path]) -> None:
     with tarfile.open(dists["sdist"]) as tf:
         members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
+    source = dists["source"]
     wanted = set(SDIST_FILES)
     for directory in SDIST_DIRS:
-        wanted |= {p.relative_to(ROOT).as_posix() for p in _tree_files(ROOT / directory)}
-    wanted |= {source.relative_to(ROOT).as_posix() for source in expected_wheel_modules().values()}
+        wanted |= {p.relative_to(source).as_posix() for p in _tree_files(source / directory)}
+    modules = expected_wheel_modules(source).values()
+    wanted |= {module.relative_to(source).as_posix() for module in modules}
     missing = sorted(wanted - members)
     assert not missing, f"files missing from the sdist (see MANIFEST.in): {missing}"
 
