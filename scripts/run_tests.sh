@@ -31,3 +31,8 @@ for backend in jax torch tensorflow; do
       tests/keras_backends tests/generated -k keras
   fi
 done
+
+# Editable installs import from the source tree; this builds the sdist and the wheel and uses
+# them as a user would (fresh venvs, every framework module, the sdist's own tests).
+echo "== wheel and sdist (scripts/wheel_smoke.sh)"
+bash scripts/wheel_smoke.sh
