@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = os.path.join(args.out, "bench.json") if args.out else args.json
     png = None
     if json_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        json_path = os.path.abspath(json_path)  # the JSON names the plot by this path
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
         png = report.plot_scaling(scaling, os.path.splitext(json_path)[0] + "_scaling.png")
     wall = time.perf_counter() - t_start
     sz = sizes_for("smoke" if args.smoke else "full")
