@@ -151,7 +151,10 @@ def framework_status(name: str, try_import: bool) -> FrameworkStatus:
         hint = f'-- needs {lib}: pip install "nmn-array[{name}]"'
         return FrameworkStatus(name, lib, None, None, hint)
     if not try_import:
-        return FrameworkStatus(name, lib, lib_version, None, f"{lib} {lib_version} (not imported)")
+        detail = f"{lib} {lib_version} (not imported)"
+        if name == "keras":
+            detail += f"; backend {keras_backend()}"
+        return FrameworkStatus(name, lib, lib_version, None, detail)
     try:
         importlib.import_module(f"nmn_array.frameworks.{name}")
     except Exception as exc:  # noqa: BLE001 - any failure makes the framework unavailable

@@ -242,9 +242,12 @@ def test_doctor_no_check_imports_no_framework() -> None:
         prelude="import atexit, sys\n"
         "atexit.register(lambda: print('LOADED', sorted(m for m in "
         "('torch', 'jax', 'tensorflow', 'keras', 'flax') if m in sys.modules)))",
+        env={"KERAS_BACKEND": "torch"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "LOADED []" in proc.stdout
+    keras = framework_lines(proc.stdout)["keras"]
+    assert keras.endswith("(not imported); backend torch (KERAS_BACKEND)"), keras
 
 
 @pytest.mark.parametrize(("command", "module"), [("spec", "nmn_array._spec.cli")])
