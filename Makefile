@@ -20,8 +20,8 @@ demo: setup
 	$(BIN)/nmn-array demo
 
 lint: setup
-	$(BIN)/ruff check nmn_array frameworks tests benchmarks
-	$(BIN)/ruff format --check nmn_array frameworks tests benchmarks
+	$(BIN)/ruff check nmn_array frameworks tests benchmarks experiments
+	$(BIN)/ruff format --check nmn_array frameworks tests benchmarks experiments
 
 test: setup
 	bash scripts/run_tests.sh

@@ -11,8 +11,6 @@ runs :func:`nmn_array.benchmarks.__main__.main`. Modules:
 - ``memory``: peak resident memory of one step.
 - ``report``: ratios, targets, tables, plot.
 - ``profile``: operator profiles (torch) and XLA cost analysis (jax).
-- ``prototypes``, ``prototypes_jax``: measured prototypes of the proposals in
-  ``docs/performance.md``.
 
 Inside this package only relative imports are used, so it works under both names.
 """

@@ -6,8 +6,14 @@ environment (2 threads by default): PyTorch, JAX under ``jax.jit`` and TensorFlo
 ``tf.function``. Within a suite, the compared cases are timed round-robin after a warm-up,
 so each ratio is a ratio of medians measured side by side in this one run. Peak memory of
 each PyTorch case is measured in a separate process per case (resident set size). The run
-prints a table of cases, the ratios with their targets (PASS/MISS) and the scaling study,
-and writes everything as JSON (``--json``) with a PNG of the scaling next to it.
+prints a table of cases, the ratios with their targets (PASS/MISS) and the scaling study.
+It writes files only where asked: the JSON to ``--json PATH`` (the scaling plot next to it)
+or ``bench.json`` and ``bench_scaling.png`` into ``--out DIR``; by default nothing.
+
+A suite whose framework is not installed is skipped with one line naming what is missing
+(and the pip command), as are the nmn 0.3.5 cases without nmn. Exit codes: 0 every suite
+that could run ran (including when some were skipped); 1 a worker failed (one line each;
+``--verbose`` prints their tracebacks); 2 a usage error.
 
 Examples
 --------
@@ -17,6 +23,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -34,8 +41,7 @@ from .memory import MALLOC_ENV
 
 PACKAGE = __package__ or "nmn_array.benchmarks"
 
-#: Torch cases whose peak memory is measured (group, name); prototypes are added with
-#: ``--prototypes``.
+#: Torch cases whose peak memory is measured (group, name).
 MEMORY_CASES = (
     ("dense", "ours"),
     ("dense", "native"),
@@ -50,18 +56,47 @@ MEMORY_CASES = (
     ("attention", "nmn"),
 )
 
-#: Prototype cases (benchmarks/prototypes.py) whose peak memory is measured.
-MEMORY_PROTOTYPES = (
-    ("dense", "proto_compiled"),
-    ("conv", "proto_fused"),
-    ("conv", "proto_compiled"),
-    ("attention", "proto_fused"),
-    ("attention", "proto_lean"),
-    ("attention", "proto_compiled"),
-    ("attention", "proto_compiled_lean"),
-)
-
 SUITES = ("torch", "jax", "tf", "memory")
+
+#: What each suite imports (top-level packages) and the nmn-array extras that install it.
+REQUIRES = {
+    "torch": (("torch",), "torch"),
+    "jax": (("jax", "flax"), "nnx"),
+    "tf": (("tensorflow", "keras"), "tf,keras"),
+    "memory": (("torch",), "torch"),
+}
+#: nmn 0.3.5, compared where installed: its cases are named "nmn" in every suite.
+NMN = "nmn"
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (an entry ``None`` in
+    ``sys.modules`` blocks it, as Python documents)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_requirements(suites: Sequence[str]) -> dict[str, str]:
+    """Suite -> one-line reason it cannot run, for the suites whose packages are missing.
+
+    Examples
+    --------
+    >>> missing_requirements([])
+    {}
+    """
+    out = {}
+    for suite in suites:
+        modules, extra = REQUIRES[suite]
+        absent = [m for m in modules if not _installed(m)]
+        if absent:
+            out[suite] = (
+                f"skipping the {suite} suite: {' and '.join(absent)} "
+                f"{'is' if len(absent) == 1 else 'are'} not installed "
+                f'(pip install "nmn-array[{extra}]")'
+            )
+    return out
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -70,11 +105,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Forward+backward benchmarks of the yat layers against native layers "
         "and nmn 0.3.5 (ratios of medians of interleaved repetitions, one run).",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--json",
-        default=os.path.join("out", "bench.json"),
-        help="where to write the results (default: out/bench.json); the scaling plot is "
-        "written next to it as <name>_scaling.png",
+        metavar="PATH",
+        help="write the results as JSON to PATH and the scaling plot next to it as "
+        "<name>_scaling.png (default: write nothing)",
+    )
+    where.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write bench.json and bench_scaling.png into DIR (default: write nothing)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1-2 repetitions")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads per framework")
@@ -84,13 +125,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(SUITES)} (default: all)",
     )
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
-    p.add_argument(
-        "--prototypes",
-        action="store_true",
-        help="also time the prototypes of benchmarks/prototypes.py (torch) and "
-        "benchmarks/prototypes_jax.py (jax)",
-    )
     p.add_argument("--quiet", action="store_true", help="print only the ratios")
+    p.add_argument("--verbose", action="store_true", help="print the traceback of a failed worker")
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = sorted(set(args.suites) - set(SUITES))
@@ -157,27 +193,28 @@ def _run_worker(
     return result
 
 
-def _tasks(args: argparse.Namespace) -> list[tuple[str, list[str], dict | None]]:
+def _tasks(
+    suites: Sequence[str], args: argparse.Namespace, skip: Sequence[str] = ()
+) -> list[tuple[str, list[str], dict | None]]:
+    """The worker processes to start for ``suites``, leaving out the case names in ``skip``."""
     tasks: list[tuple[str, list[str], dict | None]] = []
-    proto = ["--prototypes"] if args.prototypes else []
+    skips = [a for name in skip for a in ("--skip", name)]
     # longest first, so that the two lanes of smoke mode finish together
-    if "tf" in args.suites:
-        tasks.append(("tf", [], None))
-    if "jax" in args.suites:
-        tasks.append(("jax", proto, None))
-    if "torch" in args.suites:
-        tasks.append(("torch", (["--scaling"] if not args.no_scaling else []) + proto, None))
-    if "memory" in args.suites:
-        cases = list(MEMORY_CASES)
-        if args.prototypes:
-            cases += list(MEMORY_PROTOTYPES)
+    if "tf" in suites:
+        tasks.append(("tf", skips, None))
+    if "jax" in suites:
+        tasks.append(("jax", skips, None))
+    if "torch" in suites:
+        tasks.append(("torch", (["--scaling"] if not args.no_scaling else []) + skips, None))
+    if "memory" in suites:
+        cases = [(g, n) for g, n in MEMORY_CASES if n not in skip]
         if args.smoke:
             # smoke mode checks the path, not the numbers: one process for all cases
             flags = [a for g, n in cases for a in ("--case", f"{g}/{n}")]
-            tasks.append(("memory", [*flags, *proto], MALLOC_ENV))
+            tasks.append(("memory", flags, MALLOC_ENV))
         else:
             for group, name in cases:
-                tasks.append(("memory", ["--case", f"{group}/{name}", *proto], MALLOC_ENV))
+                tasks.append(("memory", ["--case", f"{group}/{name}"], MALLOC_ENV))
     return tasks
 
 
@@ -191,7 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parse(argv)
     t_start = time.perf_counter()
-    tasks = _tasks(args)
+    missing = missing_requirements(args.suites)
+    for line in missing.values():
+        print(line)
+    skip = []
+    if not _installed(NMN):
+        print('skipping the nmn 0.3.5 cases: nmn is not installed (pip install "nmn==0.3.5")')
+        skip.append(NMN)
+    tasks = _tasks([s for s in args.suites if s not in missing], args, skip)
+    if not tasks:
+        print("nothing to run: every requested suite was skipped")
+        return 0
     if args.smoke:
         # timings are not judged in smoke mode: overlap the workers' imports
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -213,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         scaling += res.get("scaling", [])
         memory += res.get("memory", [])
 
-    ratios = report.compute_ratios(
-        cases, memory, judge=not args.smoke, extra=report.prototype_ratios(cases)
-    )
-    json_path = args.json
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    stem = os.path.splitext(json_path)[0]
-    png = report.plot_scaling(scaling, stem + "_scaling.png")
+    ratios = report.compute_ratios(cases, memory, judge=not args.smoke)
+    json_path = os.path.join(args.out, "bench.json") if args.out else args.json
+    png = None
+    if json_path is not None:
+        json_path = os.path.abspath(json_path)  # the JSON names the plot by this path
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
+        png = report.plot_scaling(scaling, os.path.splitext(json_path)[0] + "_scaling.png")
     wall = time.perf_counter() - t_start
     sz = sizes_for("smoke" if args.smoke else "full")
     payload = {
@@ -245,9 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": scaling,
         "plot": png,
         "errors": errors,
+        "skipped": {"suites": missing, "cases": skip},
     }
-    with open(json_path, "w") as f:
-        json.dump(payload, f, indent=1)
+    if json_path is not None:
+        with open(json_path, "w") as f:
+            json.dump(payload, f, indent=1)
 
     if not args.quiet:
         print(
@@ -262,12 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(report.scaling_table(scaling))
     for err in errors:
-        print(f"\nWORKER FAILED {err['kind']} {err['args']}: {err['error']}", file=sys.stderr)
-        if err.get("traceback"):
-            print(err["traceback"], file=sys.stderr)
-        elif err.get("stderr"):
-            print(err["stderr"], file=sys.stderr)
-    print(f"\nwrote {json_path}" + (f" and {png}" if png else "") + f" in {wall:.0f} s")
+        first = str(err["error"]).strip().splitlines()[0]
+        print(f"nmn-array bench: the {err['kind']} worker failed: {first}", file=sys.stderr)
+        if args.verbose:
+            print(err.get("traceback") or err.get("stderr", ""), file=sys.stderr)
+    if errors and not args.verbose:
+        print("nmn-array bench: rerun with --verbose for the tracebacks", file=sys.stderr)
+    if json_path is None:
+        print(f"\nfinished in {wall:.0f} s; nothing written (--json PATH or --out DIR saves it)")
+    else:
+        print(f"\nwrote {json_path}" + (f" and {png}" if png else "") + f" in {wall:.0f} s")
     return 1 if errors else 0
 
 

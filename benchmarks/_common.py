@@ -10,7 +10,7 @@ import gc
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -139,6 +139,17 @@ def pin_cpus(threads: int = DEFAULT_THREADS) -> list[int]:
         cpus = cpus[:threads]
         os.sched_setaffinity(0, cpus)
     return cpus
+
+
+def select(
+    cases: Mapping[str, Mapping[str, Any]], skip: Collection[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """``cases`` (group -> name -> entry) without the case names in ``skip`` (e.g. ``nmn``
+    when nmn 0.3.5 is not installed)."""
+    return {
+        group: {name: e for name, e in entries.items() if name not in skip}
+        for group, entries in cases.items()
+    }
 
 
 Step = Callable[[], Any]

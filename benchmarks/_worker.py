@@ -31,7 +31,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="group/name of a memory case (repeatable: measured one after another)",
     )
     p.add_argument("--scaling", action="store_true")
-    p.add_argument("--prototypes", action="store_true")
+    p.add_argument(
+        "--skip", action="append", default=[], help="case name to leave out (repeatable)"
+    )
     return p.parse_args(argv)
 
 
@@ -53,16 +55,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from . import torch_cases
 
         torch_cases.setup_threads(args.threads)
-        result = torch_cases.run_suite(sz, scaling=args.scaling, prototypes=args.prototypes)
+        result = torch_cases.run_suite(sz, scaling=args.scaling, skip=args.skip)
     elif args.kind == "jax":
         from . import jax_cases
 
-        result = jax_cases.run_suite(sz, prototypes=args.prototypes)
+        result = jax_cases.run_suite(sz, skip=args.skip)
     elif args.kind == "tf":
         from . import tf_cases
 
         tf_cases.setup_threads(args.threads)
-        result = tf_cases.run_suite(sz)
+        result = tf_cases.run_suite(sz, skip=args.skip)
     else:
         import torch
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = {"memory": []}
         for case in args.case:
             group, name = case.split("/")
-            rec = memory.torch_case(group, name, sz, args.prototypes)
+            rec = memory.torch_case(group, name, sz)
             rec["process"] = "own" if len(args.case) == 1 else "shared"
             result["memory"].append(rec)
     result["worker"] = {

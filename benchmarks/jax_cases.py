@@ -10,7 +10,7 @@ input. A step calls it once and blocks until the result is ready. Inputs are cha
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -240,17 +240,6 @@ CASES: dict[str, dict[str, tuple[str, Any]]] = {
 }
 
 
-def all_cases(prototypes: bool = False) -> dict[str, dict[str, tuple[str, Any]]]:
-    """:data:`CASES`, plus the prototypes of :mod:`.prototypes_jax` when asked."""
-    cases = {group: dict(entries) for group, entries in CASES.items()}
-    if prototypes:
-        from .prototypes_jax import JAX_PROTOTYPES
-
-        for group, entries in JAX_PROTOTYPES.items():
-            cases.setdefault(group, {}).update(entries)
-    return cases
-
-
 def make_step(module: nnx.Module, x: jax.Array) -> tuple[Callable[[], Any], Callable, tuple]:
     """The jitted ``value_and_grad`` of ``sum(module(x))`` over the parameters and ``x``.
 
@@ -270,34 +259,35 @@ def make_step(module: nnx.Module, x: jax.Array) -> tuple[Callable[[], Any], Call
     return step, fn, args
 
 
-def build(group: str, name: str, sz: Sizes, prototypes: bool = False) -> Callable[[], Any]:
+def build(group: str, name: str, sz: Sizes) -> Callable[[], Any]:
     """The step of one case."""
-    _, factory = all_cases(prototypes)[group][name]
+    _, factory = CASES[group][name]
     module, x = factory(sz, nnx.Rngs(0))
     return make_step(module, x)[0]
 
 
-def run_suite(sz: Sizes, prototypes: bool = False) -> dict[str, Any]:
-    """Time every JAX group, interleaved within the group (compilation in the warm-up)."""
-    from ._common import interleaved, record
+def run_suite(sz: Sizes, skip: Collection[str] = ()) -> dict[str, Any]:
+    """Time every JAX group, interleaved within the group (compilation in the warm-up);
+    cases named in ``skip`` are left out."""
+    from ._common import interleaved, record, select
 
     impl = ours_impl()
     records = []
-    for group, entries in all_cases(prototypes).items():
-        steps = {name: build(group, name, sz, prototypes) for name in entries}
+    for group, entries in select(CASES, skip).items():
+        steps = {name: build(group, name, sz) for name in entries}
         times = interleaved(
             steps, reps=sz.reps[group], warmup=sz.warmup, budget_s=sz.budget_s[group]
         )
         for name, samples in times.items():
-            kind = impl if name == "ours" else "prototype" if name[:5] == "proto" else "reference"
+            kind = impl if name == "ours" else "reference"
             rec = record("jax", group, name, entries[name][0], samples, impl=kind)
             records.append(rec)
     return {"cases": records, "scaling": [], "impl": impl}
 
 
-def cost_analysis(group: str, name: str, sz: Sizes, prototypes: bool = False) -> dict[str, float]:
+def cost_analysis(group: str, name: str, sz: Sizes) -> dict[str, float]:
     """XLA's flop and byte counts of one case's compiled forward + backward."""
-    _, factory = all_cases(prototypes)[group][name]
+    _, factory = CASES[group][name]
     module, x = factory(sz, nnx.Rngs(0))
     _, fn, args = make_step(module, x)
     compiled = fn.lower(*args).compile()

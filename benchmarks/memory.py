@@ -80,14 +80,14 @@ def measure(step: Any, clear_grads: Any) -> dict[str, Any]:
     }
 
 
-def torch_case(group: str, name: str, sz: Any, prototypes: bool) -> dict[str, Any]:
+def torch_case(group: str, name: str, sz: Any) -> dict[str, Any]:
     """Peak memory of one torch case (run inside a memory worker)."""
     import torch
 
     from . import torch_cases as tc
 
     torch.manual_seed(0)
-    label, factory = tc.all_cases(prototypes)[group][name]
+    label, factory = tc.CASES[group][name]
     module, inputs = factory(sz)
     step = tc.make_step(module, inputs)
 

@@ -21,14 +21,14 @@ from typing import Any
 from ._common import DEFAULT_THREADS, pin_cpus, sizes_for, thread_env
 
 
-def saved_tensors(group: str, name: str, sz: Any, prototypes: bool = False) -> dict[str, Any]:
+def saved_tensors(group: str, name: str, sz: Any) -> dict[str, Any]:
     """Count and size of the tensors autograd saves for the backward in one forward."""
     import torch
 
     from . import torch_cases as tc
 
     torch.manual_seed(0)
-    _, factory = tc.all_cases(prototypes)[group][name]
+    _, factory = tc.CASES[group][name]
     module, inputs = factory(sz)
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     params |= {t.untyped_storage().data_ptr() for t in inputs}
@@ -52,9 +52,7 @@ def saved_tensors(group: str, name: str, sz: Any, prototypes: bool = False) -> d
     }
 
 
-def torch_profile(
-    group: str, name: str, sz: Any, steps: int = 3, top: int = 14, prototypes: bool = False
-) -> dict[str, Any]:
+def torch_profile(group: str, name: str, sz: Any, steps: int = 3, top: int = 14) -> dict[str, Any]:
     """Operator profile of ``steps`` forward + backward passes of one torch case."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -62,7 +60,7 @@ def torch_profile(
     from . import torch_cases as tc
 
     torch.manual_seed(0)
-    _, factory = tc.all_cases(prototypes)[group][name]
+    _, factory = tc.CASES[group][name]
     module, inputs = factory(sz)
     params = [p for p in module.parameters() if p.requires_grad]
 
@@ -203,9 +201,9 @@ def _passes(events: Any, numel: int, steps: int) -> dict[str, float]:
     }
 
 
-def _print_torch(group: str, name: str, sz: Any, prototypes: bool) -> None:
-    prof = torch_profile(group, name, sz, prototypes=prototypes)
-    saved = saved_tensors(group, name, sz, prototypes)
+def _print_torch(group: str, name: str, sz: Any) -> None:
+    prof = torch_profile(group, name, sz)
+    saved = saved_tensors(group, name, sz)
     print(f"\n### torch {group}/{name}")
     print(
         f"total {prof['total_ms']:.1f} ms/step (profiled, indicative); passes over the widest "
@@ -220,7 +218,7 @@ def _print_torch(group: str, name: str, sz: Any, prototypes: bool) -> None:
         print(f"| {row['op']} | {row['calls']} | {row['self_ms']:.2f} | {row['share']:.0%} |")
 
 
-def _print_jax(group: str, sz: Any, prototypes: bool) -> None:
+def _print_jax(group: str, sz: Any) -> None:
     from . import jax_cases as jc
 
     print(f"\n### jax {group} (XLA cost analysis of the jitted value_and_grad)")
@@ -228,8 +226,8 @@ def _print_jax(group: str, sz: Any, prototypes: bool) -> None:
         "| case | GFLOP | MiB accessed | kernels writing a widest-size array (of which "
         "dot/conv/ynn) |\n|---|---:|---:|---:|"
     )
-    for name in jc.all_cases(prototypes)[group]:
-        c = jc.cost_analysis(group, name, sz, prototypes)
+    for name in jc.CASES[group]:
+        c = jc.cost_analysis(group, name, sz)
         print(
             f"| {name} | {c['flops'] / 1e9:.3f} | {c['bytes accessed'] / 2**20:.1f} | "
             f"{c['wide_kernels']:.0f} ({c['matmul_conv']:.0f}) |"
@@ -243,7 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", action="append", default=None)
     p.add_argument("--case", action="append", default=None, help="case names (torch)")
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--prototypes", action="store_true")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     args = p.parse_args(argv)
     for k, v in thread_env(args.threads).items():
@@ -257,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         from . import torch_cases as tc
 
         torch.set_num_threads(args.threads)
-        cases = tc.all_cases(args.prototypes)
+        cases = tc.CASES
         for group in groups:
             for name in cases[group]:
                 if args.case is None or name in args.case:
-                    _print_torch(group, name, sz, args.prototypes)
+                    _print_torch(group, name, sz)
     if args.suite in ("jax", "all"):
         for group in groups:
-            _print_jax(group, sz, args.prototypes)
+            _print_jax(group, sz)
     return 0
 
 

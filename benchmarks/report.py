@@ -84,27 +84,8 @@ def _index(records: list[dict], key: str = "median_ms") -> dict[tuple, dict]:
     return {(r["suite"], r["group"], r["name"]): r for r in records if key in r}
 
 
-def prototype_ratios(cases: list[dict]) -> list[Ratio]:
-    """Ratios of every prototype case against the native reference and against ours."""
-    out = []
-    for r in cases:
-        if not r["name"].startswith("proto"):
-            continue
-        ref = "native" if r["suite"] != "torch" else REFERENCE.get(r["group"], "native")
-        s, g, n = r["suite"], r["group"], r["name"]
-        out.append(Ratio(f"{s} {g}: {n} / {ref}", "time", s, g, n, ref))
-        out.append(Ratio(f"{s} {g}: ours / {n} (speed-up)", "time", s, g, "ours", n))
-        if s == "torch":
-            mem_ref = "mha" if g == "attention" else ref
-            out.append(Ratio(f"{s} {g} peak mem: {n} / {mem_ref}", "memory", s, g, n, mem_ref))
-            out.append(Ratio(f"{s} {g} peak mem: ours / {n}", "memory", s, g, "ours", n))
-    return out
-
-
-def compute_ratios(
-    cases: list[dict], memory: list[dict], *, judge: bool, extra: list[Ratio] = ()
-) -> list[dict[str, Any]]:
-    """Evaluate :data:`RATIOS` (and ``extra``) on the records of one run.
+def compute_ratios(cases: list[dict], memory: list[dict], *, judge: bool) -> list[dict[str, Any]]:
+    """Evaluate :data:`RATIOS` on the records of one run.
 
     A ratio whose cases are missing is skipped. ``judge=False`` (smoke mode) reports values
     without PASS/MISS.
@@ -112,7 +93,7 @@ def compute_ratios(
     times = _index(cases)
     mems = _index(memory, "peak_mb")
     out = []
-    for ratio in (*RATIOS, *extra):
+    for ratio in RATIOS:
         key_n = (ratio.suite, ratio.group, ratio.num)
         key_d = (ratio.suite, ratio.group, ratio.den)
         if ratio.measure == "time":

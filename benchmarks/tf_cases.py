@@ -9,7 +9,7 @@ runs the latter, which isolates the cost of the Keras layer machinery.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import keras
@@ -185,13 +185,14 @@ def setup_threads(threads: int) -> None:
         pass
 
 
-def run_suite(sz: Sizes) -> dict[str, Any]:
-    """Time every TensorFlow group, interleaved within the group."""
-    from ._common import interleaved, record
+def run_suite(sz: Sizes, skip: Collection[str] = ()) -> dict[str, Any]:
+    """Time every TensorFlow group, interleaved within the group; cases named in ``skip``
+    are left out."""
+    from ._common import interleaved, record, select
 
     impl = ours_impl()
     records = []
-    for group, entries in CASES.items():
+    for group, entries in select(CASES, skip).items():
         steps = {name: build(group, name, sz) for name in entries}
         times = interleaved(
             steps, reps=sz.reps[group], warmup=sz.warmup, budget_s=sz.budget_s[group]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -267,17 +267,6 @@ SCALING = {
 }
 
 
-def all_cases(prototypes: bool = False) -> dict[str, dict[str, tuple[str, Factory]]]:
-    """:data:`CASES`, plus the prototypes of :mod:`.prototypes` when asked."""
-    cases = {group: dict(entries) for group, entries in CASES.items()}
-    if prototypes:
-        from .prototypes import TORCH_PROTOTYPES
-
-        for group, entries in TORCH_PROTOTYPES.items():
-            cases.setdefault(group, {}).update(entries)
-    return cases
-
-
 def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
     """One forward + backward of ``module(*inputs).sum()``; gradients are reset to None
     first, as ``optimizer.zero_grad()`` does."""
@@ -293,10 +282,10 @@ def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[
     return step
 
 
-def build(group: str, name: str, sz: Sizes, prototypes: bool = False) -> Callable[[], None]:
+def build(group: str, name: str, sz: Sizes) -> Callable[[], None]:
     """The step of one case, with a fixed seed so every case sees the same input."""
     torch.manual_seed(0)
-    _, factory = all_cases(prototypes)[group][name]
+    _, factory = CASES[group][name]
     module, inputs = factory(sz)
     return make_step(module, inputs)
 
@@ -306,15 +295,15 @@ def setup_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_suite(sz: Sizes, *, scaling: bool, prototypes: bool) -> dict[str, Any]:
+def run_suite(sz: Sizes, *, scaling: bool, skip: Collection[str] = ()) -> dict[str, Any]:
     """Time every torch group (interleaved within the group) and, optionally, the scaling
-    studies (interleaved within each point)."""
-    from ._common import interleaved, record
+    studies (interleaved within each point); cases named in ``skip`` are left out."""
+    from ._common import interleaved, record, select
 
     impl = ours_impl()
     records, scale_records = [], []
-    for group, entries in all_cases(prototypes).items():
-        steps = {name: build(group, name, sz, prototypes) for name in entries}
+    for group, entries in select(CASES, skip).items():
+        steps = {name: build(group, name, sz) for name in entries}
         times = interleaved(
             steps, reps=sz.reps[group], warmup=sz.warmup, budget_s=sz.budget_s[group]
         )
@@ -329,7 +318,7 @@ def run_suite(sz: Sizes, *, scaling: bool, prototypes: bool) -> dict[str, Any]:
         for study, (group, field_name, points_name, names) in SCALING.items():
             for point in getattr(sz, points_name):
                 psz = dataclasses.replace(sz, **{field_name: point})
-                for name in names:
+                for name in (n for n in names if n not in skip):
                     key = f"{study}|{point}|{name}"
                     steps[key] = build(group, name, psz)
                     meta[key] = (study, point, name, CASES[group][name][0])
@@ -345,8 +334,4 @@ def run_suite(sz: Sizes, *, scaling: bool, prototypes: bool) -> dict[str, Any]:
 
 
 def _impl(name: str, impl: str) -> str:
-    if name == "ours":
-        return impl
-    if name.startswith("proto"):
-        return "prototype"
-    return "reference"
+    return impl if name == "ours" else "reference"

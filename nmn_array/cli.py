@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -102,19 +103,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_xor(args: argparse.Namespace) -> int:
     from nmn_array.demo import registry
-    from nmn_array.demo.xor import XOR_FRAMEWORKS, report
 
+    frameworks = tuple(registry.FRAMEWORKS)  # every framework module has a YatNMN
     if args.all:
-        names = ["numpy"] + [n for n in XOR_FRAMEWORKS[1:] if registry.FRAMEWORKS[n].installed()]
+        names = ["numpy"] + [n for n in frameworks if registry.FRAMEWORKS[n].installed()]
     elif args.framework == "numpy":
         names = ["numpy"]
     else:
         try:
-            names = [registry.resolve(args.framework, XOR_FRAMEWORKS[1:]).name]
+            names = [registry.resolve(args.framework, frameworks).name]
         except registry.MissingFramework:
             if args.framework is not None:
                 raise
             names = ["numpy"]  # no framework installed: the pure function still shows it
+    if importlib.util.find_spec("numpy") is None:
+        # every path of the XOR report (the scores, the linear neuron, the table) holds its
+        # arrays in NumPy; a core install has none
+        raise registry.MissingFramework(
+            "xor needs numpy, which is not installed; install it with: pip install numpy"
+        )
+    from nmn_array.demo.xor import report
+
     for i, name in enumerate(names):
         if name != "numpy":
             try:
@@ -128,12 +137,14 @@ def _cmd_xor(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from nmn_array.doctor import run
 
-    return run(check=not args.no_check)
+    return run(check=not args.no_check, backends=args.backend)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``nmn-array`` (``spec`` and ``bench`` are listed here but
     parsed by the modules they delegate to)."""
+    from nmn_array.doctor import ARRAY_LIBRARIES  # the standard library only
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The yat product of Neural-Matter Networks on any array library: "
@@ -207,11 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser(
         "doctor",
         help="installed array libraries/frameworks and a cross-backend agreement check",
-        description="List the installed array libraries and frameworks with their versions, "
-        "then check that nmn_array.yat and nmn_array.yat_conv on each installed backend agree "
-        "with NumPy. Exit code 1 if a backend disagrees.",
+        description="List the installed array libraries and frameworks with their versions; "
+        "then import each framework module nmn_array.frameworks.<name> whose library is "
+        "installed (available only if it imports), name the Keras backend, and compare "
+        "nmn_array.yat, yat_conv and yat_attention on each installed array library with a "
+        "float64 reference that computes the distance directly. Exit codes: 0 all OK; 1 a "
+        "backend disagrees or fails, or a framework module does not import; 2 no array "
+        "library to check (e.g. a core install without NumPy).",
     )
-    doctor.add_argument("--no-check", action="store_true", help="only list, do not compute")
+    doctor.add_argument(
+        "--no-check", action="store_true", help="only list, import and compute nothing"
+    )
+    doctor.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        choices=tuple(ARRAY_LIBRARIES),
+        help="check only this array library (repeatable; default: every installed one)",
+    )
     doctor.set_defaults(handler=_cmd_doctor)
 
     for name, (_, summary, _) in DELEGATES.items():

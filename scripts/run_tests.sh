@@ -10,8 +10,8 @@ export NMN_ARRAY_HYPOTHESIS_PROFILE="${NMN_ARRAY_HYPOTHESIS_PROFILE:-ci}"
 export NMN_ARRAY_BACKENDS="${NMN_ARRAY_BACKENDS:-numpy,array_api_strict,torch,jax,tensorflow,dask}"
 
 echo "== lint (ruff)"
-$BIN/ruff check nmn_array frameworks tests benchmarks
-$BIN/ruff format --check nmn_array frameworks tests benchmarks
+$BIN/ruff check nmn_array frameworks tests benchmarks experiments
+$BIN/ruff format --check nmn_array frameworks tests benchmarks experiments
 
 echo "== doctests"
 $BIN/python -m pytest -q -p no:cacheprovider --doctest-modules nmn_array frameworks/_common.py

@@ -1,9 +1,11 @@
 """Smoke test of the benchmarks: ``python -m nmn_array.benchmarks --smoke`` runs every case at
-tiny sizes in a subprocess and writes a JSON report with finite numbers for all of them.
+tiny sizes in a subprocess and writes a JSON report with finite numbers for all of them, only
+where ``--out`` asks; without ``--json``/``--out`` it writes nothing, and a framework that
+cannot be imported is skipped with one line.
 
 No timing is asserted: the sizes are too small and the machine is shared. Every framework
-(torch, jax + flax, tensorflow + keras), nmn 0.3.5 and matplotlib must be installed: a missing
-one makes its worker fail, which fails this test (as for the other backends' tests).
+(torch, jax + flax, tensorflow + keras), nmn 0.3.5 and matplotlib must be installed for the
+full smoke run (as for the other backends' tests).
 """
 
 from __future__ import annotations
@@ -80,24 +82,42 @@ def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Run the smoke benchmark once for the module and load its JSON."""
-    out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "nmn_array.benchmarks", "--smoke", "--json", str(out)],
-        cwd=root,
+def files_under(directory: Path) -> set[str]:
+    """Every file below ``directory``, as relative POSIX paths."""
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+
+
+def run_bench(*args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
+    """``nmn-array bench *args`` in a fresh process started in ``cwd`` (``prelude`` first)."""
+    code = (
+        f"{prelude}\nfrom nmn_array.cli import main\nraise SystemExit(main({['bench', *args]!r}))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         capture_output=True,
         text=True,
         timeout=900,  # < 60 s on an idle 2-core machine; generous for a loaded CI box
     )
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the smoke benchmark once for the module, in an empty working directory, with
+    ``--out results``, and load its JSON."""
+    cwd = tmp_path_factory.mktemp("bench_cwd")
+    proc = run_bench("--smoke", "--out", "results", cwd=cwd)
     assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    data = json.loads(out.read_text())
+    data = json.loads((cwd / "results" / "bench.json").read_text())
     data["_stdout"] = proc.stdout
-    data["_dir"] = out.parent
+    data["_dir"] = (cwd / "results").resolve()
+    data["_files"] = files_under(cwd)
     return data
+
+
+def test_writes_only_into_out_dir(report: dict) -> None:
+    assert report["_files"] == {"results/bench.json", "results/bench_scaling.png"}
 
 
 def test_no_worker_failed(report: dict) -> None:
@@ -134,7 +154,7 @@ def test_scaling_study_and_plot(report: dict) -> None:
         assert len({r["x"] for r in rows}) >= 2
         assert all(_finite(r["median_ms"]) for r in rows)
     assert report["plot"] and Path(report["plot"]).is_file()
-    assert Path(report["plot"]).parent == report["_dir"]
+    assert Path(report["plot"]).resolve().parent == report["_dir"]
 
 
 def test_targeted_ratios_reported(report: dict) -> None:
@@ -148,3 +168,27 @@ def test_targeted_ratios_reported(report: dict) -> None:
         if r["measure"] == "time":
             assert _finite(r["value"]) and r["value"] > 0, (label, r["value"])
     assert "| ratio |" in report["_stdout"]
+
+
+def test_missing_framework_is_skipped_in_one_line_and_nothing_is_written(tmp_path: Path) -> None:
+    """JAX is made unimportable in the fresh process with ``sys.modules["jax"] = None``
+    (Python's documented way to block an import; nothing is faked), as on a machine without
+    it: the jax suite is skipped with one line naming jax and the pip command, the memory
+    suite still runs, the exit code is 0, and with neither ``--json`` nor ``--out`` no file
+    appears in the working directory."""
+    proc = run_bench(
+        "--smoke",
+        "--only",
+        "jax,memory",
+        cwd=tmp_path,
+        prelude="import sys; sys.modules['jax'] = None",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("skipping")]
+    assert skipped == [
+        'skipping the jax suite: jax is not installed (pip install "nmn-array[nnx]")'
+    ], proc.stdout
+    assert "| torch attention peak mem / nn.MHA | memory |" in proc.stdout  # memory ran
+    assert files_under(tmp_path) == set()
+    assert "nothing written" in proc.stdout

@@ -1,9 +1,9 @@
-"""JAX prototypes of the proposals in ``docs/performance.md`` (``--prototypes``).
+"""JAX prototypes of the proposals in ``docs/performance.md`` (see ``README.md`` here).
 
 Benchmark-only code (float32, no masks, ``groups=1``, padding "SAME"). Same closed-form
-derivatives as :mod:`.prototypes`: with ``r = n / q``, ``u = alpha * G * r`` and
+derivatives as ``prototypes_torch.py``: with ``r = n / q``, ``u = alpha * G * r`` and
 ``h = u * r * [q > eps]``, ``dL/d dot = 2 (u + h)``, ``dL/d|a|^2 = -h``, ``dL/db = 2 u``.
-``python -m benchmarks.prototypes_jax`` checks them against the nnx layers.
+``python experiments/prototypes_jax.py`` checks them against nmn_array.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
-
-from ._common import Sizes
+from nmn_array.benchmarks._common import Sizes
 
 EPS = 1e-5
 

@@ -1,10 +1,10 @@
-"""PyTorch prototypes of the proposals in ``docs/performance.md``, measured side by side with
-the real layers (``python -m benchmarks --prototypes``).
+"""PyTorch prototypes of the proposals in ``docs/performance.md`` (see ``README.md`` here for
+what they showed). Not part of the package; run from the repository root with nmn_array
+installed: ``python experiments/prototypes_torch.py`` checks them against the real layers.
 
 They are benchmark-only code: float32, ``groups=1``, zero padding, no masks, learnable alpha
 and fixed epsilon, which is what the benchmarked layers use. Each is checked against the
-real layer's outputs and gradients in :func:`check` (run by ``python -m
-benchmarks.prototypes``). They are written from the closed-form derivatives of
+real layer's outputs and gradients in :func:`check`. They are written from the closed-form derivatives of
 
 ``y = alpha * n^2 / q``, ``n = dot + b``, ``q = max(|a|^2 + |w|^2 - 2 dot, 0) + eps``:
 
@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from nmn_array.benchmarks._common import Sizes
+from nmn_array.benchmarks.torch_cases import merge_heads, split_heads
 from torch import nn
-
-from ._common import Sizes
-from .torch_cases import merge_heads, split_heads
 
 aten = torch.ops.aten
 
