@@ -269,7 +269,7 @@ def _nonempty(item: Any) -> Any:
 class _Model(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    def keys(self) -> set[str]:
+    def set_keys(self) -> set[str]:
         """The keys the file sets (aliases, as written)."""
         fields = type(self).model_fields
         return {fields[name].alias or name for name in self.model_fields_set}
@@ -543,7 +543,7 @@ def _param_names(param: Param) -> set[str]:
 
 
 def _check_param(param: Param, path: str, known: set[str], problems: _Problems) -> None:
-    keys = param.keys()
+    keys = param.set_keys()
     if param.one_of is not None:
         extra = sorted(keys - {"one_of", "array_forms", "pass", "note"})
         if extra:
@@ -708,7 +708,7 @@ def _check_calls(spec: Spec, known: set[str], problems: _Problems) -> None:
         calls.append((f"modules.{fw}.function", module.function, True))
     base_let = dict(spec.function_call.let or {}) if spec.function_call is not None else {}
     for path, call, function_side in calls:
-        if call is None or not call.keys():
+        if call is None or not call.set_keys():
             continue
         if not function_side:
             for key, value in (("let", call.let), ("result", call.result)):
