@@ -7,13 +7,17 @@ Each test that edits something works on a copy of ``spec/``, ``tests/generated/`
 from __future__ import annotations
 
 import ast
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+import nmn_array.cli
 from nmn_array._spec import cli, generate, schema
 from nmn_array._spec.load import find_root, load_tree
 from tests.harness import checks
@@ -41,6 +45,16 @@ def run(root: Path, *args: str, capsys: pytest.CaptureFixture) -> tuple[int, str
     code = cli.main(["--root", str(root), *args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def check_with_mistake(tree: Path, relpath: str, old: str, new: str, capsys) -> tuple[int, str]:
+    """Plant one mistake (``old`` -> ``new``) in a scratch spec file, run ``check``: (code, err)."""
+    spec = tree / relpath
+    text = spec.read_text()
+    assert old in text
+    spec.write_text(text.replace(old, new, 1))
+    code, _, err = run(tree, "check", capsys=capsys)
+    return code, err
 
 
 def defined_tests(root: Path) -> dict[str, set[str]]:
@@ -170,11 +184,7 @@ def test_missing_and_extra_files_fail_check(tree, capsys):
     ],
 )
 def test_schema_errors_name_file_key_and_form(tree, capsys, old, new, key, expected):
-    spec = tree / "spec" / "functions" / "yat.yaml"
-    text = spec.read_text()
-    assert old in text
-    spec.write_text(text.replace(old, new, 1))
-    code, _, err = run(tree, "check", capsys=capsys)
+    code, err = check_with_mistake(tree, "spec/functions/yat.yaml", old, new, capsys)
     assert code == 2
     assert f"spec/functions/yat.yaml: key '{key}'" in err
     assert expected in err
@@ -374,11 +384,204 @@ def test_coverage_checks_name_what_is_missing(tree):
     ],
 )
 def test_schema_errors_in_function_call_let_and_result(tree, capsys, old, new, key, expected):
-    spec = tree / "spec" / "layers" / "attention.yaml"
-    text = spec.read_text()
-    assert old in text
-    spec.write_text(text.replace(old, new, 1))
-    code, _, err = run(tree, "check", capsys=capsys)
+    code, err = check_with_mistake(tree, "spec/layers/attention.yaml", old, new, capsys)
     assert code == 2
     assert f"spec/layers/attention.yaml: key '{key}'" in err
     assert expected in err
+
+
+# -- the pydantic models: error paths and the JSON Schema ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        (  # an unknown key, two levels down
+            "    call: {args: [x]}\n  nnx:",
+            "    call: {args: [x], kwarg: {}}\n  nnx:",
+            "modules.torch.call.kwarg",
+            "expected no such key here; allowed keys: args, kwargs, let, method, result, "
+            "got 'kwarg'",
+        ),
+        (  # a string where an integer belongs, inside a list
+            "  N: {range: [1, 4]}",
+            '  N: {range: [1, "4"]}',
+            "dims.N.range[1]",
+            "expected an integer >= 0, got '4'",
+        ),
+        (  # YAML true is not an integer (strict types: no coercion)
+            "hypothesis: {max_examples: 6}",
+            "hypothesis: {max_examples: true}",
+            "hypothesis.max_examples",
+            "expected an integer >= 1, got True",
+        ),
+        (  # a value outside an enum
+            "  torch: {path: native, autodiff: true}",
+            "  torch: {path: natve, autodiff: true}",
+            "backends.torch.path",
+            "expected one of 'native', 'portable', got 'natve'",
+        ),
+        (  # a key outside an enum
+            "  jax: {path: native, autodiff: true, jit: true}",
+            "  jaxx: {path: native, autodiff: true, jit: true}",
+            "backends.jaxx",
+            "expected a key that is one of 'numpy', 'array_api_strict', 'torch'",
+        ),
+        (  # an expression that does not parse
+            "    weights: {weight: w,",
+            "    weights: {weight: w.T(),",
+            "modules.torch.weights.weight",
+            "only plain function names may be called), got 'w.T()'",
+        ),
+        (  # a cross reference (the model validator): output dtype names no input array
+            'output: {shape: ["*L", N], dtype: x}',
+            'output: {shape: ["*L", N], dtype: y}',
+            "output.dtype",
+            "expected the name of an input array (['alpha', 'bias', 'w', 'x']), got 'y'",
+        ),
+        (  # a cross reference: a dim's rank names no parameter
+            "  L: {range: [1, 3], rank: [1, 2]}",
+            "  L: {range: [1, 3], rank: spatial_dims}",
+            "dims.L.rank",
+            "expected a parameter name (one of ['alpha_mode', 'epsilon', 'spherical', "
+            "'use_bias', 'weight_normalized']), got 'spatial_dims'",
+        ),
+    ],
+)
+def test_schema_errors_name_file_and_key_path_in_a_layer_spec(
+    tree, capsys, old, new, key, expected
+):
+    code, err = check_with_mistake(tree, "spec/layers/dense.yaml", old, new, capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("spec/")]
+    assert len(lines) == 1, err  # one mistake, one message
+    assert lines[0].startswith(f"spec/layers/dense.yaml: key '{key}': "), lines[0]
+    assert expected in lines[0]
+
+
+def test_schema_reports_every_mistake_of_a_file():
+    data = yaml.safe_load((ROOT / "spec" / "functions" / "yat.yaml").read_text())
+    data["dims"]["D"]["range"] = [6, 1]
+    data["tolerances"]["c"] = "four"
+    del data["dtypes"]
+    with pytest.raises(schema.SpecError) as info:
+        schema.validate(data, "spec/functions/yat.yaml")
+    assert sorted(str(info.value).splitlines()) == [
+        "spec/functions/yat.yaml: key 'dims.D.range': expected a range [low, high] with "
+        "low <= high, got [6, 1]",
+        "spec/functions/yat.yaml: key 'dtypes': expected a required key (a list (at least 1) "
+        "of one of 'float32', 'float64')",
+        "spec/functions/yat.yaml: key 'tolerances.c': expected a number, got 'four'",
+    ]
+
+
+def spec_data() -> dict[str, dict]:
+    return {
+        path.relative_to(ROOT).as_posix(): yaml.safe_load(path.read_text())
+        for path in sorted((ROOT / "spec").rglob("*.yaml"))
+    }
+
+
+def test_models_keep_every_key_of_every_spec_file():
+    """Round trip: what the models read back out is the file (nothing ignored or renamed)."""
+    files = spec_data()
+    assert len(files) >= 16
+    for name, data in files.items():
+        model = schema.validate(data, name)
+        assert model.model_dump(by_alias=True, exclude_unset=True) == data, name
+
+
+_JSON_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+    "integer": int,
+    "number": (int, float),
+}
+
+
+def json_schema_errors(node: dict, value, defs: dict, path: str = "") -> list[str]:
+    """The violations of ``node`` (the JSON Schema keywords pydantic writes) by ``value``."""
+    if "$ref" in node:
+        node = {
+            **defs[node["$ref"].rsplit("/", 1)[1]],
+            **{k: v for k, v in node.items() if k != "$ref"},
+        }
+    errors = []
+    kind = node.get("type")
+    if kind and not (
+        isinstance(value, _JSON_TYPES[kind])
+        and not (kind in ("integer", "number") and isinstance(value, bool))
+    ):
+        return [f"{path}: not {kind}: {value!r}"]
+    for keyword in ("oneOf", "anyOf"):
+        if keyword in node:
+            matches = [not json_schema_errors(alt, value, defs, path) for alt in node[keyword]]
+            if (sum(matches) != 1) if keyword == "oneOf" else not any(matches):
+                errors.append(f"{path}: {sum(matches)} of the {keyword} alternatives match")
+    if "enum" in node and value not in node["enum"]:
+        errors.append(f"{path}: {value!r} not in {node['enum']}")
+    if "pattern" in node and isinstance(value, str) and not re.search(node["pattern"], value):
+        errors.append(f"{path}: {value!r} does not match {node['pattern']}")
+    if "minimum" in node and value < node["minimum"]:
+        errors.append(f"{path}: {value!r} < {node['minimum']}")
+    if isinstance(value, list):
+        if not node.get("minItems", 0) <= len(value) <= node.get("maxItems", len(value)):
+            errors.append(f"{path}: {len(value)} items")
+        for i, item in enumerate(value):
+            errors += json_schema_errors(node.get("items", {}), item, defs, f"{path}[{i}]")
+    if isinstance(value, dict):
+        errors += [f"{path}.{k}: required" for k in node.get("required", ()) if k not in value]
+        for key, item in value.items():
+            errors += json_schema_errors(node.get("propertyNames", {}), key, defs, f"{path}.{key}")
+            sub = node.get("properties", {}).get(key, node.get("additionalProperties", True))
+            if sub is False:
+                errors.append(f"{path}.{key}: not allowed")
+            elif sub is not True:
+                errors += json_schema_errors(sub, item, defs, f"{path}.{key}")
+    return errors
+
+
+def test_schema_command_writes_the_models_json_schema(tmp_path, capsys):
+    out = tmp_path / "editor" / "spec.schema.json"
+    assert nmn_array.cli.main(["spec", "schema", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written == schema.json_schema()
+    assert written["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert list(written["properties"]) == list(schema.Spec.model_fields)  # every top-level key
+    stdout = subprocess.run(
+        [sys.executable, "-m", "nmn_array._spec", "schema"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(stdout) == written
+
+
+def test_json_schema_accepts_every_spec_file_and_flags_planted_mistakes():
+    written = schema.json_schema()
+    defs = written["$defs"]
+    for name, data in spec_data().items():
+        assert json_schema_errors(written, data, defs) == [], name
+    data = spec_data()["spec/layers/dense.yaml"]
+    data["modules"]["torch"]["call"]["kwarg"] = {}  # unknown key
+    data["dims"]["N"]["range"] = [1, "4"]  # wrong type
+    data["backends"]["torch"]["path"] = "natve"  # bad enum
+    data["backends"]["jaxx"] = data["backends"].pop("jax")  # bad mapping key
+    data["hypothesis"]["max_examples"] = 0  # out of range
+    data["params"]["1x"] = {"type": "bool"}  # a key that is not an identifier
+    del data["tolerances"]["float32"]  # missing required key
+    assert sorted(json_schema_errors(written, data, defs)) == sorted(
+        [
+            ".dims.N.range[1]: not integer: '4'",
+            ".params.1x: '1x' does not match ^(?:[A-Za-z_][A-Za-z0-9_]*)$",
+            ".backends.jaxx: 'jaxx' not in ['numpy', 'array_api_strict', 'torch', 'jax', "
+            "'tensorflow', 'dask', 'cupy']",
+            ".backends.torch.path: 'natve' not in ['native', 'portable']",
+            ".tolerances.float32: required",
+            ".hypothesis.max_examples: 0 < 1",
+            ".modules.torch.call.kwarg: not allowed",
+        ]
+    )

@@ -1,19 +1,21 @@
-"""``nmn-array spec {generate,check,list}``: the spec tool's command line.
+"""``nmn-array spec {generate,check,list,schema}``: the spec tool's command line.
 
 ``generate`` writes ``tests/generated/`` and ``docs/capabilities.md`` from ``spec/``;
 ``check`` exits 1 when any of them is stale, missing, extra or hand-edited; ``list`` prints
-every unit x property x backend. Run it as ``python -m nmn_array._spec``.
+every unit x property x backend; ``schema`` writes the JSON Schema of a spec file (for
+editors). Run it as ``python -m nmn_array._spec``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from nmn_array._spec import generate as gen
 from nmn_array._spec.load import find_root
-from nmn_array._spec.schema import SpecError
+from nmn_array._spec.schema import SpecError, json_schema
 
 __all__ = ["main"]
 
@@ -40,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("generate", help="write tests/generated/ and docs/capabilities.md")
     sub.add_parser("check", help="exit 1 if any generated file is not what the spec produces")
     sub.add_parser("list", help="print unit x property x backends")
+    schema = sub.add_parser("schema", help="write the JSON Schema of a spec file (for editors)")
+    schema.add_argument("--out", type=Path, default=None, help="default: standard output")
     return parser
 
 
@@ -49,9 +53,22 @@ def _resolve(base: Path, path: Path | None) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
+def _write_schema(out: Path | None) -> int:
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the exit status (0 ok, 1 check failed, 2 bad spec)."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "schema":  # needs no repository: the schema is the models'
+        return _write_schema(args.out)
     try:
         root = (args.root.resolve() if args.root else None) or find_root()
     except FileNotFoundError as exc:
