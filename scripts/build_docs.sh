@@ -17,4 +17,9 @@ echo "== docs: html site (docs/_build/html)"
 
 echo "== docs: examples (every python and pycon block, sphinx.ext.doctest)"
 "${SPHINX[@]}" -b doctest docs docs/_build/doctest
-tail -n 5 docs/_build/doctest/output.txt
+# One closing line for the log: the builder counts each `>>>` of a pycon block and each python
+# block as one test (a failure has already stopped the script, with the diff).
+summary=docs/_build/doctest/output.txt
+tests=$(awk '/^ +[0-9]+ tests?$/ {print $1}' "$summary")
+failed=$(awk '/failures? in tests$/ {print $1}' "$summary")
+echo "examples: $((tests - failed)) passed, $failed failed"
