@@ -1,16 +1,17 @@
-# Everything a fresh machine needs: `make demo` and `make test` create the venv, install the
-# pinned versions (requirements/ci.txt) and this package, then run.
+# Everything a fresh machine needs: `make demo`, `make test` and `make docs` create the venv,
+# install the pinned versions (requirements/ci.txt, requirements/docs.txt) and this package,
+# then run.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
-$(STAMP): requirements/ci.txt pyproject.toml
+$(STAMP): requirements/ci.txt requirements/docs.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-cache-dir -U pip
-	$(BIN)/python -m pip install -q -r requirements/ci.txt
+	$(BIN)/python -m pip install -q -r requirements/ci.txt -r requirements/docs.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -26,5 +27,9 @@ lint: setup
 test: setup
 	bash scripts/run_tests.sh
 
+# The Sphinx site (docs/_build/html) with warnings as errors, then every example of the pages.
+docs: setup
+	bash scripts/build_docs.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build

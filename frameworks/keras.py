@@ -218,8 +218,7 @@ class YatNMN(_YatParams, keras.layers.Layer):
         Normalise neurons (at build and in every call) and take ``|w|^2 = 1``.
     lazy, freeze_kernel : bool
         Freeze the kernel (``trainable=False``); bias, alpha and epsilon still train.
-    kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
-    activity_regularizer, kernel_constraint, bias_constraint
+    kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, activity_regularizer, kernel_constraint, bias_constraint
         As for ``keras.layers.Dense``; the kernel default is ``"glorot_normal"``.
 
     Examples

@@ -311,8 +311,7 @@ class YatNMN(_YatParams, nnx.Module):
     lazy, freeze_kernel : bool
         Store the kernel as :class:`FrozenParam` (not trained).
     kernel_init, bias_init, alpha_init, promote_dtype
-    use_dropconnect, drop_rate, fused, compute_mode, distance_floor, dot_general,
-    tie_kernel_bank, kernel_bank_size, kernel_bank_id
+    use_dropconnect, drop_rate, fused, compute_mode, distance_floor, dot_general, tie_kernel_bank, kernel_bank_size, kernel_bank_id
         Accepted for compatibility; non-default values of ``use_dropconnect``, ``fused``,
         ``compute_mode``, ``distance_floor``, ``dot_general`` and ``tie_kernel_bank`` raise
         NotImplementedError (Decision 13).
@@ -466,8 +465,7 @@ class YatConv(_YatParams, nnx.Module):
     use_bias, constant_bias, softplus_bias, scalar_bias, use_alpha, constant_alpha
     positive_init, kernel_init, bias_init, alpha_init, mask, dtype, param_dtype, precision
     promote_dtype, epsilon, learnable_epsilon, weight_normalized
-    use_dropconnect, drop_rate, conv_general_dilated, tie_kernel_bank, kernel_bank_size,
-    kernel_bank_id
+    use_dropconnect, drop_rate, conv_general_dilated, tie_kernel_bank, kernel_bank_size, kernel_bank_id
         Accepted; non-default DropConnect, kernel banks or conv primitive raise
         NotImplementedError (Decision 13).
     rngs : nnx.Rngs
@@ -632,9 +630,7 @@ class YatConvTranspose(_YatParams, nnx.Module):
     kernel_dilation : int or sequence, default 1
     transpose_kernel : bool
         As ``lax.conv_transpose``'s flag.
-    use_bias, constant_bias, softplus_bias, scalar_bias, use_alpha, constant_alpha,
-    use_dropconnect, positive_init, mask, dtype, param_dtype, precision, kernel_init,
-    bias_init, alpha_init, promote_dtype, epsilon, learnable_epsilon, drop_rate, rngs
+    use_bias, constant_bias, softplus_bias, scalar_bias, use_alpha, constant_alpha, use_dropconnect, positive_init, mask, dtype, param_dtype, precision, kernel_init, bias_init, alpha_init, promote_dtype, epsilon, learnable_epsilon, drop_rate, rngs
 
     Examples
     --------
@@ -903,8 +899,7 @@ class MultiHeadAttention(_AttentionCore, nnx.Module):
     num_heads, in_features : int
     qkv_features, out_features : int or None
         Default ``in_features``.
-    dtype, param_dtype, broadcast_dropout, dropout_rate, deterministic, precision,
-    kernel_init, out_kernel_init, bias_init, out_bias_init, use_bias
+    dtype, param_dtype, broadcast_dropout, dropout_rate, deterministic, precision, kernel_init, out_kernel_init, bias_init, out_bias_init, use_bias
         As ``flax.nnx.MultiHeadAttention``.
     attention_fn : callable or None
         ``None`` (default): nmn_array's yat attention. A callable is used instead, called
@@ -918,8 +913,7 @@ class MultiHeadAttention(_AttentionCore, nnx.Module):
         Softermax normalisation of the scores.
     spherical : bool
         Spherical yat scores (nmn NNX reaches them through ``attention_fn``).
-    use_dropconnect, dropconnect_rate, qkv_dot_general, out_dot_general,
-    qkv_dot_general_cls, out_dot_general_cls
+    use_dropconnect, dropconnect_rate, qkv_dot_general, out_dot_general, qkv_dot_general_cls, out_dot_general_cls
         Accepted; DropConnect raises NotImplementedError (Decision 13).
     rngs : nnx.Rngs
 
@@ -1177,16 +1171,13 @@ class RotaryYatAttention(_AttentionCore, nnx.Module):
     ----------
     embed_dim, num_heads, max_seq_len : int
     theta : float
-    dtype, param_dtype, broadcast_dropout, dropout_rate, precision, kernel_init, bias_init,
-    alpha_init, use_bias, use_out_proj
+    dtype, param_dtype, broadcast_dropout, dropout_rate, precision, kernel_init, bias_init, alpha_init, use_bias, use_out_proj
     normalize_qk : bool
         ``q / max(|q|, 1e-12)`` per head (Decision 2; nmn NNX uses a LayerNorm here).
     epsilon, learnable_epsilon, use_softermax, power, normalization
     use_alpha, constant_alpha
         Alpha scales the scores before normalisation (Decision 1).
-    use_performer, performer_kind, num_anchor_features, num_prf_features, num_quad_nodes,
-    performer_num_features, performer_bias, performer_nmax, performer_sketch_m,
-    performer_num_radial, performer_radial_dim, causal, performer_normalize
+    use_performer, performer_kind, num_anchor_features, num_prf_features, num_quad_nodes, performer_num_features, performer_bias, performer_nmax, performer_sketch_m, performer_num_radial, performer_radial_dim, causal, performer_normalize
         Linear-time attention is Decision 13: ``use_performer=True`` and ``causal=True``
         (which only acts in performer mode in nmn) raise NotImplementedError.
     rngs : nnx.Rngs

@@ -160,9 +160,9 @@ def yat_conv(
 
     Parameters
     ----------
-    x : array, shape (N, C, *spatial) or (N, *spatial, C) for ``data_format="channels_last"``
+    x : array, shape ``(N, C, *spatial)`` or ``(N, *spatial, C)`` for ``data_format="channels_last"``
         1 to 3 spatial dimensions.
-    w : array, shape (O, C/groups, *kernel)
+    w : array, shape ``(O, C/groups, *kernel)``
         Filters, in this layout for both data formats.
     bias : None, float or array of shape (O,)
         Added to the dot product inside the square.
@@ -259,8 +259,8 @@ def yat_conv_transpose(
 
     Parameters
     ----------
-    x : array, shape (N, C, *spatial) or (N, *spatial, C)
-    w : array, shape (C, O/groups, *kernel)
+    x : array, shape ``(N, C, *spatial)`` or ``(N, *spatial, C)``
+    w : array, shape ``(C, O/groups, *kernel)``
         PyTorch's transposed-convolution layout, for both data formats.
     bias : None, float or array of shape (O,)
     stride, dilation, output_padding : int or tuple of ints, one per spatial dimension
