@@ -32,6 +32,10 @@ for backend in jax torch tensorflow; do
   fi
 done
 
+# The documentation site (warnings are errors) and every example in its pages.
+echo "== docs (scripts/build_docs.sh, as make docs)"
+bash scripts/build_docs.sh
+
 # Editable installs import from the source tree; this builds the sdist and the wheel and uses
 # them as a user would (fresh venvs, every framework module, the sdist's own tests).
 echo "== wheel and sdist (scripts/wheel_smoke.sh)"
