@@ -54,6 +54,8 @@ MEMORY_CASES = (
     ("attention", "mha"),
     ("attention", "mha_fast"),
     ("attention", "nmn"),
+    ("attention", "refined"),
+    ("attention", "expanded"),
 )
 
 SUITES = ("torch", "jax", "tf", "memory")

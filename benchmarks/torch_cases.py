@@ -31,8 +31,9 @@ Factory = Callable[[Sizes], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 class LocalYatDense(nn.Module):
     """Dense yat layer holding ``weight (out, in)``, ``bias (out,)`` and ``alpha (1,)``."""
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, distance: str = "refined") -> None:
         super().__init__()
+        self.distance = distance
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.xavier_normal_(self.weight)
         bound = 1.0 / math.sqrt(in_features)
@@ -41,7 +42,7 @@ class LocalYatDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in)`` -> ``(..., out)``."""
-        return nmn_array.yat(x, self.weight, self.bias, alpha=self.alpha)
+        return nmn_array.yat(x, self.weight, self.bias, alpha=self.alpha, distance=self.distance)
 
 
 class LocalYatConv2d(nn.Conv2d):
@@ -59,9 +60,10 @@ class LocalYatConv2d(nn.Conv2d):
 class LocalYatAttention(nn.Module):
     """Multi-head yat self-attention with ``nn.Linear`` q/k/v/out projections."""
 
-    def __init__(self, embed_dim: int, num_heads: int) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, distance: str = "refined") -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.distance = distance
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -73,7 +75,8 @@ class LocalYatAttention(nn.Module):
         q, k, v = (
             split_heads(p(x), self.num_heads) for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        return self.out_proj(merge_heads(nmn_array.yat_attention(q, k, v, alpha=self.alpha)))
+        y = nmn_array.yat_attention(q, k, v, alpha=self.alpha, distance=self.distance)
+        return self.out_proj(merge_heads(y))
 
 
 # --------------------------------------------------------------------------------------
@@ -95,9 +98,10 @@ class SDPAAttention(nn.Module):
     """Softmax attention with the same q/k/v/out ``nn.Linear`` projections as ours, through
     ``F.scaled_dot_product_attention``."""
 
-    def __init__(self, embed_dim: int, num_heads: int) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, distance: str = "refined") -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.distance = distance
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -177,6 +181,16 @@ def dense_ours(sz: Sizes):
     return cls(sz.dense_in, sz.dense_out), _dense_input(sz)
 
 
+def dense_expanded(sz: Sizes):
+    """The pure function with ``distance="expanded"`` (no near-collision refinement)."""
+    return LocalYatDense(sz.dense_in, sz.dense_out, "expanded"), _dense_input(sz)
+
+
+def dense_refined(sz: Sizes):
+    """The pure function with ``distance="refined"`` (the default)."""
+    return LocalYatDense(sz.dense_in, sz.dense_out, "refined"), _dense_input(sz)
+
+
 def dense_native(sz: Sizes):
     """``nn.Linear`` followed by ReLU."""
     return nn.Sequential(nn.Linear(sz.dense_in, sz.dense_out), nn.ReLU()), _dense_input(sz)
@@ -216,6 +230,16 @@ def attn_ours(sz: Sizes):
     return SelfAttention(cls(sz.attn_dim, sz.attn_heads)), _attn_input(sz)
 
 
+def attn_expanded(sz: Sizes):
+    """The pure function with ``distance="expanded"`` (no near-collision refinement)."""
+    return SelfAttention(LocalYatAttention(sz.attn_dim, sz.attn_heads, "expanded")), _attn_input(sz)
+
+
+def attn_refined(sz: Sizes):
+    """The pure function with ``distance="refined"`` (the default)."""
+    return SelfAttention(LocalYatAttention(sz.attn_dim, sz.attn_heads, "refined")), _attn_input(sz)
+
+
 def attn_sdpa(sz: Sizes):
     """Same projections, ``F.scaled_dot_product_attention``."""
     return SDPAAttention(sz.attn_dim, sz.attn_heads), _attn_input(sz)
@@ -244,6 +268,8 @@ CASES: dict[str, dict[str, tuple[str, Factory]]] = {
         "ours": ("nmn_array YatNMN", dense_ours),
         "native": ("nn.Linear+ReLU", dense_native),
         "nmn": ("nmn 0.3.5 YatNMN", dense_nmn),
+        "refined": ("nmn_array.yat, distance='refined'", dense_refined),
+        "expanded": ("nmn_array.yat, distance='expanded'", dense_expanded),
     },
     "conv": {
         "ours": ("nmn_array YatConv2D", conv_ours),
@@ -256,6 +282,8 @@ CASES: dict[str, dict[str, tuple[str, Factory]]] = {
         "mha": ("nn.MultiheadAttention", attn_mha),
         "mha_fast": ("nn.MultiheadAttention(need_weights=False)", attn_mha_fast),
         "nmn": ("nmn 0.3.5 MultiHeadYatAttention", attn_nmn),
+        "refined": ("yat_attention, distance='refined'", attn_refined),
+        "expanded": ("yat_attention, distance='expanded'", attn_expanded),
     },
 }
 
