@@ -49,6 +49,8 @@ class _YatScores(torch.autograd.Function):
         x, w, bias, alpha, epsilon, unit_x, unit_w, refine = inputs
         _, n, q = output
         ctx.mark_non_differentiable(n, q)
+        # no zero-filled gradients for n and q: two score-sized arrays in the backward
+        ctx.set_materialize_grads(False)
         # n and q are kept (r = n / q is recomputed): one temporary fewer between the passes
         _save(ctx, (x, w, n, q), (bias, alpha, epsilon))
         ctx.flags = (unit_x, unit_w, refine)
@@ -144,6 +146,8 @@ class _YatEpilogue(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         _, n, q = output
         ctx.mark_non_differentiable(n, q)
+        # no zero-filled gradients for n and q: two score-sized arrays in the backward
+        ctx.set_materialize_grads(False)
         _save(ctx, (n, q), inputs)
 
     @staticmethod
