@@ -215,8 +215,10 @@ def yat_attention_weights(
     q : array, shape (..., Lq, d)
     k : array, shape (..., Lk, d)
         Leading axes (batch, heads) broadcast against ``q``'s and ``mask``'s.
-    mask : None or bool array broadcastable to (..., Lq, Lk)
-        True = attend. A query that sees no key gets all-zero weights.
+    mask : None, bool or floating array broadcastable to (..., Lq, Lk)
+        Boolean: True = attend. Floating: additive, added to the scores before the softmax
+        (-inf hides a key), for ``normalization="softmax"`` only (ValueError otherwise);
+        other dtypes raise TypeError. A query that sees no key gets all-zero weights.
     causal : bool
         Query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq`` (queries aligned to the end of
         the keys, as when decoding with a cache).
