@@ -679,6 +679,7 @@ def test_attention_float_mask_is_additive_not_cast():
     also combined with a Keras sequence mask; an integer mask raises TypeError."""
     layer = ours.MultiHeadYatAttention(8, 2)
     x = normal(2, 5, 8, dtype="float32")
+    layer(x)  # build (forward's stateless_call on JAX needs the variables)
     boolean = rng.random((2, 1, 5, 5)) < 0.6
     boolean[..., 0] = True
     boolean[0, 0, 1] = False  # a query that sees no key
