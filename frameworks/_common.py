@@ -7,7 +7,10 @@ the rules for alpha, bias, epsilon and padding are written once for all framewor
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -44,21 +47,109 @@ def unit_normalized(a: Any, keep_axis: int) -> Any:
     return normalize(array_namespace(a), a, axis=axes)
 
 
+def mask_visibility(mask: Any) -> Any:
+    """Boolean of the keys an attention ``mask`` lets each query see, under the one mask rule
+    of :func:`nmn_array.yat_attention`: a boolean mask is its own visibility (True = attend),
+    a floating mask is additive and hides exactly its -inf entries; other dtypes raise
+    TypeError. The modules zero the output of a query that sees no key with it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask_visibility(np.array([0.0, -np.inf, -3.0])).tolist()
+    [True, False, True]
+    """
+    from nmn_array._namespace import array_namespace
+    from nmn_array.attention import _shown
+
+    return _shown(array_namespace(mask), mask)
+
+
+def restrict_mask(mask: Any, allowed: Any) -> Any:
+    """``mask`` (boolean, additive or None) further limited to the keys the boolean ``allowed``
+    lets through, keeping its kind (an additive mask gets -inf where ``allowed`` is False).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> restrict_mask(np.array([0.0, -1.0]), np.array([True, False])).tolist()
+    [0.0, -inf]
+    """
+    from nmn_array._namespace import array_namespace
+    from nmn_array.attention import _restrict
+
+    return _restrict(array_namespace(mask, allowed), mask, allowed)
+
+
+def combine_masks(a: Any, b: Any) -> Any:
+    """Two attention masks applied together: boolean ones are and-ed, additive ones added,
+    and a boolean one limits an additive one (see :func:`restrict_mask`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> combine_masks(np.array([0.0, -1.0]), np.array([False, True])).tolist()
+    [-inf, -1.0]
+    """
+    from nmn_array._namespace import array_namespace
+    from nmn_array.attention import _is_additive, _restrict
+
+    xp = array_namespace(a, b)
+    if not _is_additive(xp, b):
+        return _restrict(xp, a, b)
+    if not _is_additive(xp, a):
+        return _restrict(xp, b, a)
+    return a + b
+
+
 def require(module: str) -> ModuleType:
-    """Import ``module`` or raise an ImportError that names the extra to install.
+    """Import ``module``, or raise an ImportError that says why it failed.
+
+    "not installed" (and the extra to install) only when the top-level package is absent;
+    when it is installed but fails to import (Keras without its backend, a broken install,
+    a too old version), the message carries the original error, and for Keras the backend
+    in use (``KERAS_BACKEND``).
 
     Examples
     --------
     >>> require("math").sqrt(4.0)
     2.0
     """
+    top = module.split(".")[0]
     try:
         return importlib.import_module(module)
-    except ImportError as exc:
-        extra = _EXTRAS.get(module.split(".")[0], module.split(".")[0])
+    except (ImportError, ValueError) as exc:
+        # Keras raises ValueError for a backend it does not know (e.g. KERAS_BACKEND=mlx)
+        extra = _EXTRAS.get(top, top)
+        if importlib.util.find_spec(top) is None:
+            raise ImportError(
+                f'{module} is not installed; install it with: pip install "nmn-array[{extra}]"'
+            ) from exc
+        detail = f"{type(exc).__name__}: {exc}"
+        if top == "keras":
+            raise ImportError(
+                f"keras is installed but failed to import with backend {_keras_backend()!r} "
+                f"({detail}). Keras needs its backend installed: pip install "
+                '"nmn-array[keras]" brings the default, tensorflow; "nmn-array[keras-jax]" '
+                "brings jax (set KERAS_BACKEND=jax); for torch install torch and set "
+                "KERAS_BACKEND=torch"
+            ) from exc
+        what = f"{top} is installed but" if module == top else f"{top} is installed but {module}"
         raise ImportError(
-            f'{module} is not installed; install it with: pip install "nmn-array[{extra}]"'
+            f'{what} failed to import ({detail}); reinstall with: pip install "nmn-array[{extra}]"'
         ) from exc
+
+
+def _keras_backend() -> str:
+    """The backend Keras will load: ``KERAS_BACKEND``, else ``keras.json``, else tensorflow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError):
+        return "tensorflow"
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,13 @@ from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
     check_epsilon,
+    combine_masks,
     conv_output_length,
+    mask_visibility,
     ntuple,
     reject_unsupported_features,
     require,
+    restrict_mask,
     softplus_inverse,
     transpose_conv_call_args,
     transpose_conv_pads,
@@ -998,11 +1001,12 @@ class MultiHeadYatAttention(keras.layers.Layer):
     Notes
     -----
     ``call(query, key=None, value=None, mask=None, attention_mask=None, training=False)``:
-    ``key`` defaults to ``query`` and ``value`` to ``key``. ``attention_mask`` is a boolean
-    mask (True = attend) broadcastable to ``(batch, heads, q_len, kv_len)``. ``mask`` is
-    either a Keras sequence mask ``(batch, seq)`` (e.g. from ``Embedding(mask_zero=True)``;
-    for self-attention it masks queries and keys) or another attention mask. Queries that
-    see no key output zeros.
+    ``key`` defaults to ``query`` and ``value`` to ``key``. ``attention_mask`` broadcasts to
+    ``(batch, heads, q_len, kv_len)``: boolean (True = attend) or floating (additive, added to
+    the scores; -inf hides a key); other dtypes raise TypeError. ``mask`` is either a boolean
+    Keras sequence mask ``(batch, seq)`` (e.g. from ``Embedding(mask_zero=True)``; for
+    self-attention it masks queries and keys) or another attention mask. Queries that see
+    no key output zeros.
 
     Examples
     --------
@@ -1111,9 +1115,14 @@ class MultiHeadYatAttention(keras.layers.Layer):
     def _effective_mask(
         self, query: Any, mask: Any, attention_mask: Any, self_attention: bool
     ) -> Any:
-        """One boolean mask broadcastable to (B, H, Lq, Lk), or None (nmn's rules)."""
+        """One mask broadcastable to (B, H, Lq, Lk), or None (nmn's rules); boolean unless an
+        additive (floating) mask was given, which is kept additive."""
         sequence_mask = None
+        # backend tensors (a NumPy mask would not mix with the backend's q and k)
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
         if mask is not None:
+            mask = ops.convert_to_tensor(mask)
             rank = len(mask.shape)
             first = mask.shape[0] if rank == 2 else None
             batch, q_len = query.shape[0], query.shape[1]
@@ -1123,14 +1132,19 @@ class MultiHeadYatAttention(keras.layers.Layer):
                 or (batch is not None and first == batch and first != q_len)
             )
             if looks_like_sequence:
-                sequence_mask = ops.cast(mask, "bool")
+                if keras.backend.standardize_dtype(mask.dtype) != "bool":
+                    raise TypeError(
+                        "a (batch, seq) sequence mask must be boolean (True = keep), got dtype "
+                        f"{mask.dtype}; pass an additive mask as attention_mask"
+                    )
+                sequence_mask = mask
             elif attention_mask is None:
                 attention_mask = mask
             else:
-                attention_mask = ops.logical_and(ops.cast(attention_mask, "bool"), mask)
+                attention_mask = combine_masks(attention_mask, mask)
         effective = None
         if attention_mask is not None:
-            effective = ops.cast(attention_mask, "bool")
+            effective = attention_mask
             while len(effective.shape) < 4:
                 effective = ops.expand_dims(effective, 0)
         if sequence_mask is not None:
@@ -1143,7 +1157,7 @@ class MultiHeadYatAttention(keras.layers.Layer):
                 if self_attention
                 else ops.expand_dims(ops.expand_dims(sequence_mask, 1), -1)
             )
-            effective = seq if effective is None else ops.logical_and(effective, seq)
+            effective = seq if effective is None else restrict_mask(effective, seq)
         return effective
 
     def call(
@@ -1189,7 +1203,7 @@ class MultiHeadYatAttention(keras.layers.Layer):
         if effective is not None:
             # nmn 0.3.5: a query that sees no key in any head outputs zeros, also after the
             # output projection's bias.
-            has_key = ops.any(effective, axis=(1, 3))
+            has_key = ops.any(mask_visibility(effective), axis=(1, 3))
             x = ops.where(ops.expand_dims(has_key, -1), x, ops.zeros_like(x))
         return x
 

@@ -608,7 +608,8 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
         deterministic: bool = True,
     ) -> Array:
         """``inputs_q (*batch, Lq, in)`` -> ``(*batch, Lq, out_features)``; ``mask``
-        broadcastable to ``(*batch, H, Lq, Lk)``, True = attend."""
+        broadcastable to ``(*batch, H, Lq, Lk)``: boolean (True = attend) or floating
+        (additive, -inf hides a key; softmax only)."""
         if self.normalization not in ("softmax", "l1"):
             raise ValueError(
                 f"normalization must be either 'softmax' or 'l1', got {self.normalization!r}"
@@ -633,9 +634,7 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
         alpha = self._alpha(self.constant_alpha)
         q, k, v = _promote_dtype(q, k, v, dtype=self.dtype)
         if mask is not None:
-            mask = jnp.broadcast_to(
-                mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3])
-            ).astype(bool)
+            mask = jnp.broadcast_to(mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3]))
         x = self._attend(
             q,
             k,
@@ -744,7 +743,7 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
             for t in (q, k)
         )
         if mask is not None:
-            mask = jnp.broadcast_to(mask, (b, self.num_heads, length, length)).astype(bool)
+            mask = jnp.broadcast_to(mask, (b, self.num_heads, length, length))
         out = self._attend(
             q,
             k,

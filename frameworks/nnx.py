@@ -32,9 +32,11 @@ from nmn_array.frameworks._common import (
     check_rate,
     lax_conv_padding,
     lax_conv_transpose_padding,
+    mask_visibility,
     reject_nondefault,
     reject_unsupported_features,
     require,
+    restrict_mask,
     softplus_inverse,
     unit_normalized,
 )
@@ -181,10 +183,11 @@ def attention_dropout(weights: Array, rng: Array, rate: float, broadcast: bool) 
 
 
 def zero_keyless(out: Array, mask: Array | None) -> Array:
-    """Zero the outputs of queries that see no key in any head; ``mask (..., H, Lq, Lk)``."""
+    """Zero the outputs of queries that see no key in any head; ``mask (..., H, Lq, Lk)``,
+    boolean (True = attend) or additive (-inf hides a key)."""
     if mask is None:
         return out
-    has_key = jnp.any(mask, axis=(-3, -1))
+    has_key = jnp.any(mask_visibility(mask), axis=(-3, -1))
     return jnp.where(has_key[..., None], out, jnp.zeros_like(out))
 
 
@@ -1044,7 +1047,8 @@ class MultiHeadAttention(_AttentionCore, nnx.Module):
     ) -> Array:
         """``inputs_q (*batch, Lq, in_features)`` -> ``(*batch, Lq, out_features)``.
 
-        ``mask`` is boolean, broadcastable to ``(*batch, H, Lq, Lk)``, True = attend.
+        ``mask`` broadcasts to ``(*batch, H, Lq, Lk)``: boolean (True = attend) or floating
+        (additive, -inf hides a key; softmax only).
         """
         if inputs_k is None:
             if inputs_v is not None:
@@ -1081,9 +1085,7 @@ class MultiHeadAttention(_AttentionCore, nnx.Module):
         if decode:
             k, v, mask, pending = self._decode_step(q, k, v, mask)
         if mask is not None:
-            mask = jnp.broadcast_to(
-                mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3])
-            ).astype(bool)
+            mask = jnp.broadcast_to(mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3]))
         if self.attention_fn is not None:
             x = self.attention_fn(
                 q,
@@ -1142,7 +1144,7 @@ class MultiHeadAttention(_AttentionCore, nnx.Module):
         visible = jnp.broadcast_to(
             jnp.arange(max_length) <= index, tuple(batch) + (1, 1, max_length)
         )
-        mask = visible if mask is None else jnp.logical_and(mask, visible)
+        mask = restrict_mask(mask, visible)
         return k, v, mask, (k, v, index + 1)
 
     def init_cache(self, input_shape: Sequence[int], dtype: Dtype = jnp.float32) -> None:
@@ -1329,7 +1331,7 @@ class RotaryYatAttention(_AttentionCore, nnx.Module):
         q = self._rotate(q, position_offset)
         k = self._rotate(k, key_offset)
         if mask is not None:
-            mask = jnp.broadcast_to(mask, (b, self.num_heads, length, k.shape[1])).astype(bool)
+            mask = jnp.broadcast_to(mask, (b, self.num_heads, length, k.shape[1]))
         out = self._attend(
             q,
             k,
@@ -1372,7 +1374,7 @@ class RotaryYatAttention(_AttentionCore, nnx.Module):
             self.cached_value[...], v.astype(self.cached_value.dtype), start
         )
         visible = jnp.broadcast_to(jnp.arange(max_length) <= index, (b, 1, 1, max_length))
-        mask = visible if mask is None else jnp.logical_and(mask, visible)
+        mask = restrict_mask(mask, visible)
         return k, v, mask, (k, v, index + 1), index
 
     def init_cache(self, batch_size: int, max_length: int, dtype: Dtype = jnp.float32) -> None:

@@ -27,6 +27,7 @@ from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
     check_epsilon,
+    mask_visibility,
     ntuple,
     require,
     softplus_inverse,
@@ -707,9 +708,9 @@ class MultiHeadYatAttention(tf.Module):
     ``N(0, 2 / (input_dim + embed_dim))`` on the first call; ``alpha`` ``(1,)`` is created at
     construction.
 
-    ``__call__(query, key=None, value=None, mask=None, training=False)``: ``mask`` is boolean
-    (True = attend), broadcastable to ``(batch, heads, q_len, kv_len)``; a query that sees no
-    key outputs zeros. Constant and learnable alpha multiply the scores before the softmax
+    ``__call__(query, key=None, value=None, mask=None, training=False)``: ``mask`` broadcasts
+    to ``(batch, heads, q_len, kv_len)``, boolean (True = attend) or floating (additive, added
+    to the scores; -inf hides a key); a query that sees no key outputs zeros. Constant and learnable alpha multiply the scores before the softmax
     (Decision 1); ``normalize_qk`` is ``q / max(|q|, 1e-12)`` (Decision 2).
 
     Examples
@@ -826,7 +827,7 @@ class MultiHeadYatAttention(tf.Module):
         effective = None
         if mask is not None:
             full = tf.stack([tf.shape(q)[0], self.num_heads, tf.shape(q)[2], tf.shape(k)[2]])
-            effective = tf.broadcast_to(tf.cast(mask, tf.bool), full)
+            effective = tf.broadcast_to(mask, full)
         if self._alpha_cfg.mode == "constant":
             alpha = self._alpha_cfg.value
         else:
@@ -845,7 +846,7 @@ class MultiHeadYatAttention(tf.Module):
         if effective is not None:
             # nmn 0.3.5: a query that sees no key in any head outputs zeros, also after the
             # output projection's bias.
-            has_key = tf.reduce_any(effective, axis=(1, 3))
+            has_key = tf.reduce_any(mask_visibility(effective), axis=(1, 3))
             x = tf.where(has_key[..., None], x, tf.zeros_like(x))
         return x
 

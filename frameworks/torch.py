@@ -27,6 +27,7 @@ from nmn_array.frameworks._common import (
     bias_config,
     check_epsilon,
     check_rate,
+    mask_visibility,
     reject_unsupported_features,
     require,
     softplus_inverse,
@@ -347,6 +348,17 @@ class _YatConvMixin(_YatParams):
     def _input(self, x: Tensor) -> Tensor:
         return x if self.compute_dtype is None else x.to(self.compute_dtype)
 
+    def _batched(self, input: Tensor, nd: int) -> tuple[Tensor, bool]:
+        """``input`` with a batch axis, and whether one was added: ``(C, *spatial)`` is
+        accepted as unbatched exactly where ``torch.nn.Conv{nd}d`` accepts it."""
+        rank = input.dim()
+        if rank not in (nd + 1, nd + 2):
+            raise ValueError(
+                f"{type(self).__name__}: input must be {nd + 1}-D (C, *spatial), unbatched, or "
+                f"{nd + 2}-D (N, C, *spatial), got input of shape {tuple(input.shape)}"
+            )
+        return (input.unsqueeze(0), True) if rank == nd + 1 else (input, False)
+
 
 def _parent_bias(bias: bool, constant_bias: Any, scalar_bias: bool) -> bool:
     """Whether torch's own per-channel bias parameter is wanted (Decision 4: False = learnable)."""
@@ -430,11 +442,13 @@ def _make_conv(base: type, nd: int) -> type:
             )
 
         def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
-            """``input (N, C, *spatial)`` -> ``(N, O, *out)``; ``deterministic`` is accepted
-            for nmn compatibility (it only switches DropConnect, which is not implemented)."""
+            """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
+            -> ``(O, *out)``; ``deterministic`` is accepted for nmn compatibility (it only
+            switches DropConnect, which is not implemented)."""
+            x, unbatched = self._batched(input, nd)
             padding, padding_mode = torch_conv_padding(self.padding, self.padding_mode)
-            return nmn_array.yat_conv(
-                self._input(input),
+            y = nmn_array.yat_conv(
+                self._input(x),
                 self._kernel(),
                 self._bias_value(),
                 stride=self.stride,
@@ -446,6 +460,7 @@ def _make_conv(base: type, nd: int) -> type:
                 epsilon=self._epsilon_value(),
                 weight_normalized=self.weight_normalized,
             )
+            return y.squeeze(0) if unbatched else y
 
     return _YatConv
 
@@ -517,8 +532,10 @@ def _make_conv_transpose(base: type, nd: int) -> type:
             *,
             deterministic: bool = False,
         ) -> Tensor:
-            """``input (N, C, *spatial)`` -> ``(N, O, *out)`` with PyTorch's output sizes;
-            ``output_size`` picks ``output_padding`` as ``torch.nn.ConvTranspose*d`` does."""
+            """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
+            -> ``(O, *out)``, with PyTorch's output sizes; ``output_size`` picks
+            ``output_padding`` as ``torch.nn.ConvTranspose*d`` does."""
+            x, unbatched = self._batched(input, nd)
             if self.padding_mode != "zeros":
                 raise ValueError(
                     f"Only `zeros` padding mode is supported for {type(self).__name__}"
@@ -534,8 +551,8 @@ def _make_conv_transpose(base: type, nd: int) -> type:
                     num_spatial_dims=nd,
                     dilation=self.dilation,
                 )
-            return nmn_array.yat_conv_transpose(
-                self._input(input),
+            y = nmn_array.yat_conv_transpose(
+                self._input(x),
                 self._kernel(),
                 self._bias_value(),
                 stride=self.stride,
@@ -546,6 +563,7 @@ def _make_conv_transpose(base: type, nd: int) -> type:
                 alpha=self._alpha_value(),
                 epsilon=self._epsilon_value(),
             )
+            return y.squeeze(0) if unbatched else y
 
     return _YatConvTranspose
 
@@ -743,11 +761,31 @@ class _AttentionBase(_YatParams, nn.Module):
         return nmn_array.yat_attention(q, k, v, **kwargs)
 
 
+def _batch_inputs(names: tuple[str, ...], *tensors: Tensor) -> tuple[bool, list[Tensor]]:
+    """``(B, L, E)`` inputs as they are, or unbatched ``(L, E)`` ones with a batch axis of 1
+    (as ``torch.nn.MultiheadAttention`` accepts); returns whether the axis was added."""
+    rank = tensors[0].dim()
+    if rank not in (2, 3):
+        raise ValueError(
+            f"{names[0]} must be (B, L, E) or unbatched (L, E), got {names[0]} of shape "
+            f"{tuple(tensors[0].shape)}"
+        )
+    for name, t in zip(names[1:], tensors[1:]):
+        if t.dim() != rank:
+            raise ValueError(
+                f"{name} must have the rank of {names[0]} ({rank}-D), got {name} of shape "
+                f"{tuple(t.shape)} and {names[0]} of shape {tuple(tensors[0].shape)}"
+            )
+    if rank == 3:
+        return False, list(tensors)
+    return True, [t.unsqueeze(0) for t in tensors]
+
+
 def _zero_keyless(x: Tensor, mask: Tensor | None) -> Tensor:
     """Zero the outputs of queries that see no key in any head (after the projection's bias)."""
     if mask is None:
         return x
-    has_key = mask.any(dim=-1).any(dim=-2)  # (B, Lq)
+    has_key = mask_visibility(mask).any(dim=-1).any(dim=-2)  # (B, Lq)
     return torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
 
 
@@ -839,11 +877,14 @@ class MultiHeadYatAttention(_AttentionBase):
         deterministic: bool = False,
     ) -> Tensor:
         """``query (B, Lq, E)``, ``key``/``value`` ``(B, Lk, E)`` (default: self-attention);
-        ``mask`` broadcastable to ``(B, H, Lq, Lk)``, True = attend. Returns ``(B, Lq, E)``."""
+        ``mask`` broadcastable to ``(B, H, Lq, Lk)``: boolean (True = attend) or floating
+        (additive, -inf hides a key; softmax only). Returns ``(B, Lq, E)``. Unbatched
+        ``(L, E)`` inputs (mask broadcastable to ``(H, Lq, Lk)``) give ``(Lq, E)``."""
         if key is None:
             key = query
         if value is None:
             value = key
+        unbatched, (query, key, value) = _batch_inputs(("query", "key", "value"), query, key, value)
         b, lq, _ = query.shape
         lk = key.shape[1]
         h = self.num_heads
@@ -854,11 +895,12 @@ class MultiHeadYatAttention(_AttentionBase):
             q = F.normalize(q, p=2.0, dim=-1, eps=_QK_NORM_FLOOR)
             k = F.normalize(k, p=2.0, dim=-1, eps=_QK_NORM_FLOOR)
         if mask is not None:
-            mask = torch.broadcast_to(mask.to(torch.bool), (b, h, lq, lk))
+            mask = torch.broadcast_to(mask, (b, h, lq, lk))
         x = _merge_heads(self._attend(q, k, v, mask, deterministic, self._spherical))
         if self.out_proj is not None:
             x = self._linear(x, self.out_proj)
-        return _zero_keyless(x, mask)
+        x = _zero_keyless(x, mask)
+        return x.squeeze(0) if unbatched else x
 
 
 class RotaryYatAttention(_AttentionBase):
@@ -963,7 +1005,10 @@ class RotaryYatAttention(_AttentionBase):
         position_offset: int = 0,
         deterministic: bool = False,
     ) -> Tensor:
-        """``x (B, L, E)`` -> ``(B, L, E)``; ``mask`` broadcastable to ``(B, H, L, L)``."""
+        """``x (B, L, E)`` -> ``(B, L, E)``, or unbatched ``(L, E)`` -> ``(L, E)``; ``mask``
+        broadcastable to ``(B, H, L, L)``: boolean (True = attend) or floating (additive,
+        -inf hides a key; softmax only)."""
+        unbatched, (x,) = _batch_inputs(("x",), x)
         b, length, _ = x.shape
         if position_offset + length > self.max_seq_len:
             raise ValueError(
@@ -981,8 +1026,9 @@ class RotaryYatAttention(_AttentionBase):
         q = nmn_array.rotary_embedding(q, positions, theta=self.theta)
         k = nmn_array.rotary_embedding(k, positions, theta=self.theta)
         if mask is not None:
-            mask = torch.broadcast_to(mask.to(torch.bool), (b, h, length, length))
+            mask = torch.broadcast_to(mask, (b, h, length, length))
         out = _merge_heads(self._attend(q, k, v, mask, deterministic, False))
         if self.o_proj is not None:
             out = self._linear(out, self.o_proj)
-        return _zero_keyless(out, mask)
+        out = _zero_keyless(out, mask)
+        return out.squeeze(0) if unbatched else out

@@ -40,8 +40,12 @@ def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalizati
                 f"v must have shape (..., Lk, dv) with Lk = {ks[-2]} keys, got v {vs} and k {ks}"
             )
     if mask is not None:
-        if mask.dtype != xp.bool:
-            raise TypeError(f"mask must be a boolean array (True = attend), got dtype {mask.dtype}")
+        if _is_additive(xp, mask) and normalization != "softmax":
+            raise ValueError(
+                f"a floating mask is additive, which is defined only for normalization="
+                f"'softmax'; got mask of dtype {mask.dtype} with normalization="
+                f"{normalization!r}: pass a boolean mask (True = attend) instead"
+            )
         ms = _v.shape_of(mask)
         lq, lk = qs[-2], ks[-2]
         if len(ms) < 2 or ms[-2] not in (1, lq, None) or ms[-1] not in (1, lk, None):
@@ -81,39 +85,101 @@ def _scores(xp, q, k, factor, epsilon, spherical, native, refine):
     return yat_ratio(xp, dot, dist, alpha=factor, epsilon=epsilon)
 
 
+def _is_additive(xp, mask) -> bool:
+    """The mask rule: False for a boolean mask (True = attend), True for a floating one
+    (added to the scores); any other dtype raises TypeError."""
+    if mask.dtype == xp.bool:
+        return False
+    if _v.is_low_precision(xp, mask.dtype) or xp.isdtype(mask.dtype, "real floating"):
+        return True
+    raise TypeError(
+        "mask must be a boolean array (True = attend) or a floating array (additive, "
+        f"-inf hides a key), got dtype {mask.dtype}"
+    )
+
+
+def _shown(xp, mask):
+    """Boolean of the keys ``mask`` lets a query see: a boolean mask itself, the entries
+    above -inf of an additive one."""
+    if not _is_additive(xp, mask):
+        return mask
+    return mask > scalar_like(xp, -math.inf, mask)
+
+
+def _restrict(xp, mask, allowed):
+    """``mask`` (boolean, additive or None) further limited to the keys ``allowed`` (boolean)
+    lets through, keeping its kind: an additive mask gets -inf where ``allowed`` is False."""
+    if mask is None:
+        return allowed
+    if not _is_additive(xp, mask):
+        return xp.logical_and(mask, allowed)
+    return xp.where(allowed, mask, scalar_like(xp, -math.inf, mask))
+
+
 def _visible(xp, mask, causal, lq, lk, like):
-    """Boolean (..., Lq, Lk) of the keys each query may see, or None when all are visible."""
+    """The mask to normalise with, or None when every key is visible: boolean (True = attend)
+    or additive in the compute dtype of ``like``, with the causal limit folded in."""
+    if mask is not None and _is_additive(xp, mask) and mask.dtype != like.dtype:
+        mask = xp.astype(mask, like.dtype)
     if causal:
         kw = device_kw(xp, like)
         rows = xp.reshape(xp.arange(lq, dtype=xp.int64, **kw), (lq, 1))
         cols = xp.reshape(xp.arange(lk, dtype=xp.int64, **kw), (1, lk))
-        allowed = cols <= rows + (lk - lq)
-        return allowed if mask is None else xp.logical_and(mask, allowed)
+        return _restrict(xp, mask, cols <= rows + (lk - lq))
     return mask
 
 
+def _finite(xp, scores):
+    """Scores clipped to the dtype's finite range: a score that overflowed to +inf (huge
+    inputs) becomes the largest finite value, so it wins the normalisation instead of
+    producing inf - inf = NaN."""
+    big = float(xp.finfo(scores.dtype).max)
+    return xp.clip(scores, min=-big, max=big)
+
+
 def _normalize(xp, scores, visible, normalization, epsilon, power, native):
+    if scores.shape[-1] == 0:
+        # no keys: every query sees nothing, so its (empty) row of weights is already right;
+        # the reductions below have no identity over an empty axis on NumPy and JAX
+        return scores
     zero = scalar_like(xp, 0.0, scores)
     if normalization == "softmax" and native and is_torch(xp):
         from nmn_array._native.torch_yat import masked_softmax
 
         return masked_softmax(scores, visible)
+    scores = _finite(xp, scores)
+    shown = None
+    if visible is not None and _is_additive(xp, visible):
+        # the additive mask: hidden where -inf, otherwise added to the scores (softmax only,
+        # as checked), clipped again so a large finite entry cannot overflow the sum
+        shown = _shown(xp, visible)
+        scores = _finite(xp, scores + visible)
+    elif visible is not None:
+        shown = visible
     if normalization == "softmax":
-        if visible is None:
+        if shown is None:
             e = xp.exp(scores - xp.max(scores, axis=-1, keepdims=True))
             return e / xp.sum(e, axis=-1, keepdims=True)
         top = xp.max(
-            xp.where(visible, scores, scalar_like(xp, -math.inf, scores)), axis=-1, keepdims=True
+            xp.where(shown, scores, scalar_like(xp, -math.inf, scores)), axis=-1, keepdims=True
         )
         top = xp.where(xp.isfinite(top), top, zero)
         # masked entries are replaced before exp so they can never overflow (nor poison grads)
-        e = xp.where(visible, xp.exp(xp.where(visible, scores, top) - top), zero)
+        e = xp.where(shown, xp.exp(xp.where(shown, scores, top) - top), zero)
         total = xp.sum(e, axis=-1, keepdims=True)
         return e / xp.where(total > 0, total, scalar_like(xp, 1.0, total))
-    if visible is not None:
-        scores = xp.where(visible, scores, zero)
+    if shown is not None:
+        scores = xp.where(shown, scores, zero)
+    # A row whose largest score is huge (above 2**96, e.g. +inf clipped to the dtype's max) is
+    # scaled by 2**-64, exactly: l1 and softermax are ratios, so neither a sum nor a reciprocal
+    # of the row maximum can then leave the normal range (XLA on CPU flushes subnormals to 0,
+    # which turned max / max into 0 / 0). l1 scales its epsilon too; softermax's 1e-12 weighs
+    # 2**(64 power) more against a sum above 2**(96 power), a relative 1e-12 / 2**(32 power).
+    m = xp.max(xp.abs(scores), axis=-1, keepdims=True)
+    c = xp.where(m > 2.0**96, scalar_like(xp, 2.0**-64, m), scalar_like(xp, 1.0, m))
+    scores = scores * c
     if normalization == "l1":
-        return scores / (xp.sum(scores, axis=-1, keepdims=True) + epsilon)
+        return scores / (xp.sum(scores, axis=-1, keepdims=True) + epsilon * c)
     return softermax_impl(xp, scores, float(power), SOFTERMAX_EPSILON, -1)
 
 
@@ -167,8 +233,10 @@ def yat_attention_weights(
     q : array, shape (..., Lq, d)
     k : array, shape (..., Lk, d)
         Leading axes (batch, heads) broadcast against ``q``'s and ``mask``'s.
-    mask : None or bool array broadcastable to (..., Lq, Lk)
-        True = attend. A query that sees no key gets all-zero weights.
+    mask : None, bool or floating array broadcastable to (..., Lq, Lk)
+        Boolean: True = attend. Floating: additive, added to the scores before the softmax
+        (-inf hides a key), for ``normalization="softmax"`` only (ValueError otherwise);
+        other dtypes raise TypeError. A query that sees no key gets all-zero weights.
     causal : bool
         Query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq`` (queries aligned to the end of
         the keys, as when decoding with a cache).

@@ -106,10 +106,10 @@ WT = np.ones((3, 4, 3))
         ),
         (
             lambda: na.yat_attention(
-                np.ones((5, 4)), np.ones((6, 4)), np.ones((6, 4)), mask=np.ones((5, 6))
+                np.ones((5, 4)), np.ones((6, 4)), np.ones((6, 4)), mask=np.ones((5, 6), np.int64)
             ),
             TypeError,
-            ["mask", "bool"],
+            ["mask", "bool", "floating", "int64"],
         ),
         (
             lambda: na.yat_attention(

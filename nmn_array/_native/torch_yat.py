@@ -270,11 +270,22 @@ def yat_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
 def masked_softmax(scores, visible):
     """Softmax over the last axis of the visible entries; a row with none gets zeros.
 
-    Hidden entries are filled with the dtype's lowest finite value rather than -inf, so a
-    fully hidden row stays finite (and so does its gradient) before it is zeroed.
+    ``visible`` is None (all keys), boolean (True = attend) or additive (floating, added to
+    the scores; -inf hides a key). The scores are clipped to the dtype's finite range first,
+    so a score that overflowed to +inf wins instead of giving inf - inf = NaN. Hidden entries
+    are filled with the dtype's lowest finite value rather than -inf, so a fully hidden row
+    stays finite (and so does its gradient) before it is zeroed.
     """
+    info = torch.finfo(scores.dtype)
+    scores = scores.clamp(info.min, info.max)
     if visible is None:
         return torch.softmax(scores, dim=-1)
-    lowest = torch.finfo(scores.dtype).min
-    weights = torch.softmax(scores.masked_fill(~visible, lowest), dim=-1)
-    return weights.masked_fill(~visible, 0.0)
+    if visible.dtype != torch.bool:
+        shown = visible > float("-inf")
+        # clipped again: a large finite mask entry must not overflow the sum either
+        scores = (scores + visible).clamp(info.min, info.max)
+    else:
+        shown = visible
+    hidden = ~shown
+    weights = torch.softmax(scores.masked_fill(hidden, info.min), dim=-1)
+    return weights.masked_fill(hidden, 0.0)

@@ -672,3 +672,27 @@ def test_mixed_precision_float16_output():
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
     assert np.all(np.isfinite(to_np(y)))
+
+
+def test_attention_float_mask_is_additive_not_cast():
+    """attention_mask 0/-inf equals the boolean mask it encodes (a cast to bool inverts it),
+    also combined with a Keras sequence mask; an integer mask raises TypeError."""
+    layer = ours.MultiHeadYatAttention(8, 2)
+    x = normal(2, 5, 8, dtype="float32")
+    layer(x)  # build (forward's stateless_call on JAX needs the variables)
+    boolean = rng.random((2, 1, 5, 5)) < 0.6
+    boolean[..., 0] = True
+    boolean[0, 0, 1] = False  # a query that sees no key
+    additive = np.where(boolean, 0.0, -np.inf).astype("float32")
+    seq = np.ones((2, 5), dtype=bool)
+    seq[1, 3:] = False
+    (want,) = forward([layer], x, attention_mask=boolean)
+    (got,) = forward([layer], x, attention_mask=additive)
+    (want_seq,) = forward([layer], x, attention_mask=boolean, mask=seq)
+    (got_seq,) = forward([layer], x, attention_mask=additive, mask=seq)
+    assert_close(got, want, rtol=1e-6, what="additive == boolean")
+    assert_close(got_seq, want_seq, rtol=1e-6, what="additive == boolean, sequence mask")
+    assert np.all(to_np(got)[0, 1] == 0)
+    assert np.all(to_np(got_seq)[1, 3:] == 0)
+    with pytest.raises(TypeError, match=r"mask.*int"):
+        layer(x, attention_mask=boolean.astype("int32"))
