@@ -183,21 +183,22 @@ def _normalize(xp, scores, visible, normalization, epsilon, power, native):
     return softermax_impl(xp, scores, float(power), SOFTERMAX_EPSILON, -1)
 
 
-def _weights(
-    q,
-    k,
-    v_,
-    mask,
-    causal,
-    alpha,
-    epsilon,
-    scale,
-    spherical,
-    normalization,
-    power,
-    distance,
-    native,
-):
+#: The keyword arguments both public functions pass on to :func:`_weights`, in order.
+_OPTIONS = (
+    "mask", "causal", "alpha", "epsilon", "scale", "spherical", "normalization", "power",
+    "distance",
+)  # fmt: skip
+
+
+def _options(args: dict) -> tuple:
+    """The options out of a public function's ``locals()`` (taken before any assignment)."""
+    return tuple(args[name] for name in _OPTIONS)
+
+
+def _weights(q, k, v_, options, native):
+    """Validated attention weights; ``options`` are the keyword arguments of the public
+    functions, in their order (mask ... distance)."""
+    mask, causal, alpha, epsilon, scale, spherical, normalization, power, distance = options
     xp, dtype, normalization, factor, epsilon = _check(
         q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power
     )
@@ -267,21 +268,7 @@ def yat_attention_weights(
     >>> nmn_array.yat_attention_weights(q, k).sum(axis=-1).round(12).tolist()
     [1.0]
     """
-    xp, _, weights = _weights(
-        q,
-        k,
-        None,
-        mask,
-        causal,
-        alpha,
-        epsilon,
-        scale,
-        spherical,
-        normalization,
-        power,
-        distance,
-        _native,
-    )
+    xp, _, weights = _weights(q, k, None, _options(locals()), _native)
     return _v.cast_back(xp, weights, q.dtype)
 
 
@@ -313,20 +300,6 @@ def yat_attention(
     >>> nmn_array.yat_attention(q, k, v, causal=True).shape
     (2, 3, 6)
     """
-    xp, dtype, weights = _weights(
-        q,
-        k,
-        v,
-        mask,
-        causal,
-        alpha,
-        epsilon,
-        scale,
-        spherical,
-        normalization,
-        power,
-        distance,
-        _native,
-    )
+    xp, dtype, weights = _weights(q, k, v, _options(locals()), _native)
     out = xp.matmul(weights, _v.as_compute(xp, v, dtype))
     return _v.cast_back(xp, out, q.dtype)
