@@ -176,3 +176,16 @@ def test_half_precision_epsilon_is_checked_against_float32(backend):
     out = na.yat(backend.from_numpy(W2, "float16"), backend.from_numpy(W2, "float16"), epsilon=1e-9)
     got = backend.to_numpy(out).astype(np.float64)
     assert np.isfinite(got).all()  # 1e-9 alone would flush to zero in float16
+
+
+def test_layer_epsilon_accepts_numpy_scalars():
+    """Layers validate epsilon in frameworks/_common.py: a NumPy scalar is a float there too."""
+    torch = pytest.importorskip("torch")
+    from nmn_array.frameworks.torch import YatNMN
+
+    layer = YatNMN(4, 2, epsilon=np.float32(1e-3))
+    assert type(layer.epsilon) is float and layer.epsilon == float(np.float32(1e-3))
+    out = layer(torch.ones(3, 4))
+    assert out.shape == (3, 2) and bool(torch.isfinite(out).all())
+    with pytest.raises(TypeError, match="epsilon"):
+        YatNMN(4, 2, epsilon=np.True_)
