@@ -217,7 +217,10 @@ def bias_config(use_bias: bool = True, constant_bias: Any = None) -> BiasConfig:
 
 
 def check_epsilon(epsilon: float) -> float:
-    """Validate a layer's epsilon (a positive finite float)."""
+    """Validate a layer's epsilon (a positive finite float; a NumPy scalar is a float)."""
+    from nmn_array._validation import plain
+
+    epsilon = plain(epsilon)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a positive float, got {epsilon!r}")
     if not (epsilon > 0 and math.isfinite(epsilon)):

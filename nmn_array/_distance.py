@@ -66,6 +66,8 @@ def refine_distance(
     unit_w: bool = False,
 ) -> Any:
     """``dist`` with each row's smallest entry replaced by the direct squared distance."""
+    if 0 in tuple(dist.shape):
+        return dist  # no rows or no columns: nothing to refine (Dask cannot reduce empties)
     index, direct = nearest_direct(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
     n = dist.shape[-1]
     cols = xp.arange(n, dtype=index.dtype, **device_kw(xp, index))

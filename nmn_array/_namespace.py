@@ -22,12 +22,20 @@ def is_tf_array(x: Any) -> bool:
     return isinstance(x, (tf.Tensor, tf.Variable))
 
 
+def is_numpy_scalar(x: Any) -> bool:
+    """True for a NumPy scalar (``np.float32(1e-3)``, ``np.int64(2)``, ``np.True_``), without
+    importing NumPy. A 0-d ``ndarray`` is an array, not a scalar."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.generic)
+
+
 def _is_scalar(x: Any) -> bool:
-    return isinstance(x, (bool, int, float, complex))
+    return isinstance(x, (bool, int, float, complex)) or is_numpy_scalar(x)
 
 
 def array_namespace(*args: Any) -> ModuleType:
-    """The namespace shared by the array arguments (``None`` and Python scalars are ignored).
+    """The namespace shared by the array arguments (``None``, Python scalars and NumPy
+    scalars are ignored, so ``epsilon=np.float32(1e-3)`` goes with any library's arrays).
 
     Raises
     ------
@@ -43,7 +51,9 @@ def array_namespace(*args: Any) -> ModuleType:
     """
     arrays = [a for a in args if a is not None and not _is_scalar(a)]
     if not arrays:
-        raise TypeError("expected at least one array argument, got only None or Python scalars")
+        raise TypeError(
+            "expected at least one array argument, got only None, Python or NumPy scalars"
+        )
     tf_flags = [is_tf_array(a) for a in arrays]
     if any(tf_flags):
         if not all(tf_flags):

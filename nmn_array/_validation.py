@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from nmn_array._namespace import is_numpy_scalar
+
 
 def shape_of(x: Any) -> tuple[int | None, ...]:
     """Static shape as a tuple; unknown sizes (symbolic TF dims, Dask nan chunks) are None."""
@@ -22,6 +24,22 @@ def shape_of(x: Any) -> tuple[int | None, ...]:
         else:
             dims.append(int(d))
     return tuple(dims)
+
+
+def check_known_sizes(**arrays: Any) -> None:
+    """Refuse Dask arrays whose chunk sizes are unknown (shape with NaN, e.g. after boolean
+    indexing): the standard's reshapes, clips and stacks need the sizes. TensorFlow's
+    symbolic ``None`` dimensions are not affected."""
+    for name, a in arrays.items():
+        shape = getattr(a, "shape", None)
+        if shape is None or isinstance(a, (int, float)):
+            continue
+        if any(isinstance(d, float) and math.isnan(d) for d in tuple(shape)):
+            raise ValueError(
+                f"{name} has unknown sizes (shape {tuple(shape)}): a Dask array with unknown "
+                f"chunk sizes (from boolean indexing, for example) needs "
+                f"{name}.compute_chunk_sizes() first"
+            )
 
 
 def is_low_precision(xp: ModuleType, dtype: Any) -> bool:
@@ -42,22 +60,63 @@ def compute_dtype(xp: ModuleType, x: Any, name: str = "x") -> Any:
 
 
 def check_float_array(xp: ModuleType, a: Any, name: str) -> None:
-    """Reject integer, bool and complex arrays named ``name``."""
+    """Reject integer, bool and complex arrays named ``name`` (and a bool used as a number)."""
+    if isinstance(a, bool):
+        raise TypeError(f"{name} must be a float or a floating array, got {a!r}")
     if a is None or isinstance(a, (int, float)):
         return
     if not (is_low_precision(xp, a.dtype) or xp.isdtype(a.dtype, "real floating")):
         raise TypeError(f"{name} must have a real floating dtype, got {a.dtype}")
 
 
-def check_epsilon(epsilon: Any) -> None:
-    """A Python epsilon must be a positive finite number (arrays are trusted)."""
+def plain(value: Any) -> Any:
+    """``value`` with NumPy scalars turned into Python ones, also inside a tuple or list.
+
+    Every public function passes its number arguments through this first, so a NumPy
+    scalar is accepted wherever a Python number is, next to any library's arrays, and the
+    checks below only ever see Python numbers. ``np.bool_`` becomes ``bool``, so it is
+    refused wherever a bool is. Anything else (arrays included, 0-d ones too) is unchanged.
+    """
+    if is_numpy_scalar(value):
+        kind = value.dtype.kind
+        if kind == "f":
+            return float(value)  # also float16 and longdouble, whose .item() may not be a float
+        return value.item() if kind in "biuc" else value
+    if isinstance(value, (tuple, list)) and any(is_numpy_scalar(x) for x in value):
+        return type(value)(plain(x) for x in value)
+    return value
+
+
+def plain_all(*values: Any) -> tuple[Any, ...]:
+    """:func:`plain` applied to each argument."""
+    return tuple(plain(x) for x in values)
+
+
+def check_epsilon(
+    epsilon: Any, xp: ModuleType | None = None, dtype: Any = None, name: str = "epsilon"
+) -> None:
+    """A Python epsilon must be a positive number representable in the compute dtype.
+
+    With ``dtype``, a float below the dtype's smallest normal (which flushes to zero, or
+    loses its precision, and turns ``0 / epsilon`` into NaN) or above its largest value
+    (inf) is refused. Arrays are trusted: their values are never read (see the module doc).
+    """
     if isinstance(epsilon, bool):
-        raise TypeError(f"epsilon must be a positive float or an array, got {epsilon!r}")
+        raise TypeError(f"{name} must be a positive float or an array, got {epsilon!r}")
     if isinstance(epsilon, (int, float)):
         if not (epsilon > 0 and math.isfinite(epsilon)):
-            raise ValueError(f"epsilon must be > 0 and finite, got {epsilon!r}")
+            raise ValueError(f"{name} must be > 0 and finite, got {epsilon!r}")
+        if dtype is not None:
+            info = xp.finfo(dtype)
+            tiny, big = float(info.smallest_normal), float(info.max)
+            if not tiny <= epsilon <= big:
+                raise ValueError(
+                    f"{name}={epsilon!r} is not a normal number in the compute dtype {dtype}: "
+                    f"it must lie between the dtype's smallest normal {tiny!r} and its "
+                    f"largest value {big!r}"
+                )
     elif not hasattr(epsilon, "shape"):
-        raise TypeError(f"epsilon must be a positive float or an array, got {epsilon!r}")
+        raise TypeError(f"{name} must be a positive float or an array, got {epsilon!r}")
 
 
 def check_bool(value: Any, name: str) -> bool:
@@ -108,6 +167,7 @@ def cast_back(xp: ModuleType, y: Any, dtype: Any) -> Any:
 
 def int_tuple(value: Any, n: int, name: str, *, minimum: int = 0) -> tuple[int, ...]:
     """An int or a sequence of ``n`` ints, each >= ``minimum``."""
+    value = plain(value)
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
     # No annotated assignment here: AutoGraph (tf.function) cannot convert one in a branch.

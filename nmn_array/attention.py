@@ -18,11 +18,13 @@ SOFTERMAX_EPSILON = 1e-12
 
 
 def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power):
+    alpha, epsilon, scale, power = _v.plain_all(alpha, epsilon, scale, power)
+    _v.check_known_sizes(q=q, k=k, v=v_, mask=mask, alpha=alpha, epsilon=epsilon, scale=scale)
     xp = array_namespace(q, k, v_, mask, alpha, epsilon, scale)
     dtype = _v.compute_dtype(xp, q, "q")
     _v.check_float_array(xp, k, "k")
     _v.check_float_array(xp, v_, "v")
-    _v.check_epsilon(epsilon)
+    _v.check_epsilon(epsilon, xp, dtype)
     _v.check_bool(causal, "causal")
     _v.check_bool(spherical, "spherical")
     normalization = _v.lowered_choice(normalization, "normalization", NORMALIZATIONS)
@@ -56,7 +58,9 @@ def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalizati
         raise ValueError(f"causal=True needs static sequence lengths, got q {qs} and k {ks}")
     d = qs[-1]
     if scale is None:
-        scale = 1.0 / math.sqrt(d)
+        # d = 0: every score is alpha * scale * 0 / epsilon = 0 whatever the scale, so any
+        # finite default gives the natural result (uniform weights over the visible keys).
+        scale = 1.0 / math.sqrt(d) if d != 0 else 1.0
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
         scale = _v.scalar_param(xp, scale, "scale", dtype)
     alpha = _v.scalar_param(xp, alpha, "alpha", dtype)
@@ -205,6 +209,9 @@ def _weights(q, k, v_, options, native):
     refine = _v.lowered_choice(distance, "distance", DISTANCES) == "refined"
     qc, kc = _v.as_compute(xp, q, dtype), _v.as_compute(xp, k, dtype)
     scores = _scores(xp, qc, kc, factor, epsilon, spherical, native, refine)
+    if 0 in _v.shape_of(scores)[:-1]:
+        # empty batch or no queries: nothing to normalise (and Dask cannot reduce empty arrays)
+        return xp, dtype, scores
     visible = _visible(xp, mask, causal, q.shape[-2], k.shape[-2], qc)
     return xp, dtype, _normalize(xp, scores, visible, normalization, epsilon, power, native)
 

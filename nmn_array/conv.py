@@ -15,7 +15,7 @@ from typing import Any
 from nmn_array import _correlate as corr
 from nmn_array import _validation as v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, is_torch
+from nmn_array._namespace import array_namespace, device_kw, is_torch
 from nmn_array._padding import PADDING_MODES, conv_pads, pad, transpose_pads
 from nmn_array.dense import NORM_GUARD, safe_norm
 
@@ -37,6 +37,7 @@ class _Layout:
                 f"w must have as many axes as x ({len(self.xs)}), got w shape {self.ws} "
                 f"for x shape {self.xs}"
             )
+        groups = v.plain(groups)
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups must be a positive int, got {groups!r}")
         self.nd = len(self.xs) - 2
@@ -46,6 +47,17 @@ class _Layout:
         self.c = self.xs[-1] if self.channels_last else self.xs[1]
         self.sizes = self.xs[1:-1] if self.channels_last else self.xs[2:]
         self.kernel = self.ws[2:]
+        # An empty window has no patch and torch, JAX and TF refuse it: one error everywhere.
+        if 0 in self.sizes:
+            raise ValueError(
+                f"x must have non-zero spatial sizes, got spatial size {tuple(self.sizes)} "
+                f"(x shape {self.xs})"
+            )
+        if 0 in self.kernel:
+            raise ValueError(
+                f"w must have a non-zero kernel size in every dimension, got kernel "
+                f"{tuple(self.kernel)} (w shape {self.ws})"
+            )
         if self.c is None:
             raise ValueError(f"the channel axis of x must have a static size, got shape {self.xs}")
         if self.c % groups:
@@ -87,8 +99,28 @@ def _common_checks(xp, x, w, bias, epsilon):
     dtype = v.compute_dtype(xp, x, "x")
     v.check_float_array(xp, w, "w")
     v.check_float_array(xp, bias, "bias")
-    v.check_epsilon(epsilon)
+    v.check_epsilon(epsilon, xp, dtype)
     return dtype
+
+
+def _without_channels(xp, lay: _Layout, x, out, bias, alpha, epsilon, dtype):
+    """The result when there are no input or no output channels, of shape (N, O, *out).
+
+    No input channels: every patch and filter is the empty vector, so each output is the
+    natural ``alpha * b^2 / epsilon``. No output channels: an empty output. The native
+    kernels refuse (or mis-shape) both, so neither reaches them.
+    """
+    if lay.xs[0] is None:
+        raise ValueError(
+            f"x without input or output channels needs a static batch size, got x shape "
+            f"{lay.xs} and w shape {lay.ws}"
+        )
+    ones = (1,) * lay.nd
+    zeros = xp.zeros((lay.xs[0], lay.o, *out), dtype=dtype, **device_kw(xp, x))
+    if bias is not None and not isinstance(bias, (int, float)):
+        bias = xp.reshape(bias, (lay.o, *ones) if v.shape_of(bias) == (lay.o,) else ())
+    y = yat_ratio(xp, zeros, zeros, bias=bias, alpha=alpha, epsilon=epsilon)
+    return lay.from_channels_first(xp, y)
 
 
 def _group_sq_norms(xp: ModuleType, x: Any, groups: int, last: bool = False) -> Any:
@@ -191,6 +223,8 @@ def yat_conv(
     >>> nmn_array.yat_conv(x, w, padding="same", epsilon=1.0).tolist()
     [[[2.0, 9.0, 9.0, 9.0, 2.0]]]
     """
+    bias, alpha, epsilon, padding = v.plain_all(bias, alpha, epsilon, padding)
+    v.check_known_sizes(x=x, w=w, bias=bias, alpha=alpha, epsilon=epsilon)
     xp = array_namespace(x, w, bias, alpha, epsilon)
     dtype = _common_checks(xp, x, w, bias, epsilon)
     lay = _Layout(xp, x, w, bias, groups, data_format, transposed=False)
@@ -207,6 +241,13 @@ def yat_conv(
             )
     alpha = v.scalar_param(xp, alpha, "alpha", dtype)
     epsilon = v.scalar_param(xp, epsilon, "epsilon", dtype)
+    if lay.c == 0 or lay.o == 0:
+        out = tuple(
+            (n + lo + hi - d * (k - 1) - 1) // s + 1
+            for n, (lo, hi), k, s, d in zip(lay.sizes, pads, lay.kernel, stride_t, dilation_t)
+        )
+        y = _without_channels(xp, lay, x, out, v.as_compute(xp, bias, dtype), alpha, epsilon, dtype)
+        return v.cast_back(xp, y, x.dtype)
 
     # JAX and TensorFlow convolve channels-last inputs in place: no layout transposes.
     last = lay.channels_last and mode == "zeros" and _native and corr.native_channels_last(xp)
@@ -289,6 +330,8 @@ def yat_conv_transpose(
     >>> nmn_array.yat_conv_transpose(x, w, stride=2, epsilon=1.0).shape
     (1, 1, 4)
     """
+    bias, alpha, epsilon, padding = v.plain_all(bias, alpha, epsilon, padding)
+    v.check_known_sizes(x=x, w=w, bias=bias, alpha=alpha, epsilon=epsilon)
     xp = array_namespace(x, w, bias, alpha, epsilon)
     dtype = _common_checks(xp, x, w, bias, epsilon)
     lay = _Layout(xp, x, w, bias, groups, data_format, transposed=True)
@@ -312,6 +355,14 @@ def yat_conv_transpose(
             )
     alpha = v.scalar_param(xp, alpha, "alpha", dtype)
     epsilon = v.scalar_param(xp, epsilon, "epsilon", dtype)
+    if lay.c == 0 or lay.o == 0:
+        # the direct convolution (stride 1) of the zero-inserted, padded input
+        out = tuple(
+            (n - 1) * s + 1 + lo + hi - d * (k - 1)
+            for n, (lo, hi), k, s, d in zip(lay.sizes, pads, lay.kernel, stride_t, dilation_t)
+        )
+        y = _without_channels(xp, lay, x, out, v.as_compute(xp, bias, dtype), alpha, epsilon, dtype)
+        return v.cast_back(xp, y, x.dtype)
 
     xc = lay.to_channels_first(xp, v.as_compute(xp, x, dtype))
     wc = v.as_compute(xp, w, dtype)

@@ -61,7 +61,9 @@ def yat(
     alpha : None, float or array of shape () or (1,)
         Multiplies the result; None means 1.
     epsilon : float or array of shape () or (1,)
-        Added to the clamped squared distance; a float must be > 0.
+        Added to the clamped squared distance. A float (Python or NumPy) must be > 0 and a
+        normal number of the compute dtype (at least its smallest normal, e.g. about
+        1.2e-38 in float32); an array's value is not checked.
     spherical : bool
         Normalise ``x`` and ``w`` to unit length (``v / (|v| + 1e-8)``) and use the
         distance ``max(2 - 2 x.w, 0)``.
@@ -86,11 +88,13 @@ def yat(
     >>> nmn_array.yat(x, w, epsilon=1.0).round(6).tolist()
     [[1.0], [0.0]]
     """
+    bias, alpha, epsilon = v.plain_all(bias, alpha, epsilon)
+    v.check_known_sizes(x=x, w=w, bias=bias, alpha=alpha, epsilon=epsilon)
     xp = array_namespace(x, w, bias, alpha, epsilon)
     dtype = v.compute_dtype(xp, x, "x")
     v.check_float_array(xp, w, "w")
     v.check_float_array(xp, bias, "bias")
-    v.check_epsilon(epsilon)
+    v.check_epsilon(epsilon, xp, dtype)
     v.check_bool(spherical, "spherical")
     v.check_bool(weight_normalized, "weight_normalized")
     refine = v.lowered_choice(distance, "distance", DISTANCES) == "refined"
@@ -126,10 +130,13 @@ def yat(
     bc = v.as_compute(xp, bias, dtype)
     if vector:
         wc = xp.reshape(wc, (1, ws[0]))
-    if in_out and _native and is_torch(xp):
+    # d = 0 (empty vectors: y = alpha * b^2 / epsilon) takes the standard path, which handles
+    # empty axes on every library; the fused torch kernel does not.
+    native = _native and ws[-1] != 0
+    if in_out and native and is_torch(xp):
         wc, in_out = xp.matrix_transpose(wc), False  # a free view; the fused path wants (n, d)
     out = _yat_dense(
-        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, _native, in_out, refine
+        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, native, in_out, refine
     )
     if vector:
         out = out[..., 0]

@@ -31,14 +31,18 @@ def rotary_embedding(x: Any, positions: Any = None, *, theta: float = 10000.0) -
     >>> nmn_array.rotary_embedding(x).round(6).tolist()
     [[1.0, 0.0], [0.540302, 0.841471]]
     """
+    theta = v.plain(theta)
+    v.check_known_sizes(x=x, positions=positions)
     xp = array_namespace(x, positions)
     dtype = v.compute_dtype(xp, x, "x")
     shape = v.shape_of(x)
     if len(shape) < 2 or shape[-1] is None or shape[-1] % 2 or shape[-2] is None:
         raise ValueError(f"x must have shape (..., L, d) with static L and even d, got {shape}")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-        raise ValueError(f"theta must be a positive number, got {theta!r}")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < math.inf:
+        raise ValueError(f"theta must be a positive finite number, got {theta!r}")
     length, d = shape[-2], shape[-1]
+    if d == 0:  # no pairs to rotate; strided slicing of an empty axis is not portable
+        return v.cast_back(xp, v.as_compute(xp, x, dtype), x.dtype)
     kw = device_kw(xp, x)
     if positions is None:
         pos = xp.arange(length, dtype=dtype, **kw)

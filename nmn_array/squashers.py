@@ -14,6 +14,7 @@ from nmn_array._namespace import array_namespace, scalar_like
 
 
 def _check_n(n: Any) -> float:
+    n = v.plain(n)
     if isinstance(n, bool) or not isinstance(n, (int, float)):
         raise TypeError(f"n must be a positive number, got {n!r}")
     if not (n > 0 and math.isfinite(n)):
@@ -31,14 +32,30 @@ def _pow(xp: Any, x: Any, n: float) -> Any:
 
 def softermax_impl(xp: Any, x: Any, n: float, epsilon: float, axis: int) -> Any:
     """``x^n / (epsilon + sum x^n)`` along ``axis``, computed as
-    ``(x/m)^n / (epsilon/m^n + sum (x/m)^n)`` with ``m = max |x|`` so ``x^n`` never overflows."""
+    ``(x/m)^n / (epsilon/m^n + sum (x/m)^n)`` with ``m = max |x|`` so ``x^n`` never overflows.
+
+    Where ``m`` is infinite that form is ``inf / inf``; the limit is taken instead: each
+    infinite entry counts as ``sign(x)`` and every finite one as 0 (so ``[inf, 1] -> [1, 0]``
+    and ``[inf, inf, 1] -> [1/2, 1/2, 0]``). Only finite values reach the divisions, so the
+    gradients of finite inputs stay finite.
+    """
+    if math.prod(x.shape) == 0:  # an empty axis (or batch): nothing to normalise
+        return x
+    zero, one = scalar_like(xp, 0.0, x), scalar_like(xp, 1.0, x)
+    inf_x = xp.logical_and(xp.logical_not(xp.isfinite(x)), x == x)  # +-inf, not NaN
+    x_fin = xp.where(inf_x, zero, x)
     m = xp.max(xp.abs(x), axis=axis, keepdims=True)
-    positive = m > 0
-    m_safe = xp.where(positive, m, scalar_like(xp, 1.0, m))
-    t = _pow(xp, x / m_safe, n)
-    # epsilon / m^n, bounded so that a tiny m cannot produce inf (and NaN gradients).
+    inf_m = xp.logical_and(xp.logical_not(xp.isfinite(m)), m == m)
+    usable = xp.logical_and(m > 0, xp.isfinite(m))
+    m_safe = xp.where(usable, m, scalar_like(xp, 1.0, m))
+    ratio = xp.where(inf_m, zero, x_fin / m_safe)
+    ratio = xp.where(inf_x, xp.where(x > 0, one, -one), ratio)
+    t = _pow(xp, ratio, n)
+    # epsilon / m^n, bounded so that a tiny m cannot produce inf (and NaN gradients); it is
+    # exactly 0 in the limit m = inf.
     log_big = math.log(float(xp.finfo(x.dtype).max)) - 1.0
     scaled_eps = xp.exp(xp.clip(math.log(epsilon) - n * xp.log(m_safe), max=log_big))
+    scaled_eps = xp.where(inf_m, scalar_like(xp, 0.0, m), scaled_eps)
     return t / (scaled_eps + xp.sum(t, axis=axis, keepdims=True))
 
 
@@ -69,6 +86,7 @@ def softermax(x: Any, n: float = 1.0, *, epsilon: float = 1e-12, axis: int = -1)
     n : float > 0
         Power applied to every score.
     epsilon : float > 0
+        At least the compute dtype's smallest normal (about 1.2e-38 in float32).
     axis : int
 
     Examples
@@ -77,8 +95,11 @@ def softermax(x: Any, n: float = 1.0, *, epsilon: float = 1e-12, axis: int = -1)
     >>> nmn_array.softermax(np.array([1.0, 2.0])).round(6).tolist()
     [0.333333, 0.666667]
     """
-    xp, _, n, xc = _prepare(x, n)
-    v.check_epsilon(epsilon)
+    epsilon = v.plain(epsilon)
+    v.check_known_sizes(x=x)  # the elementwise squashers take unknown sizes; a reduction not
+    xp, dtype, n, xc = _prepare(x, n)
+    v.check_epsilon(epsilon, xp, dtype)
+    axis = v.plain(axis)
     if not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a positive float, got {epsilon!r}")
     rank = len(x.shape)

@@ -101,7 +101,7 @@ def _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, *, inplace: bool):
         q.add_(col).clamp_min_(epsilon)  # clamp_min_ has a vmap batching rule, clamp_ not
     else:
         q = torch.clamp((row + epsilon) - 2 * dot + col, min=epsilon)
-    if refine:
+    if refine and q.numel() > 0:
         q = _refine(q, x, w, epsilon, unit_x, unit_w)
     if bias is None:
         return dot, q
