@@ -57,6 +57,8 @@ class _YatScores(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_n, _grad_q):
+        if grad is None:  # unmaterialised: nothing flows into y
+            return (None,) * 8
         (x, w, n, q), (bias, alpha, eps) = _saved(ctx, 4)
         unit_x, unit_w, refine = ctx.flags
         need = ctx.needs_input_grad
@@ -152,6 +154,8 @@ class _YatEpilogue(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, _grad_n, _grad_q):
+        if grad is None:  # unmaterialised: nothing flows into y
+            return (None,) * 6
         (n, q), (dot, col, row, bias, alpha, eps) = _saved(ctx, 2)
         need = [kind and wanted for kind, wanted in zip(ctx.inputs_kinds, ctx.needs_input_grad)]
         inplace = not torch.is_grad_enabled()
