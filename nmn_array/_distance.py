@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from nmn_array._namespace import device_kw
+from nmn_array._validation import shape_of
 
 
 def nearest_direct(
@@ -68,6 +69,10 @@ def refine_distance(
     """``dist`` with each row's smallest entry replaced by the direct squared distance."""
     if 0 in tuple(dist.shape):
         return dist  # no rows or no columns: nothing to refine (Dask cannot reduce empties)
+    if len(w.shape) > 2 and None in shape_of(dist)[:-1]:
+        # one bank of keys per leading position, and their number unknown (symbolic TF
+        # shapes, e.g. a SavedModel signature with a None batch): left unrefined
+        return dist
     index, direct = nearest_direct(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
     n = dist.shape[-1]
     cols = xp.arange(n, dtype=index.dtype, **device_kw(xp, index))
@@ -81,14 +86,15 @@ def _rows_at(xp: ModuleType, w: Any, index: Any, *, in_out: bool) -> Any:
     A 2-D ``w`` is shared by every row; a batched ``w (..., N, d)`` has one bank per leading
     position of ``index (..., M)``.
     """
-    lead = tuple(index.shape)
+    lead = shape_of(index)
     flat = xp.reshape(index, (-1,))
     if len(w.shape) == 2:
         if in_out:
             picked = xp.matrix_transpose(xp.take(w, flat, axis=1))
         else:
             picked = xp.take(w, flat, axis=0)
-        return xp.reshape(picked, (*lead, w.shape[-1]))
+        # one unknown size (a symbolic TF batch) is left for reshape to infer
+        return xp.reshape(picked, (*(-1 if s is None else s for s in lead), picked.shape[-1]))
     n, d = w.shape[-2], w.shape[-1]
     banks = lead[:-1]
     count = math.prod(banks)

@@ -176,7 +176,7 @@ def test_missing_and_extra_files_fail_check(tree, capsys):
             "no such key here; allowed keys:",
         ),
         (
-            "  self_response: {backends: [numpy, torch], dtypes: [float64]}",
+            "  orthogonal_zero: {backends: [numpy, torch], dtypes: [float64]}",
             "  rows_normalized: {backends: [numpy, torch], dtypes: [float64]}",
             "properties.rows_normalized",
             "a property implemented for family 'dense'",
