@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint docs clean
+.PHONY: setup demo test lint typecheck docs clean
 
 $(STAMP): requirements/ci.txt requirements/docs.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: setup
 	$(BIN)/ruff check nmn_array frameworks tests benchmarks experiments
 	$(BIN)/ruff format --check nmn_array frameworks tests benchmarks experiments
 
+# mypy on nmn_array and frameworks/ (settings: pyproject.toml [tool.mypy]).
+typecheck: setup
+	bash scripts/typecheck.sh
+
 test: setup
 	bash scripts/run_tests.sh
 
@@ -32,4 +36,4 @@ docs: setup
 	bash scripts/build_docs.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache docs/_build

@@ -241,6 +241,19 @@ def softplus_inverse(epsilon: float) -> float:
     return epsilon + math.log(-math.expm1(-epsilon))
 
 
+def known_size(size: int | None, what: str) -> int:
+    """``size`` as an int; a ValueError naming ``what`` when it is unknown (None) at build time.
+
+    Examples
+    --------
+    >>> known_size(4, "the last axis of the input")
+    4
+    """
+    if size is None:
+        raise ValueError(f"{what} must have a known size to build the layer, got None")
+    return int(size)
+
+
 def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     """Expand an int to ``n`` ints, or check that a sequence has ``n`` of them.
 
@@ -249,11 +262,14 @@ def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     >>> ntuple(3, 2, "kernel_size")
     (3, 3)
     """
-    if isinstance(value, int) and not isinstance(value, bool):
+    message = f"{name} must be an int or {n} ints, got {value!r}"
+    if isinstance(value, bool):  # an int to isinstance, but never a size
+        raise ValueError(message)
+    if isinstance(value, int):
         return (value,) * n
     values = tuple(value)
     if len(values) != n or not all(isinstance(v, int) for v in values):
-        raise ValueError(f"{name} must be an int or {n} ints, got {value!r}")
+        raise ValueError(message)
     return values
 
 
@@ -529,12 +545,12 @@ def lax_conv_padding(
         if mode == "SAME_LOWER":
             if sizes is None or strides is None or any(s is None for s in sizes):
                 raise ValueError("padding='SAME_LOWER' needs static spatial sizes")
-            pairs = []
+            lower: list[tuple[int, int]] = []
             for n, k, s in zip(sizes, k_eff, strides):
                 out = -(-n // s)
                 total = max((out - 1) * s + k - n, 0)
-                pairs.append((total - total // 2, total // 2))
-            return tuple(pairs), "zeros"
+                lower.append((total - total // 2, total // 2))
+            return tuple(lower), "zeros"
         raise ValueError(
             f"padding must be 'SAME', 'VALID', 'SAME_LOWER', 'CIRCULAR', 'REFLECT', 'CAUSAL', "
             f"an int or a sequence of ints / (low, high) pairs, got {padding!r}"

@@ -18,8 +18,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from nmn_array.frameworks._common import (
     alpha_config,
@@ -27,6 +27,7 @@ from nmn_array.frameworks._common import (
     check_epsilon,
     combine_masks,
     conv_output_length,
+    known_size,
     mask_visibility,
     ntuple,
     reject_unsupported_features,
@@ -41,7 +42,9 @@ from nmn_array.frameworks._common import (
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
-keras = require("keras")
+# Any: the module is imported at run time and its classes are our base classes; mypy
+# takes a base class from an Any-typed name, not from a plain module object.
+keras: Any = require("keras")
 ops = keras.ops
 
 __all__ = [
@@ -124,6 +127,10 @@ def _epsilon_dtype(layer: keras.layers.Layer) -> str:
 
 class _YatParams:
     """Mixin: the bias / alpha / epsilon parameters every yat layer shares."""
+
+    if TYPE_CHECKING:
+        # From the keras.layers.Layer this mixin is combined with (type checking only).
+        add_weight: Callable[..., Any]
 
     def _init_yat(
         self,
@@ -1073,7 +1080,10 @@ class MultiHeadYatAttention(keras.layers.Layer):
             # only to itself and q/k get no gradient). A seeded initializer still repeats.
             init = type(self.kernel_initializer).from_config(self.kernel_initializer.get_config())
             return self.add_weight(
-                name=name, shape=(int(rows), self.embed_dim), initializer=init, trainable=True
+                name=name,
+                shape=(known_size(rows, f"the feature axis for {name}"), self.embed_dim),
+                initializer=init,
+                trainable=True,
             )
 
         def bias(name: str) -> Any:

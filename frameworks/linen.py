@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nmn_array.frameworks._common import (
     alpha_config,
@@ -40,7 +40,9 @@ import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
 jax = require("jax")
-nn = require("flax.linen")
+# Any: the module is imported at run time and its classes are our base classes; mypy
+# takes a base class from an Any-typed name, not from a plain module object.
+nn: Any = require("flax.linen")
 jnp = jax.numpy
 _promote_dtype = require("flax.linen.dtypes").promote_dtype
 
@@ -113,7 +115,12 @@ def _epsilon_dtype(param_dtype: Any) -> Any:
     return param_dtype
 
 
-class _YatMixin:
+# For mypy the mixins are flax Modules (they are only combined with one, whose dataclass
+# fields and methods they use); at run time they stay plain classes.
+_ModuleBase: Any = nn.Module if TYPE_CHECKING else object
+
+
+class _YatMixin(_ModuleBase):
     """Parameters shared by the layers; the rules live in ``_common``."""
 
     def __post_init__(self) -> None:

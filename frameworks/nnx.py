@@ -23,7 +23,7 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nmn_array.frameworks._common import (
     alpha_config,
@@ -45,7 +45,9 @@ import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
 jax = require("jax")
-nnx = require("flax.nnx")
+# Any: the module is imported at run time and its classes are our base classes; mypy
+# takes a base class from an Any-typed name, not from a plain module object.
+nnx: Any = require("flax.nnx")
 jnp = jax.numpy
 lax = jax.lax
 _dtypes = require("flax.nnx.nn.dtypes")
@@ -216,6 +218,11 @@ def _tuple(value: Any, n: int) -> tuple[int, ...]:
 
 class _YatParams:
     """Alpha, bias and epsilon variables shared by the layers (rules in _common)."""
+
+    if TYPE_CHECKING:
+        # Set by the layer class this mixin is combined with (type checking only).
+        out_features: int
+        param_dtype: Any
 
     def _setup_alpha(
         self,
@@ -845,6 +852,15 @@ def _normalization(use_softermax: bool, normalization: str) -> str:
 
 class _AttentionCore(_YatParams):
     """Yat attention on head-split ``(..., L, H, d)`` arrays, with dropout and sowing."""
+
+    if TYPE_CHECKING:
+        # Set by the attention layer, or from nnx.Module (sow) (type checking only).
+        dtype: Any
+        power: float
+        dropout_rate: float
+        broadcast_dropout: bool
+        precision: Any
+        sow: Callable[..., Any]
 
     def _attend(
         self,

@@ -27,6 +27,7 @@ from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
     check_epsilon,
+    known_size,
     mask_visibility,
     ntuple,
     require,
@@ -37,7 +38,9 @@ from nmn_array.frameworks._common import (
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
-tf = require("tensorflow")
+# Any: the module is imported at run time and its classes are our base classes; mypy
+# takes a base class from an Any-typed name, not from a plain module object.
+tf: Any = require("tensorflow")
 
 __all__ = [
     "MultiHeadYatAttention",
@@ -105,7 +108,7 @@ class _YatParams:
         self.epsilon = check_epsilon(epsilon)
         self.learnable_epsilon = bool(learnable_epsilon)
         self.is_built = False
-        self.kernel = None
+        self.kernel: Any = None  # a tf.Variable once built
         self.bias = None
         self.alpha = None
         self.epsilon_param = None
@@ -242,14 +245,14 @@ class YatNMN(_SingleInputExport, _YatParams, tf.Module):
         self.weight_normalized = bool(weight_normalized)
         self.return_weights = bool(return_weights)
         self.lazy = bool(lazy or freeze_kernel)
-        self.input_dim = None
+        self.input_dim: int | None = None
 
     @tf.Module.with_name_scope
     def build(self, input_shape: Sequence[int | None]) -> None:
         """Create the variables for inputs of shape ``input_shape`` (last axis known)."""
         if self.is_built:
             return
-        input_dim = int(input_shape[-1])
+        input_dim = known_size(input_shape[-1], "the last axis of the input")
         std = math.sqrt(2.0 / (input_dim + self.features))
         init = tf.random.normal((self.features, input_dim), stddev=std, dtype=self.dtype)
         if self.positive_init:
@@ -348,7 +351,7 @@ class _YatConvBase(_SingleInputExport, _YatParams, tf.Module):
             learnable_epsilon=learnable_epsilon,
             dtype=dtype,
         )
-        self.input_channels = None
+        self.input_channels: int | None = None
 
     def _kernel_shape_and_fan(self, channels: int) -> tuple[tuple[int, ...], int]:
         raise NotImplementedError
@@ -358,7 +361,7 @@ class _YatConvBase(_SingleInputExport, _YatParams, tf.Module):
         """Create the variables for channels-last inputs of shape ``input_shape``."""
         if self.is_built:
             return
-        channels = int(input_shape[-1])
+        channels = known_size(input_shape[-1], "the channel axis of the input")
         if channels % self.groups:
             raise ValueError(
                 f"Input channels ({channels}) must be divisible by groups ({self.groups})"
@@ -832,7 +835,9 @@ class MultiHeadYatAttention(tf.Module):
             alpha = self._alpha_cfg.value
         else:
             alpha = _read(self.alpha)
-        options = dict(mask=effective, alpha=alpha, epsilon=self.epsilon, spherical=self._spherical)
+        options: dict[str, Any] = dict(
+            mask=effective, alpha=alpha, epsilon=self.epsilon, spherical=self._spherical
+        )
         if training and self.dropout > 0:
             weights = nmn_array.yat_attention_weights(q, k, **options)
             x = tf.matmul(tf.nn.dropout(weights, rate=self.dropout), v)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nmn_array.frameworks._common import (
     alpha_config,
@@ -39,7 +39,9 @@ import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
 torch = require("torch")
-nn = torch.nn
+# Any: the module is imported at run time and its classes are our base classes; mypy
+# takes a base class from an Any-typed name, not from a plain module object.
+nn: Any = torch.nn
 F = torch.nn.functional
 
 __all__ = [
@@ -79,6 +81,15 @@ def _epsilon_storage_dtype(param_dtype: Any) -> Any:
 
 class _YatParams:
     """Alpha, bias and epsilon handling shared by every layer (the rules live in _common)."""
+
+    if TYPE_CHECKING:
+        # Provided by the framework layer class this mixin is combined with (type checking only).
+        register_parameter: Callable[..., None]
+        register_buffer: Callable[..., None]
+        # Set by each layer's bias setup.
+        bias: Any
+        softplus_bias: bool
+        _constant_bias_value: float | None
 
     def _setup_alpha(self, use_alpha: bool, constant_alpha: Any, factory: dict) -> None:
         cfg = alpha_config(use_alpha, constant_alpha)
@@ -297,6 +308,9 @@ YatDense = YatNMN
 # Convolutions
 # --------------------------------------------------------------------------------------
 class _YatConvMixin(_YatParams):
+    if TYPE_CHECKING:
+        weight: Any
+        mask: Any
     """The yat part of a ``torch.nn.Conv*d`` / ``ConvTranspose*d`` subclass."""
 
     def _setup_yat(

@@ -31,7 +31,8 @@ for _public in (
     yat_conv,
     yat_conv_transpose,
 ):
-    _public.autograph_info__ = frozenset()
+    # Through __dict__: a function object takes any attribute, mypy's function type none.
+    _public.__dict__["autograph_info__"] = frozenset()
 del _public
 
 __all__ = [

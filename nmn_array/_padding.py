@@ -36,10 +36,11 @@ def conv_pads(
         if mode == "valid":
             return ((0, 0),) * nd
         if mode == "same":
-            if any(s is None for s in sizes):
+            static = [s for s in sizes if s is not None]
+            if len(static) != len(sizes):
                 raise ValueError(f"padding='same' needs static spatial sizes, got {tuple(sizes)}")
             return tuple(
-                same_pads(s, k, st, d) for s, k, st, d in zip(sizes, kernel, stride, dilation)
+                same_pads(s, k, st, d) for s, k, st, d in zip(static, kernel, stride, dilation)
             )
         if mode == "causal":
             if nd != 1:

@@ -10,6 +10,7 @@ callers pass ``dtype=`` for every array they create. ``device=`` is accepted and
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -79,7 +80,7 @@ e = math.e
 pi = math.pi
 
 
-def isdtype(dtype: tf.DType, kind: str | tuple[str, ...]) -> bool:
+def isdtype(dtype: tf.DType, kind: str | tuple[str, ...]) -> builtins.bool:
     if isinstance(kind, tuple):
         return any(isdtype(dtype, k) for k in kind)
     dtype = tf.as_dtype(dtype)
@@ -127,7 +128,7 @@ def asarray(obj: Any, /, *, dtype: tf.DType | None = None, device: Any = None, c
     return tf.convert_to_tensor(obj, dtype=dtype)
 
 
-def astype(x, dtype, /, *, copy: bool = True, device: Any = None):
+def astype(x, dtype, /, *, copy: builtins.bool = True, device: Any = None):
     return tf.cast(x, dtype)
 
 
@@ -178,12 +179,12 @@ def _axis(axis):
     return list(axis) if isinstance(axis, tuple) else axis
 
 
-def sum(x, /, *, axis=None, dtype=None, keepdims: bool = False):
+def sum(x, /, *, axis=None, dtype=None, keepdims: builtins.bool = False):
     out = tf.reduce_sum(x, axis=_axis(axis), keepdims=keepdims)
     return tf.cast(out, dtype) if dtype is not None else out
 
 
-def max(x, /, *, axis=None, keepdims: bool = False):
+def max(x, /, *, axis=None, keepdims: builtins.bool = False):
     return tf.reduce_max(x, axis=_axis(axis), keepdims=keepdims)
 
 
@@ -277,7 +278,7 @@ def logical_not(x, /):
     return tf.logical_not(x)
 
 
-def argmin(x, /, *, axis=None, keepdims: bool = False):
+def argmin(x, /, *, axis=None, keepdims: builtins.bool = False):
     out = tf.math.argmin(x, axis=-1 if axis is None else axis, output_type=tf.int64)
     if keepdims:
         out = tf.expand_dims(out, axis=-1 if axis is None else axis)

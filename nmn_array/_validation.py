@@ -16,7 +16,7 @@ from nmn_array._namespace import is_numpy_scalar
 
 def shape_of(x: Any) -> tuple[int | None, ...]:
     """Static shape as a tuple; unknown sizes (symbolic TF dims, Dask nan chunks) are None."""
-    dims = []
+    dims: list[int | None] = []
     for d in tuple(x.shape):
         d = getattr(d, "value", d)  # TF1-style Dimension objects
         if d is None or (isinstance(d, float) and math.isnan(d)):

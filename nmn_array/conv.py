@@ -262,7 +262,7 @@ def yat_conv(
     if mode != "zeros":
         xc = pad(xp, xc, pads, mode)
         pads = ((0, 0),) * lay.nd
-    geometry = dict(
+    geometry: dict[str, Any] = dict(
         stride=stride_t, pads=pads, dilation=dilation_t, native=_native, channels_last=last
     )
     dot = corr.correlate(xp, xc, wc, groups=groups, **geometry)
@@ -376,7 +376,7 @@ def yat_conv_transpose(
         wsq = 1.0
     else:
         wsq = xp.sum(w_groups * w_groups, axis=(1, 3))
-    geometry = dict(stride=stride_t, pads=pads, dilation=dilation_t, native=_native)
+    geometry: dict[str, Any] = dict(stride=stride_t, pads=pads, dilation=dilation_t, native=_native)
     dot = corr.correlate_transpose(xp, xc, wc, groups=groups, **geometry)
     psq = corr.window_sum_transpose(xp, _group_sq_norms(xp, xc, groups), lay.kernel, **geometry)
     y = _finish(xp, lay, dot, psq, wsq, bc, alpha, epsilon, native=_native)

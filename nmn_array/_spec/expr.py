@@ -17,6 +17,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -181,7 +182,11 @@ def _parse(text: str) -> ast.Expression:
     return tree
 
 
-def check_syntax(text: str, extra_functions: Mapping[str, Any] = ()) -> set[str]:
+# The default of ``extra_functions``: an empty read-only mapping.
+_NO_FUNCTIONS: Mapping[str, Any] = MappingProxyType({})
+
+
+def check_syntax(text: str, extra_functions: Mapping[str, Any] = _NO_FUNCTIONS) -> set[str]:
     """Parse ``text`` and return the variable names it reads (raises :class:`ExprError`).
 
     Examples
@@ -273,7 +278,9 @@ def _eval(node: ast.AST, env: Mapping[str, Any], functions: Mapping[str, Any], t
     raise ExprError(f"expression {text!r}: cannot evaluate {type(node).__name__}")
 
 
-def evaluate(text: Any, env: Mapping[str, Any], extra_functions: Mapping[str, Any] = ()) -> Any:
+def evaluate(
+    text: Any, env: Mapping[str, Any], extra_functions: Mapping[str, Any] = _NO_FUNCTIONS
+) -> Any:
     """Evaluate ``text`` in ``env`` (no broadcasting); non-strings are returned as they are.
 
     Examples
@@ -299,7 +306,7 @@ def broadcast_names(text: str, env: Mapping[str, Any]) -> list[str]:
 
 
 def evaluate_each(
-    text: Any, env: Mapping[str, Any], extra_functions: Mapping[str, Any] = ()
+    text: Any, env: Mapping[str, Any], extra_functions: Mapping[str, Any] = _NO_FUNCTIONS
 ) -> tuple[Any, ...]:
     """Evaluate ``text`` once per index of the tuples it mentions, returning a tuple.
 

@@ -803,7 +803,7 @@ def _locate(loc: Sequence[int | str]) -> tuple[str, Any, bool]:
             tp = get_args(base)[0]
             path += f"[{item}]"
             continue
-        tp = _field_types(base)[item] if _is_model(base) else get_args(base)[1]
+        tp = _field_types(base)[str(item)] if _is_model(base) else get_args(base)[1]
         path = f"{path}.{item}" if path else str(item)
     return path, tp, False
 

@@ -30,7 +30,8 @@ def save_figure(results: Sequence[Result], path: str | Path, title: str = "") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
-    left, right = fig.subfigures(1, 2, width_ratios=(2, 1.1))
+    # matplotlib's stub returns SubFigure | ndarray; a 1 x 2 grid is always the array.
+    left, right = fig.subfigures(1, 2, width_ratios=(2, 1.1))  # type: ignore[misc]
     ax_acc, ax_loss = left.subplots(1, 2)
     for r in results:
         epochs = np.arange(1, len(r.test_acc) + 1)

@@ -67,9 +67,9 @@ def yat_scores(framework: str = "numpy", x: np.ndarray = XOR_X) -> np.ndarray:
     if framework == "torch":
         import torch
 
-        from nmn_array.frameworks.torch import YatNMN
+        from nmn_array.frameworks.torch import YatNMN as TorchYatNMN
 
-        layer = YatNMN(2, 1, bias=False)
+        layer = TorchYatNMN(2, 1, bias=False)
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(w_row))
             return layer(torch.from_numpy(x)).numpy()[:, 0]
@@ -77,36 +77,36 @@ def yat_scores(framework: str = "numpy", x: np.ndarray = XOR_X) -> np.ndarray:
         import jax.numpy as jnp
         from flax import nnx
 
-        from nmn_array.frameworks.nnx import YatNMN
+        from nmn_array.frameworks.nnx import YatNMN as NnxYatNMN
 
-        layer = YatNMN(2, 1, use_bias=False, rngs=nnx.Rngs(0))
+        layer = NnxYatNMN(2, 1, use_bias=False, rngs=nnx.Rngs(0))
         layer.kernel.value = jnp.asarray(w_row.T)  # nnx: kernel (in, out)
         return np.asarray(layer(jnp.asarray(x)))[:, 0]
     if framework == "linen":
         import jax
         import jax.numpy as jnp
 
-        from nmn_array.frameworks.linen import YatNMN
+        from nmn_array.frameworks.linen import YatNMN as LinenYatNMN
 
-        layer = YatNMN(features=1, use_bias=False)
+        layer = LinenYatNMN(features=1, use_bias=False)
         params = layer.init(jax.random.key(0), jnp.asarray(x))["params"]
         params = {**params, "kernel": jnp.asarray(w_row)}  # linen: kernel (features, in)
         return np.asarray(layer.apply({"params": params}, jnp.asarray(x)))[:, 0]
     if framework == "keras":
         import keras
 
-        from nmn_array.frameworks.keras import YatNMN
+        from nmn_array.frameworks.keras import YatNMN as KerasYatNMN
 
-        layer = YatNMN(1, use_bias=False)
+        layer = KerasYatNMN(1, use_bias=False)
         layer.build((None, 2))
         layer.kernel.assign(w_row.T)  # keras: kernel (in, units)
         return keras.ops.convert_to_numpy(layer(x))[:, 0]
     if framework == "tf":
         import tensorflow as tf
 
-        from nmn_array.frameworks.tf import YatNMN
+        from nmn_array.frameworks.tf import YatNMN as TfYatNMN
 
-        layer = YatNMN(1, use_bias=False)
+        layer = TfYatNMN(1, use_bias=False)
         layer(tf.constant(x))  # builds the kernel from the input size
         layer.kernel.assign(w_row)  # tf: kernel (features, in)
         return layer(tf.constant(x)).numpy()[:, 0]
