@@ -106,7 +106,7 @@ def check_epsilon(
     if isinstance(epsilon, (int, float)):
         if not (epsilon > 0 and math.isfinite(epsilon)):
             raise ValueError(f"{name} must be > 0 and finite, got {epsilon!r}")
-        if dtype is not None:
+        if dtype is not None and xp is not None:
             info = xp.finfo(dtype)
             tiny, big = float(info.smallest_normal), float(info.max)
             if not tiny <= epsilon <= big:

@@ -13,6 +13,9 @@ echo "== lint (ruff)"
 $BIN/ruff check nmn_array frameworks tests benchmarks experiments
 $BIN/ruff format --check nmn_array frameworks tests benchmarks experiments
 
+echo "== type check (mypy, scripts/typecheck.sh)"
+bash scripts/typecheck.sh
+
 echo "== doctests"
 $BIN/python -m pytest -q -p no:cacheprovider --doctest-modules nmn_array frameworks/_common.py
 
