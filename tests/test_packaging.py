@@ -46,7 +46,8 @@ def _tree_files(directory: Path) -> list[Path]:
 
 
 def expected_wheel_modules(root: Path = ROOT) -> dict[str, Path]:
-    """Wheel path -> source file for every ``.py`` file under each ``package-dir`` root.
+    """Wheel path -> source file for every ``.py`` file under each ``package-dir`` root, and
+    every declared package-data file.
 
     ``package-dir`` maps an import name to a directory (``nmn_array.frameworks`` ->
     ``frameworks/``); every module below that directory, at any depth, belongs in the wheel
@@ -63,6 +64,11 @@ def expected_wheel_modules(root: Path = ROOT) -> dict[str, Path]:
                 continue
             rel = source.relative_to(base).as_posix()
             expected[f"{package.replace('.', '/')}/{rel}"] = source
+    # data files declared in [tool.setuptools.package-data] (py.typed), by exact name
+    for package, files in PYPROJECT["tool"]["setuptools"].get("package-data", {}).items():
+        base = root / mapping.get(package, package.replace(".", "/"))
+        for name in files:
+            expected[f"{package.replace('.', '/')}/{name}"] = base / name
     return expected
 
 

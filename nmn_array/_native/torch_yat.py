@@ -117,7 +117,9 @@ def _refine(q, x, w, epsilon, unit_x, unit_w):
     epsilon exactly where the score is largest (near-collisions); see docs/math.md.
     """
     nearest, direct = nearest_direct(xp_torch, q, x, w, unit_x=unit_x, unit_w=unit_w)
-    value = (direct + epsilon).unsqueeze(-1)
+    # clamped like the expanded form: the 1 - |v|^2 terms of unit-length modes can round
+    # below 0 at x == w, and q must stay >= epsilon
+    value = (direct.clamp_min(0) + epsilon).unsqueeze(-1)
     index = nearest.unsqueeze(-1)
     # out of place even in the fast path: in-place scatter_ has no vmap batching rule, and
     # the old q is freed at once, so the peak memory is unchanged

@@ -96,3 +96,12 @@ def test_large_bias_conv_keeps_float32_precision(backend, b):
     bias = np.full((4,), b, dtype=np.float32)
     y = nmn_array.yat_conv(*(backend.from_numpy(a) for a in (x, w, bias)))
     _check(backend, y, ref.yat_conv_ref(x, w, bias), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["spherical", "weight_normalized"])
+def test_refined_unit_modes_stay_nonnegative_at_collisions(backend, mode):
+    """At ``x == w`` the ``1 - |v|^2`` terms of the unit-length modes can round below 0; the
+    refined distance is clamped like the expanded one, so the output never turns negative."""
+    w = (np.random.default_rng(7).uniform(-10, 10, size=(16, 8))).astype(np.float32)
+    y = nmn_array.yat(backend.from_numpy(w), backend.from_numpy(w), epsilon=1e-8, **{mode: True})
+    assert backend.to_numpy(y).min() >= 0
