@@ -56,24 +56,16 @@ def nearest_direct(
     return index, direct
 
 
-def refine_distance(
-    xp: ModuleType,
-    dist: Any,
-    x: Any,
-    w: Any,
-    *,
-    in_out: bool = False,
-    unit_x: bool = False,
-    unit_w: bool = False,
-) -> Any:
-    """``dist`` with each row's smallest entry replaced by the direct squared distance."""
+def refine_distance(xp: ModuleType, dist: Any, x: Any, w: Any, **modes: bool) -> Any:
+    """``dist`` with each row's smallest entry replaced by the direct squared distance;
+    ``modes`` (``in_out``, ``unit_x``, ``unit_w``) as in :func:`nearest_direct`."""
     if 0 in tuple(dist.shape):
         return dist  # no rows or no columns: nothing to refine (Dask cannot reduce empties)
     if len(w.shape) > 2 and None in shape_of(dist)[:-1]:
         # one bank of keys per leading position, and their number unknown (symbolic TF
         # shapes, e.g. a SavedModel signature with a None batch): left unrefined
         return dist
-    index, direct = nearest_direct(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
+    index, direct = nearest_direct(xp, dist, x, w, **modes)
     n = dist.shape[-1]
     cols = xp.arange(n, dtype=index.dtype, **device_kw(xp, index))
     hit = cols == xp.expand_dims(index, axis=-1)
