@@ -69,10 +69,46 @@ def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalizati
     return xp, dtype, normalization, factor, epsilon
 
 
+def _unit_rows(xp, v, epsilon):
+    """``v / sqrt(|v|^2 + epsilon)`` along the last axis (the spherical normalisation)."""
+    return v / xp.sqrt(xp.sum(v * v, axis=-1, keepdims=True) + epsilon)
+
+
+def normalize_qk(q: Any, k: Any, *, epsilon: Any = 1e-6) -> tuple[Any, Any]:
+    """Queries and keys as the spherical mode normalises them: ``v / sqrt(|v|^2 + epsilon)``.
+
+    Parameters
+    ----------
+    q, k : arrays of shape (..., d)
+    epsilon : float > 0 or array of shape () or (1,)
+
+    Returns
+    -------
+    tuple of two arrays, the shapes and dtypes of ``q`` and ``k``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nmn_array.attention import normalize_qk
+    >>> qn, kn = normalize_qk(np.array([[3.0, 4.0]]), np.array([[0.0, 2.0]]))
+    >>> qn.round(6).tolist(), kn.round(6).tolist()
+    ([[0.6, 0.8]], [[0.0, 1.0]])
+    """
+    epsilon = _v.plain(epsilon)
+    _v.check_known_sizes(q=q, k=k, epsilon=epsilon)
+    xp = array_namespace(q, k, epsilon)
+    dtype = _v.compute_dtype(xp, q, "q")
+    _v.check_float_array(xp, k, "k")
+    _v.check_epsilon(epsilon, xp, dtype)
+    eps = _v.scalar_param(xp, epsilon, "epsilon", dtype)
+    return tuple(
+        _v.cast_back(xp, _unit_rows(xp, _v.as_compute(xp, t, dtype), eps), t.dtype) for t in (q, k)
+    )
+
+
 def _scores(xp, q, k, factor, epsilon, spherical, native, refine):
     if spherical:
-        q = q / xp.sqrt(xp.sum(q * q, axis=-1, keepdims=True) + epsilon)
-        k = k / xp.sqrt(xp.sum(k * k, axis=-1, keepdims=True) + epsilon)
+        q, k = _unit_rows(xp, q, epsilon), _unit_rows(xp, k, epsilon)
     if native and is_torch(xp):
         from nmn_array._native.torch_yat import yat_scores
 
