@@ -241,6 +241,65 @@ def softplus_inverse(epsilon: float) -> float:
     return epsilon + math.log(-math.expm1(-epsilon))
 
 
+#: Largest finite value and smallest normal of the floating dtypes a parameter can have.
+_FLOAT_RANGES = {
+    "float16": (6.103515625e-05, 65504.0),
+    "bfloat16": (1.1754943508222875e-38, 3.3895313892515355e38),
+    "float32": (1.1754943508222875e-38, 3.4028234663852886e38),
+    "float64": (2.2250738585072014e-308, 1.7976931348623157e308),
+}
+
+
+def dtype_name(dtype: Any) -> str:
+    """The name of a floating dtype of any framework (``None`` is float32), e.g. "float64".
+
+    Examples
+    --------
+    >>> dtype_name("float64"), dtype_name(None)
+    ('float64', 'float32')
+    """
+    if dtype is None:
+        return "float32"
+    name = getattr(dtype, "name", None)  # NumPy, TensorFlow and Keras dtypes
+    if not isinstance(name, str):
+        name = getattr(dtype, "__name__", None) or str(dtype)  # jnp.float32, torch.float32
+    name = name.rsplit(".", 1)[-1]
+    if name not in _FLOAT_RANGES:
+        raise TypeError(f"expected a floating dtype (float16 ... float64), got {dtype!r}")
+    return name
+
+
+def learnable_epsilon(epsilon: float, dtype: Any) -> tuple[float, str]:
+    """The raw value of a learnable epsilon (``epsilon = softplus(raw)``, Decision 11) and
+    the dtype it is stored in: float32 for float16/bfloat16 layers (as nmn: the raw value of
+    a small epsilon is far outside float16's range), else the layer's dtype.
+
+    An epsilon the storage dtype cannot hold as a normal number (below its smallest normal,
+    where softplus underflows to 0, or above its largest value) raises ValueError here,
+    instead of an inf or an unrelated error at the first call.
+
+    Examples
+    --------
+    >>> raw, storage = learnable_epsilon(1e-5, "float16")
+    >>> storage, round(raw, 4)
+    ('float32', -11.5129)
+    >>> learnable_epsilon(1e-46, "float32")
+    Traceback (most recent call last):
+    ...
+    ValueError: learnable epsilon=1e-46 cannot be stored in float32: it must lie between float32's smallest normal 1.1754943508222875e-38 and its largest value 3.4028234663852886e+38
+    """
+    epsilon = check_epsilon(epsilon)
+    name = dtype_name(dtype)
+    storage = "float32" if name in ("float16", "bfloat16") else name
+    tiny, big = _FLOAT_RANGES[storage]
+    if not tiny <= epsilon <= big:
+        raise ValueError(
+            f"learnable epsilon={epsilon!r} cannot be stored in {storage}: it must lie between "
+            f"{storage}'s smallest normal {tiny!r} and its largest value {big!r}"
+        )
+    return softplus_inverse(epsilon), storage
+
+
 def known_size(size: int | None, what: str) -> int:
     """``size`` as an int; a ValueError naming ``what`` when it is unknown (None) at build time.
 
@@ -611,3 +670,23 @@ def lax_conv_transpose_padding(
         pads.append(p)
         extra.append(op)
     return tuple(pads), tuple(extra)
+
+
+def softermax(x: Any, n: float = 1.0, epsilon: float = 1e-12, axis: int | None = -1) -> Any:
+    """:func:`nmn_array.softermax` with nmn's signature: ``epsilon`` may be positional and
+    ``axis=None`` normalises over all elements (as ``nmn.<framework>.softermax``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> softermax(np.array([[1.0, 1.0], [1.0, 1.0]]), 1.0, 1e-12, None).round(6).tolist()
+    [[0.25, 0.25], [0.25, 0.25]]
+    """
+    from nmn_array import softermax as core
+    from nmn_array._namespace import array_namespace
+
+    if axis is None:
+        xp = array_namespace(x)
+        flat = core(xp.reshape(x, (-1,)), n, epsilon=epsilon)
+        return xp.reshape(flat, tuple(x.shape))
+    return core(x, n, epsilon=epsilon, axis=axis)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from nmn_array._namespace import is_numpy_scalar
+from nmn_array._namespace import is_jax, is_numpy_scalar, is_tf, is_torch
 
 
 def shape_of(x: Any) -> tuple[int | None, ...]:
@@ -149,10 +149,16 @@ def scalar_param(xp: ModuleType, value: Any, name: str, dtype: Any) -> Any:
 
 
 def as_compute(xp: ModuleType, a: Any, dtype: Any) -> Any:
-    """Cast an array to the compute dtype (no-op when it already has it)."""
-    if a is None or isinstance(a, (int, float)):
+    """Cast an array to the compute dtype (no-op when it already has it); float16 arrays of
+    autodiff libraries get a cast whose gradient saturates at float16's range."""
+    if a is None or isinstance(a, (int, float)) or a.dtype == dtype:
         return a
-    return a if a.dtype == dtype else xp.astype(a, dtype)
+    # (the standard has no float16: only the autodiff libraries are asked for theirs)
+    if (is_torch(xp) or is_jax(xp) or is_tf(xp)) and a.dtype == xp.float16:
+        from nmn_array._native.saturating_cast import upcast
+
+        return upcast(a, dtype)
+    return xp.astype(a, dtype)
 
 
 def cast_back(xp: ModuleType, y: Any, dtype: Any) -> Any:

@@ -35,3 +35,40 @@ def test_tf_layer_with_unknown_feature_axis_names_it():
     # An input whose last axis is unknown: int(None) used to raise a bare TypeError.
     with pytest.raises(ValueError, match="the last axis of the input must have a known size"):
         layer.build(tf.TensorShape([None, None]))
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "dtype"),
+    [(1e-46, "float32"), (5e-324, "float64"), (1e-310, "float64"), (1e39, "float32")],
+)
+def test_learnable_epsilon_outside_the_storage_dtype_is_refused(epsilon, dtype):
+    import re
+
+    from nmn_array.frameworks._common import learnable_epsilon
+
+    with pytest.raises(ValueError, match=re.escape(f"learnable epsilon={epsilon!r} cannot be")):
+        learnable_epsilon(epsilon, dtype)
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "dtype", "storage"),
+    [
+        (1e-5, "float16", "float32"),  # the raw value -11.5 is fine in float32
+        (1e-30, "bfloat16", "float32"),
+        (2.0**-1022, "float64", "float64"),  # float64's smallest normal
+        (1e150, "float64", "float64"),
+        (3e38, "float32", "float32"),
+    ],
+)
+def test_learnable_epsilon_round_trips_through_softplus(epsilon, dtype, storage):
+    import math
+
+    import numpy as np
+    from nmn_array.frameworks._common import learnable_epsilon
+
+    raw, got = learnable_epsilon(epsilon, dtype)
+    assert got == storage
+    stored = float(np.asarray(raw, dtype=storage))
+    # softplus of the stored raw value, in float64 (log1p(exp(r)) overflows for huge r)
+    back = stored + math.log1p(math.exp(-stored)) if stored > 0 else math.log1p(math.exp(stored))
+    assert math.isclose(back, epsilon, rel_tol=1e-4 if storage == "float32" else 1e-12)
