@@ -57,6 +57,16 @@ def settings(local_vars: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in local_vars.items() if k not in ("self", "kwargs", "__class__")}
 
 
+def declare(base: type, rank: int, module: str, example: str, **fields: Any) -> Any:
+    """The public ``rank``-D class of the convolution ``base`` (``_YatConvND`` gives
+    ``YatConv{rank}D``), its docstring the base's plus ``example`` formatted with ``name``
+    and ``fields``."""
+    name = f"{base.__name__[1:-2]}{rank}D"
+    doc = f"{rank}-D {base.__doc__}".rstrip() + example.format(name=name, **fields)
+    namespace = {"rank": rank, "__doc__": doc, "__module__": module, "__qualname__": name}
+    return type(name, (base,), namespace)
+
+
 def is_low_precision(dtype: Any) -> bool:
     """float16 or bfloat16, for a Keras dtype string or a ``tf.DType`` alike.
 

@@ -7,18 +7,31 @@ weight names, shapes and layouts, so ``from nmn.keras import YatNMN`` can become
 ``tf.Tensor``) and makes exactly one ``nmn_array`` call; the few places that differ from
 ``nmn`` are listed in ``docs/migration/keras.md``.
 
-Arguments that several layers share mean the same everywhere:
+The constructor arguments, as in ``nmn.keras`` (each layer takes those in its signature):
 
+- ``units`` (dense), ``filters`` (convolutions): the number of neurons / filters.
 - ``use_bias`` / ``constant_bias``: a learnable bias ``(units,)`` / ``(filters,)`` added to
-  the dot product inside the square, or a fixed float instead of it.
+  the dot product inside the square, or a fixed float instead of it. In attention,
+  ``use_bias`` gives the q/k/v/out projections biases.
 - ``use_alpha`` / ``constant_alpha``: a learnable output scale ``alpha`` ``(1,)``
   (initialised to 1), or a constant (``True`` means sqrt(2); no alpha weight is made).
 - ``epsilon``: added to the squared distance; ``learnable_epsilon`` learns it as
   ``softplus(epsilon_param)``.
 - ``spherical``: normalise inputs and neurons to unit length (distance ``2 - 2 x.w``);
-  ``weight_normalized``: normalise the neurons (at build and in every call), ``|w|^2 = 1``.
-- ``kernel_initializer``, ``bias_initializer``, ``*_regularizer``, ``*_constraint``: as for
-  ``keras.layers.Dense`` / ``Conv*D``; other keyword arguments go to ``keras.layers.Layer``.
+  ``weight_normalized``: normalise the neurons (once at build and in every call).
+- ``positive_init``: ``abs`` of the initial kernel; ``lazy`` / ``freeze_kernel``: freeze the
+  kernel (``trainable=False``; bias, alpha and epsilon still train).
+- ``kernel_size``, ``strides``, ``dilation_rate``, ``output_padding``: ints or one int per
+  spatial axis; ``groups``: grouped convolution; ``padding``: ``"valid"``, ``"same"`` (the
+  XLA/TensorFlow rule for any stride) or, for ``YatConv1D``, ``"causal"``; ``data_format``:
+  ``"channels_last"`` (also for None, as in nmn) or ``"channels_first"``.
+- ``use_dropconnect``, ``drop_rate``, ``tie_kernel_bank``, ``kernel_bank_size``,
+  ``kernel_bank_id``, ``kernel_bank``: accepted so that nmn configurations load; turning
+  DropConnect or kernel banks on raises ``NotImplementedError`` (Decision 13).
+- ``kernel_initializer`` (``"glorot_normal"`` for dense and attention, ``"orthogonal"`` for
+  convolutions), ``bias_initializer``, ``embedding_initializer``, ``*_regularizer``,
+  ``*_constraint``: as for ``keras.layers.Dense`` / ``Conv2D``; other keyword arguments go to
+  ``keras.layers.Layer``.
 
 Examples
 --------
@@ -51,6 +64,7 @@ from nmn_array.frameworks._keras_tf import (
     YatAttentionShell,
     YatConvShell,
     YatParams,
+    declare,
     is_low_precision,
     settings,
 )
@@ -165,28 +179,14 @@ class _Layer(YatParams, keras.layers.Layer):
         return config
 
 
-# --------------------------------------------------------------------------------------
-# dense
-# --------------------------------------------------------------------------------------
+# --- dense ---------------------------------------------------------------------------
 @_register
 class YatNMN(_Layer):
     """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
     Activation-free (the yat product is itself non-linear). The kernel has nmn.keras's
-    layout ``(input_dim, units)`` (one neuron per column).
-
-    Parameters
-    ----------
-    units : int
-        Number of neurons.
-    use_bias, constant_bias, use_alpha, constant_alpha, epsilon, learnable_epsilon, spherical, weight_normalized
-        As described in this module's docstring.
-    positive_init : bool
-        Take ``abs`` of the initial kernel.
-    lazy, freeze_kernel : bool
-        Freeze the kernel (``trainable=False``); bias, alpha and epsilon still train.
-    kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, activity_regularizer, kernel_constraint, bias_constraint
-        As for ``keras.layers.Dense``; the kernel default is ``"glorot_normal"``.
+    layout ``(input_dim, units)`` (one neuron per column). The arguments are described in
+    the module docstring.
 
     Examples
     --------
@@ -250,9 +250,7 @@ class YatNMN(_Layer):
 YatDense = YatNMN
 
 
-# --------------------------------------------------------------------------------------
-# convolutions
-# --------------------------------------------------------------------------------------
+# --- convolutions --------------------------------------------------------------------
 class _YatConvBase(YatConvShell, _Layer):
     """The Keras side of the yat convolutions: settings, weights, output shapes."""
 
@@ -328,31 +326,12 @@ class _YatConvBase(YatConvShell, _Layer):
 
 
 class _YatConvND(_YatConvBase):
-    """yat convolution: the yat product of every input patch with every filter
-    (``nmn.keras.YatConv{1,2,3}D`` 0.3.5).
+    """yat convolution: the yat product of every input patch with every filter.
 
     Input ``(batch, *spatial, channels)``, or ``(batch, channels, *spatial)`` with
     ``data_format="channels_first"``. Weights: kernel ``(*kernel_size, channels // groups,
-    filters)``, bias ``(filters,)``, alpha ``(1,)``.
-
-    Parameters
-    ----------
-    filters, groups : int
-    kernel_size, strides, dilation_rate : int or tuple of ints
-    padding : str
-        ``"valid"``, ``"same"`` (the XLA/TensorFlow rule for any stride) or, in 1-D,
-        ``"causal"``.
-    data_format : str or None
-        ``"channels_last"`` (also for None, as in nmn) or ``"channels_first"``.
-    use_bias, constant_bias, use_alpha, epsilon, learnable_epsilon, weight_normalized
-        As described in the module docstring (convolutions have no ``constant_alpha``).
-    use_dropconnect, drop_rate, tie_kernel_bank, kernel_bank_size, kernel_bank_id, kernel_bank
-        Accepted so that nmn configurations load; turning DropConnect or kernel banks on
-        raises ``NotImplementedError`` (Decision 13).
-    kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
-        As for ``keras.layers.Conv2D``; the kernel default is ``"orthogonal"``.
-    activity_regularizer, kernel_constraint, bias_constraint
-        As for ``keras.layers.Conv2D``.
+    filters)``, bias ``(filters,)``, alpha ``(1,)``. The arguments are described in the
+    module docstring.
     """
 
     def __init__(
@@ -390,35 +369,14 @@ class _YatConvND(_YatConvBase):
 
 
 class _YatConvTransposeND(_YatConvBase):
-    """yat transposed convolution with Keras' output sizes
-    (``nmn.keras.YatConvTranspose{1,2,3}D`` 0.3.5).
+    """yat transposed convolution with Keras' output sizes.
 
-    Input as for the convolutions. Weights: kernel ``(*kernel_size, filters, channels)``,
-    bias ``(filters,)``, alpha ``(1,)``. ``padding="valid"`` gives ``(L - 1) * s +
-    max(k_eff, s)`` and ``"same"`` gives ``L * s``, split low/high as
-    ``jax.lax.conv_transpose`` does on every backend; an explicit ``output_padding`` gives
+    Input as for the convolutions; kernel ``(*kernel_size, filters, channels)``, bias
+    ``(filters,)``, alpha ``(1,)``. ``padding="valid"`` gives ``(L - 1) * s + max(k_eff, s)``
+    and ``"same"`` gives ``L * s``, split low/high as ``jax.lax.conv_transpose`` does; an
+    explicit ``output_padding`` (smaller than ``max(strides, dilation_rate)``) gives
     ``(L - 1) * s + k_eff + output_padding`` ("valid") or ``(L - 1) * s + k_eff % 2 +
     output_padding`` ("same"). ``|w|^2`` counts every tap of a filter (Decision 9).
-
-    Parameters
-    ----------
-    filters : int
-    kernel_size, strides, dilation_rate : int or tuple of ints
-    padding : str
-        ``"valid"`` or ``"same"``.
-    data_format : str or None
-        ``"channels_last"`` (also for None, as in nmn) or ``"channels_first"``.
-    output_padding : int, tuple of ints or None
-        Smaller than ``max(strides, dilation_rate)``.
-    use_bias, constant_bias, use_alpha, epsilon, learnable_epsilon, weight_normalized
-        As described in the module docstring (convolutions have no ``constant_alpha``).
-    use_dropconnect, drop_rate, tie_kernel_bank, kernel_bank_size, kernel_bank_id, kernel_bank
-        Accepted so that nmn configurations load; turning DropConnect or kernel banks on
-        raises ``NotImplementedError`` (Decision 13).
-    kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer
-        As for ``keras.layers.Conv2DTranspose``; the kernel default is ``"orthogonal"``.
-    activity_regularizer, kernel_constraint, bias_constraint
-        As for ``keras.layers.Conv2DTranspose``.
     """
 
     transposed = True
@@ -470,58 +428,37 @@ _EXAMPLE = """
 
 
 def _declare(base: type, rank: int, args: str, shape: tuple, out: tuple) -> Any:
-    """The public ``rank``-D class of ``base``, registered, with a runnable example."""
-    name = f"{base.__name__[1:-2]}{rank}D"
-    doc = f"{rank}-D {base.__doc__}".rstrip() + _EXAMPLE.format(
-        name=name, args=args, shape=shape, out=out
-    )
-    namespace = {"rank": rank, "__doc__": doc, "__module__": __name__, "__qualname__": name}
-    return _register(type(name, (base,), namespace))
+    return _register(declare(base, rank, __name__, _EXAMPLE, args=args, shape=shape, out=out))
 
 
-YatConv1D = _declare(_YatConvND, 1, '4, 3, padding="causal"', (2, 10, 3), (2, 10, 4))
-YatConv2D = _declare(
+YatConv1D = YatConv1d = _declare(_YatConvND, 1, '4, 3, padding="causal"', (2, 10, 3), (2, 10, 4))
+YatConv2D = YatConv2d = _declare(
     _YatConvND, 2, '4, 3, strides=2, padding="same", groups=2', (2, 9, 9, 6), (2, 5, 5, 4)
 )
-YatConv3D = _declare(
+YatConv3D = YatConv3d = _declare(
     _YatConvND, 3, '2, 2, data_format="channels_first"', (1, 3, 4, 4, 4), (1, 2, 3, 3, 3)
 )
-YatConvTranspose1D = _declare(
+YatConvTranspose1D = YatConvTranspose1d = _declare(
     _YatConvTransposeND, 1, '4, 3, strides=2, padding="same"', (2, 5, 3), (2, 10, 4)
 )
-YatConvTranspose2D = _declare(_YatConvTransposeND, 2, "2, 3, strides=2", (1, 4, 4, 3), (1, 9, 9, 2))
-YatConvTranspose3D = _declare(
+YatConvTranspose2D = YatConvTranspose2d = _declare(
+    _YatConvTransposeND, 2, "2, 3, strides=2", (1, 4, 4, 3), (1, 9, 9, 2)
+)
+YatConvTranspose3D = YatConvTranspose3d = _declare(
     _YatConvTransposeND, 3, '2, 2, strides=2, padding="same"', (1, 2, 2, 2, 3), (1, 4, 4, 4, 2)
 )
-YatConv1d = YatConv1D
-YatConv2d = YatConv2D
-YatConv3d = YatConv3D
-YatConvTranspose1d = YatConvTranspose1D
-YatConvTranspose2d = YatConvTranspose2D
-YatConvTranspose3d = YatConvTranspose3D
 
 
-# --------------------------------------------------------------------------------------
-# embedding
-# --------------------------------------------------------------------------------------
+# --- embedding -----------------------------------------------------------------------
 @_register
 class YatEmbed(_Layer):
     """Token embedding whose ``attend`` scores queries against every embedding with yat.
 
-    ``call(ids)`` is a plain lookup ``embedding[ids]``; ``attend(q)`` returns
-    ``alpha * (q.e_v)^2 / (max(|q - e_v|^2, 0) + epsilon)`` of shape
-    ``(..., num_embeddings)`` (weight tying for language-model heads).
-
-    Parameters
-    ----------
-    num_embeddings, features : int
-        Table shape ``(num_embeddings, features)``; the weight is named ``embedding``.
-    use_alpha, constant_alpha, epsilon : as described in the module docstring
-    spherical : bool
-        Normalise queries and embeddings (``v / (|v| + 1e-8)``) in ``attend``.
-    weight_normalized : bool
-        Normalise the table once at build.
-    embedding_initializer : initializer, default ``"glorot_normal"``
+    ``call(ids)`` is a plain lookup in ``embedding (num_embeddings, features)``;
+    ``attend(q)`` returns ``alpha * (q.e_v)^2 / (max(|q - e_v|^2, 0) + epsilon)`` of shape
+    ``(..., num_embeddings)`` (weight tying for language-model heads). ``spherical``
+    normalises queries and embeddings in ``attend``; ``weight_normalized`` normalises the
+    table once at build; other arguments as described in the module docstring.
 
     Examples
     --------
@@ -581,38 +518,21 @@ class YatEmbed(_Layer):
         return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
 
-# --------------------------------------------------------------------------------------
-# attention
-# --------------------------------------------------------------------------------------
+# --- attention -----------------------------------------------------------------------
 @_register
 class MultiHeadYatAttention(YatAttentionShell, _Layer):
     """Multi-head attention whose scores are yat products of queries and keys.
 
     ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head,
-    with ordinary (linear) q/k/v/out projections. Weights: ``q_kernel``, ``k_kernel``,
-    ``v_kernel`` ``(input_dim, embed_dim)``, ``q_bias``, ``k_bias``, ``v_bias``
-    ``(embed_dim,)``, ``out_kernel`` ``(embed_dim, embed_dim)`` and ``out_bias``, and a
-    learnable ``alpha`` ``(1,)``.
+    with ordinary (linear) projections: ``q_kernel``, ``k_kernel``, ``v_kernel`` ``(input_dim,
+    embed_dim)``, ``out_kernel`` ``(embed_dim, embed_dim)``, biases ``q_bias`` ... ``out_bias``
+    ``(embed_dim,)``, and ``alpha`` ``(1,)``. ``dropout`` applies to the attention weights
+    (with ``training=True``); ``use_alpha`` / ``constant_alpha`` multiply the scores before
+    the softmax (Decision 1); ``normalize_qk`` L2-normalises each head's q and k as
+    ``q / max(|q|, 1e-12)`` (Decision 2); ``spherical`` normalises them as
+    ``v / sqrt(|v|^2 + epsilon)`` inside the score; other arguments as described in the
+    module docstring.
 
-    Parameters
-    ----------
-    embed_dim, num_heads : int
-    dropout : float
-        Dropout on the attention weights (only with ``training=True``).
-    use_bias : bool
-        Biases in the projections.
-    use_alpha, constant_alpha : as described in the module docstring
-        Both multiply the scores before the softmax (Decision 1).
-    normalize_qk : bool
-        L2-normalise each head's q and k as ``q / max(|q|, 1e-12)`` (Decision 2).
-    spherical : bool
-        Normalise q and k as ``v / sqrt(|v|^2 + epsilon)`` inside the score.
-    use_out_proj : bool
-    epsilon : float
-    kernel_initializer : initializer, default ``"glorot_normal"``
-
-    Notes
-    -----
     ``call(query, key=None, value=None, mask=None, attention_mask=None, training=False)``:
     ``key`` defaults to ``query`` and ``value`` to ``key``. ``attention_mask`` broadcasts to
     ``(batch, heads, q_len, kv_len)``: boolean (True = attend) or floating (additive, added to
@@ -739,15 +659,13 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
         effective = self._effective_mask(query, mask, attention_mask, key is None)
         key = query if key is None else key
         value = key if value is None else value
-        dropout = None
-        if training and self.dropout_rate > 0:
-
-            def dropout(weights: Any) -> Any:
-                return keras.random.dropout(weights, self.dropout_rate, seed=self._seed_generator)
-
         query, key, value = (ops.convert_to_tensor(t) for t in (query, key, value))
+        dropout = self._dropout if training and self.dropout_rate > 0 else None
         alpha = self._alpha_arg(self.alpha_param)
         return self._attend(query, key, value, effective, alpha, dropout)
+
+    def _dropout(self, weights: Any) -> Any:
+        return keras.random.dropout(weights, self.dropout_rate, seed=self._seed_generator)
 
     def compute_mask(self, inputs: Any, previous_mask: Any = None) -> Any:
         if previous_mask is not None and len(previous_mask.shape) == 2:

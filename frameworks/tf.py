@@ -8,15 +8,22 @@ exactly one ``nmn_array`` call on ``tf.Tensor`` arguments, so modules run eagerl
 ``tf.function`` and under XLA (``jit_compile=True``). ``export`` writes an inference
 SavedModel, as in nmn. Differences from nmn are listed in ``docs/migration/tf.md``.
 
-Arguments that several modules share mean the same everywhere:
+The constructor arguments, as in ``nmn.tf`` (each module takes those in its signature):
 
+- ``features`` (dense), ``filters`` (convolutions): the number of neurons / filters.
 - ``use_bias`` / ``constant_bias``: a learnable bias ``(features,)`` / ``(filters,)`` (zeros)
-  added to the dot product inside the square, or a fixed float instead of it.
+  added to the dot product inside the square, or a fixed float instead of it. In attention,
+  ``use_bias`` gives the q/k/v/out projections biases.
 - ``use_alpha`` / ``constant_alpha``: a learnable output scale ``alpha`` ``(1,)`` (ones), or a
   constant (``True`` means sqrt(2); no alpha variable is made).
 - ``epsilon``: added to the squared distance; ``learnable_epsilon`` learns it as
   ``softplus(epsilon_param)``.
 - ``spherical``, ``weight_normalized``: as for ``nmn_array.yat``.
+- ``positive_init``: ``abs`` of the initial kernel; ``lazy`` / ``freeze_kernel``: freeze the
+  kernel (``trainable=False``); ``return_weights``: ``__call__`` returns ``(y, kernel)``.
+- ``kernel_size``, ``strides``, ``dilation_rate``: ints or one int per spatial axis;
+  ``groups``: grouped convolution; ``padding``: ``"valid"`` or ``"same"`` (the XLA/TensorFlow
+  rule for any stride).
 - ``dtype`` (default ``tf.float32``): variables and outputs (inputs are cast to it);
   float16/bfloat16 are computed in float32. ``name``: the module's name scope.
 
@@ -31,6 +38,7 @@ TensorShape([2, 3])
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 from collections.abc import Callable, Sequence
@@ -42,6 +50,7 @@ from nmn_array.frameworks._keras_tf import (
     YatAttentionShell,
     YatConvShell,
     YatParams,
+    declare,
     is_low_precision,
     settings,
 )
@@ -88,17 +97,24 @@ def _read(variable: Any) -> Any:
     return None if variable is None else tf.convert_to_tensor(variable)
 
 
-def _save(module: tf.Module, export_dir: Any, **signatures: tuple[Callable, list]) -> None:
-    """Write a SavedModel whose signatures are ``name=(function, [named tf.TensorSpec])``."""
-    concrete = {
-        name: tf.function(fn, input_signature=specs).get_concrete_function()
-        for name, (fn, specs) in signatures.items()
-    }
+def _save(module: tf.Module, export_dir: Any, **signatures: tuple[Callable, dict]) -> None:
+    """Write a SavedModel with signatures ``name=(call, {argument name: tf.TensorSpec})``."""
+    concrete = {}
+    for name, (call, specs) in signatures.items():
+        inputs = [tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in specs.items()]
+        run = tf.function(_named_outputs(call, list(specs)), input_signature=inputs)
+        concrete[name] = run.get_concrete_function()
     tf.saved_model.save(module, export_dir, signatures=concrete)
 
 
-def _spec(signature: Any, name: str) -> Any:
-    return tf.TensorSpec(signature.shape, signature.dtype, name=name)
+def _named_outputs(call: Callable, names: list[str]) -> Callable:
+    """``call`` of positional tensors as ``{"outputs": y}`` (``"kernel"`` too for a pair)."""
+
+    def run(*args: Any) -> dict:
+        out = call(**dict(zip(names, args)))
+        return dict(zip(("outputs", "kernel"), out if isinstance(out, tuple) else (out,)))
+
+    return run
 
 
 class _Module(tf.Module):
@@ -151,41 +167,17 @@ class _Built(YatParams, _Module):
             raise TypeError(
                 f"input_signature must be a tf.TensorSpec, got {type(input_signature)!r}"
             )
-
-        def serving_default(inputs):
-            result = self(inputs)
-            if isinstance(result, tuple):
-                return {"outputs": result[0], "kernel": result[1]}
-            return {"outputs": result}
-
-        _save(
-            self, export_dir, serving_default=(serving_default, [_spec(input_signature, "inputs")])
-        )
+        _save(self, export_dir, serving_default=(self, {"inputs": input_signature}))
 
 
-# --------------------------------------------------------------------------------------
-# dense
-# --------------------------------------------------------------------------------------
+# --- dense ---------------------------------------------------------------------------
 class YatNMN(_Built):
     """Yat dense module: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
     The kernel has nmn.tf's layout ``(features, input_dim)`` (one neuron per row) and is
     created on the first call from ``N(0, 2 / (input_dim + features))``.
 
-    Parameters
-    ----------
-    features : int
-        Number of neurons.
-    use_bias, constant_bias, use_alpha, constant_alpha, epsilon, learnable_epsilon
-        As described in the module docstring.
-    spherical, weight_normalized, dtype, name
-        As described in the module docstring.
-    positive_init : bool
-        ``abs`` of the initial kernel.
-    return_weights : bool
-        ``__call__`` returns ``(output, kernel)``.
-    lazy, freeze_kernel : bool
-        Freeze the kernel (``trainable=False``).
+    The arguments are described in the module docstring.
 
     Examples
     --------
@@ -266,9 +258,7 @@ class YatNMN(_Built):
 YatDense = YatNMN
 
 
-# --------------------------------------------------------------------------------------
-# convolutions
-# --------------------------------------------------------------------------------------
+# --- convolutions --------------------------------------------------------------------
 class _YatConvBase(YatConvShell, _Built):
     """The TensorFlow side of the yat convolution modules (channels-last input)."""
 
@@ -297,19 +287,11 @@ class _YatConvBase(YatConvShell, _Built):
 
 
 class _YatConvND(_YatConvBase):
-    """yat convolution module, input ``(batch, *spatial, channels)`` (``nmn.tf``'s).
+    """yat convolution module, input ``(batch, *spatial, channels)``.
 
     Kernel ``(*kernel_size, channels // groups, filters)`` from ``N(0, 1) / sqrt(fan_in)``,
-    bias ``(filters,)`` zeros, alpha ``(1,)`` ones.
-
-    Parameters
-    ----------
-    filters, groups : int
-    kernel_size, strides, dilation_rate : int or tuple of ints
-    padding : str
-        ``"valid"`` or ``"same"`` (the XLA/TensorFlow rule for any stride).
-    use_bias, constant_bias, use_alpha, epsilon, learnable_epsilon, dtype, name
-        As described in the module docstring (convolutions have no ``constant_alpha``).
+    bias ``(filters,)`` zeros, alpha ``(1,)`` ones. The arguments are described in the
+    module docstring.
     """
 
     def __init__(
@@ -338,16 +320,7 @@ class _YatConvTransposeND(_YatConvBase):
     prod(kernel_size))``. ``padding="same"`` (the default, as in nmn.tf) gives
     ``L * strides``; ``"valid"`` gives ``L * strides + max(kernel_size - strides, 0)``; both
     split as ``tf.nn.conv_transpose`` (= ``jax.lax.conv_transpose``). ``|w|^2`` counts every
-    tap of a filter (Decision 9).
-
-    Parameters
-    ----------
-    filters : int
-    kernel_size, strides : int or tuple of ints
-    padding : str
-        ``"same"`` or ``"valid"``.
-    use_bias, constant_bias, use_alpha, epsilon, learnable_epsilon, dtype, name
-        As described in the module docstring (convolutions have no ``constant_alpha``).
+    tap of a filter (Decision 9). The arguments are described in the module docstring.
     """
 
     transposed = True
@@ -381,36 +354,26 @@ _EXAMPLE = """
 
 
 def _declare(base: type, rank: int, args: str, shape: tuple, out: list) -> Any:
-    """The public ``rank``-D class of ``base``, with a runnable example."""
-    name = f"{base.__name__[1:-2]}{rank}D"
-    doc = f"{rank}-D {base.__doc__}".rstrip() + _EXAMPLE.format(
-        name=name, args=args, shape=shape, out=out
-    )
-    namespace = {"rank": rank, "__doc__": doc, "__module__": __name__, "__qualname__": name}
-    return type(name, (base,), namespace)
+    return declare(base, rank, __name__, _EXAMPLE, args=args, shape=shape, out=out)
 
 
-YatConv1D = _declare(_YatConvND, 1, '4, 3, padding="same"', (2, 10, 3), [2, 10, 4])
-YatConv2D = _declare(_YatConvND, 2, "4, 3, strides=2, groups=2", (1, 9, 9, 2), [1, 4, 4, 4])
-YatConv3D = _declare(_YatConvND, 3, "2, 2", (1, 3, 3, 3, 2), [1, 2, 2, 2, 2])
-YatConvTranspose1D = _declare(_YatConvTransposeND, 1, "4, 3, strides=2", (2, 5, 3), [2, 10, 4])
-YatConvTranspose2D = _declare(
+YatConv1D = YatConv1d = _declare(_YatConvND, 1, '4, 3, padding="same"', (2, 10, 3), [2, 10, 4])
+YatConv2D = YatConv2d = _declare(
+    _YatConvND, 2, "4, 3, strides=2, groups=2", (1, 9, 9, 2), [1, 4, 4, 4]
+)
+YatConv3D = YatConv3d = _declare(_YatConvND, 3, "2, 2", (1, 3, 3, 3, 2), [1, 2, 2, 2, 2])
+YatConvTranspose1D = YatConvTranspose1d = _declare(
+    _YatConvTransposeND, 1, "4, 3, strides=2", (2, 5, 3), [2, 10, 4]
+)
+YatConvTranspose2D = YatConvTranspose2d = _declare(
     _YatConvTransposeND, 2, '2, 3, strides=2, padding="valid"', (1, 4, 4, 3), [1, 9, 9, 2]
 )
-YatConvTranspose3D = _declare(
+YatConvTranspose3D = YatConvTranspose3d = _declare(
     _YatConvTransposeND, 3, "2, 2, strides=2", (1, 2, 2, 2, 3), [1, 4, 4, 4, 2]
 )
-YatConv1d = YatConv1D
-YatConv2d = YatConv2D
-YatConv3d = YatConv3D
-YatConvTranspose1d = YatConvTranspose1D
-YatConvTranspose2d = YatConvTranspose2D
-YatConvTranspose3d = YatConvTranspose3D
 
 
-# --------------------------------------------------------------------------------------
-# embedding
-# --------------------------------------------------------------------------------------
+# --- embedding -----------------------------------------------------------------------
 class YatEmbed(YatParams, _Module):
     """Token embedding whose ``attend`` scores queries against every embedding with yat.
 
@@ -469,24 +432,16 @@ class YatEmbed(YatParams, _Module):
         """
         if attend_signature is None:
             attend_signature = tf.TensorSpec([None, self.features], self.dtype)
-
-        def serving_default(inputs):
-            return {"outputs": self(inputs)}
-
-        def attend(query):
-            return {"outputs": self.attend(query)}
-
+        lookup = (self, {"inputs": lookup_signature})
         _save(
             self,
             export_dir,
-            serving_default=(serving_default, [_spec(lookup_signature, "inputs")]),
-            attend=(attend, [_spec(attend_signature, "query")]),
+            serving_default=lookup,
+            attend=(self.attend, {"query": attend_signature}),
         )
 
 
-# --------------------------------------------------------------------------------------
-# attention
-# --------------------------------------------------------------------------------------
+# --- attention -----------------------------------------------------------------------
 class MultiHeadYatAttention(YatAttentionShell, _Module):
     """Multi-head attention whose scores are yat products of queries and keys.
 
@@ -568,13 +523,11 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
         query, key, value = (_as_input(t, self.dtype) for t in (query, key, value))
         if not self.is_built:
             self.build(int(query.shape[-1]), int(key.shape[-1]), int(value.shape[-1]))
-        dropout = None
-        if training and self.dropout > 0:
-
-            def dropout(weights: Any) -> Any:
-                return tf.nn.dropout(weights, rate=self.dropout)
-
+        dropout = self._dropout if training and self.dropout > 0 else None
         return self._attend(query, key, value, mask, self._alpha_arg(), dropout)
+
+    def _dropout(self, weights: Any) -> Any:
+        return tf.nn.dropout(weights, rate=self.dropout)
 
     def export(
         self,
@@ -599,11 +552,4 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
             specs.update(key=key_signature, value=value_signature)
         if mask_signature is not None:
             specs["mask"] = mask_signature
-        names = list(specs)
-
-        def serving_default(*args):
-            kwargs = dict(zip(names, args))
-            return {"outputs": self(kwargs.pop("query"), training=False, **kwargs)}
-
-        signature = [_spec(s, n) for n, s in specs.items()]
-        _save(self, export_dir, serving_default=(serving_default, signature))
+        _save(self, export_dir, serving_default=(functools.partial(self.__call__, training=False), specs))
