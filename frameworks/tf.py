@@ -552,4 +552,8 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
             specs.update(key=key_signature, value=value_signature)
         if mask_signature is not None:
             specs["mask"] = mask_signature
-        _save(self, export_dir, serving_default=(functools.partial(self.__call__, training=False), specs))
+        _save(
+            self,
+            export_dir,
+            serving_default=(functools.partial(self.__call__, training=False), specs),
+        )
