@@ -2,8 +2,8 @@
 
 Mixins for the yat parameters (bias, alpha, epsilon), the convolutions and the attention.
 A framework class supplies ``_ops`` (``keras.ops``, or the stand-in in ``tf.py`` with the
-same names), ``_read(variable)`` (the backend's own array) and ``_new_weight(name, shape,
-fill, float32_if_low_precision=False, **options)``. The ``_init_*`` methods read the
+same names), ``_read(variable)`` (the backend's own array), ``_new_weight(name, shape,
+fill, dtype=None, **options)`` and ``_param_dtype()`` (the dtype of its variables). The ``_init_*`` methods read the
 constructor's arguments by name from ``settings(locals())``. No framework is imported here
 and there is no yat arithmetic: that lives in ``nmn_array``.
 """
@@ -17,9 +17,9 @@ from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
     check_epsilon,
+    learnable_epsilon,
     mask_visibility,
     ntuple,
-    softplus_inverse,
     transpose_conv_call_args,
 )
 
@@ -46,6 +46,10 @@ PUBLIC = [
     "soft_tanh",
     "softer_sigmoid",
     "softermax",
+    "normalize_qk",
+    "yat_attention",
+    "yat_attention_normalized",
+    "yat_attention_weights",
 ]
 
 # Decision 2: normalize_qk is q / max(|q|, 1e-12).
@@ -84,6 +88,7 @@ class YatParams:
     _ops: Any
     _read: Any
     _new_weight: Any
+    _param_dtype: Any
     bias: Any = None
     alpha: Any = None
     epsilon_param: Any = None
@@ -105,6 +110,9 @@ class YatParams:
         for flag in ("learnable_epsilon", "spherical", "weight_normalized"):
             if flag in s:
                 setattr(self, flag, bool(s[flag]))
+        if s.get("learnable_epsilon"):
+            # validated now, as nmn does, rather than as an inf at the first call
+            self._raw_epsilon = learnable_epsilon(self.epsilon, self._param_dtype())
 
     def _build_yat(self, n_out: int, **bias_options: Any) -> None:
         """Those of bias ``(n_out,)``, alpha ``(1,)``, epsilon_param ``(1,)`` that learn."""
@@ -112,10 +120,9 @@ class YatParams:
             self.bias = self._new_weight("bias", (n_out,), 0.0, **bias_options)
         self._build_alpha()
         if self.learnable_epsilon:
-            # Decision 11: epsilon = softplus(epsilon_param); float32 storage for 16-bit
-            # layers, as nmn does.
-            raw = softplus_inverse(self.epsilon)
-            self.epsilon_param = self._new_weight("epsilon_param", (1,), raw, True)
+            # Decision 11: epsilon = softplus(epsilon_param), stored in >= float32
+            raw, storage = self._raw_epsilon
+            self.epsilon_param = self._new_weight("epsilon_param", (1,), raw, storage)
 
     def _build_alpha(self, attribute: str = "alpha") -> None:
         if self._alpha_cfg.mode == "learnable":

@@ -48,6 +48,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
     combine_masks,
     conv_output_length,
@@ -59,6 +61,7 @@ from nmn_array.frameworks._common import (
     transpose_conv_pads,
     unit_normalized,
 )
+from nmn_array.frameworks._common import softermax as softermax
 from nmn_array.frameworks._keras_tf import (
     PUBLIC,
     YatAttentionShell,
@@ -71,7 +74,6 @@ from nmn_array.frameworks._keras_tf import (
 
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
-from nmn_array import softermax as softermax
 
 # Any: the module is imported at run time and its classes are our base classes; mypy
 # takes a base class from an Any-typed name, not from a plain module object.
@@ -128,13 +130,18 @@ class _Layer(YatParams, keras.layers.Layer):
     _CONFIG_ATTRS: dict[str, str] = {}
 
     def _new_weight(
-        self, name: str, shape: tuple, fill: float, float32_if_low_precision: bool = False, **kw
+        self, name: str, shape: tuple, fill: float, dtype: str | None = None, **kw
     ) -> Any:
-        if float32_if_low_precision:
-            dtype = keras.backend.standardize_dtype(self.variable_dtype)
-            kw["dtype"] = "float32" if is_low_precision(dtype) else dtype
+        if dtype is not None:
+            # from NumPy, exact: Keras' Constant goes through float32 (a float64 epsilon
+            # would lose digits, 2**-1022 would become 0)
+            kw["dtype"] = dtype
+            kw["initializer"] = lambda shape, dtype=None: np.full(shape, fill, dtype=dtype)
         kw.setdefault("initializer", keras.initializers.Constant(fill))
         return self.add_weight(name=name, shape=shape, **kw)
+
+    def _param_dtype(self) -> str:
+        return keras.backend.standardize_dtype(self.variable_dtype)
 
     def _store(self, s: dict[str, Any]) -> None:
         """Record the initializers, regularizers and constraints among the arguments ``s``."""
@@ -679,3 +686,10 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
         value_shape: Sequence[int | None] | None = None,
     ) -> tuple:
         return (*tuple(query_shape)[:-1], self.embed_dim)
+
+
+# nmn.keras's functional attention: q, k, v (batch, length, heads, dim)
+yat_attention_weights, yat_attention, yat_attention_normalized = _api.keras_style_api(
+    lambda weights, rate: keras.random.dropout(weights, rate)
+)
+normalize_qk = _api.normalize_qk

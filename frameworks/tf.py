@@ -44,20 +44,20 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import known_size, require, unit_normalized
+from nmn_array.frameworks._common import softermax as softermax
 from nmn_array.frameworks._keras_tf import (
     PUBLIC,
     YatAttentionShell,
     YatConvShell,
     YatParams,
     declare,
-    is_low_precision,
     settings,
 )
 
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
-from nmn_array import softermax as softermax
 
 # Any: the module is imported at run time and its classes are our base classes; mypy
 # takes a base class from an Any-typed name, not from a plain module object.
@@ -124,12 +124,12 @@ class _Module(tf.Module):
     _read = staticmethod(_read)
     dtype: Any
 
-    def _new_weight(
-        self, name: str, shape: tuple, fill: float, float32_if_low_precision: bool = False
-    ) -> Any:
-        low = float32_if_low_precision and is_low_precision(self.dtype)
-        value = tf.constant(fill, shape=shape, dtype=tf.float32 if low else self.dtype)
+    def _new_weight(self, name: str, shape: tuple, fill: float, dtype: Any = None) -> Any:
+        value = tf.constant(fill, shape=shape, dtype=dtype or self.dtype)
         return tf.Variable(value, name=name)
+
+    def _param_dtype(self) -> Any:
+        return self.dtype
 
 
 class _Built(YatParams, _Module):
@@ -557,3 +557,10 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
             export_dir,
             serving_default=(functools.partial(self.__call__, training=False), specs),
         )
+
+
+# nmn.tf's functional attention: q, k, v (batch, length, heads, dim)
+yat_attention_weights, yat_attention, yat_attention_normalized = _api.keras_style_api(
+    lambda weights, rate: tf.nn.dropout(weights, rate=rate)
+)
+normalize_qk = _api.normalize_qk
