@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
@@ -42,16 +43,6 @@ from nmn_array.frameworks._common import (
     require,
     softplus_inverse,
     unit_normalized,
-)
-from nmn_array.frameworks._flax import (
-    attend,
-    conv,
-    head_mask,
-    rotate,
-    softplus_epsilon,
-    split_heads,
-    yat,
-    zero_keyless,
 )
 
 from nmn_array import soft_tanh, softer_sigmoid, softermax
@@ -129,19 +120,17 @@ class _YatMixin(_ModuleBase):
 
     def _alpha(self, constant_alpha: Any = None) -> Any:
         cfg = alpha_config(self.use_alpha, constant_alpha)
-        if cfg.mode == "constant":
-            return cfg.value
         if cfg.mode == "learnable":
             return self.param("alpha", self.alpha_init, (1,), self.param_dtype)
-        return None
+        return cfg.value  # a constant or None
 
     def _bias(self) -> Array | None:
         cfg = bias_config(self.use_bias, self.constant_bias)
-        if cfg.mode == "constant":
-            return jnp.full((self.features,), cfg.value, dtype=self.param_dtype)
         if cfg.mode == "learnable":
             return self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return None
+        return (
+            None if cfg.value is None else jnp.full((self.features,), cfg.value, self.param_dtype)
+        )
 
     def _epsilon(self) -> Any:
         if not self.learnable_epsilon:
@@ -154,12 +143,9 @@ class _YatMixin(_ModuleBase):
             raise ValueError("float64 learnable epsilon requires jax_enable_x64")
         raw = softplus_inverse(self.epsilon)
         init = lambda key, shape, dtype: jnp.full(shape, raw, dtype)  # noqa: E731
-        return softplus_epsilon(self.param("epsilon_param", init, (1,), dtype))
+        return _flax.softplus_epsilon(self.param("epsilon_param", init, (1,), dtype))
 
 
-# --------------------------------------------------------------------------------------
-# Dense
-# --------------------------------------------------------------------------------------
 class YatNMN(_YatMixin, nn.Module):
     """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
@@ -227,7 +213,7 @@ class YatNMN(_YatMixin, nn.Module):
             kernel = jnp.abs(kernel)
         alpha, bias, epsilon = self._alpha(self.constant_alpha), self._bias(), self._epsilon()
         x, kernel, bias = _promote((inputs, kernel, bias), dtype=self.dtype)
-        y = yat(
+        y = _flax.yat(
             x,
             kernel,
             bias,
@@ -243,9 +229,6 @@ class YatNMN(_YatMixin, nn.Module):
 YatDense = YatNMN
 
 
-# --------------------------------------------------------------------------------------
-# Convolutions
-# --------------------------------------------------------------------------------------
 class _ConvCall(_YatMixin, nn.Module):
     """The call of the direct and the transposed convolution (channels last)."""
 
@@ -263,7 +246,7 @@ class _ConvCall(_YatMixin, nn.Module):
         shape = tuple(self.kernel_size) + (channels // groups, self.features)
         kernel = self.param("kernel", _fp32_init(self.kernel_init), shape, self.param_dtype)
         x, kernel, bias = _promote((inputs, kernel, self._bias()), dtype=self.dtype)
-        return conv(
+        return _flax.conv(
             type(self).__name__,
             x,
             kernel,
@@ -381,9 +364,6 @@ YatConvTranspose1d, YatConvTranspose2d, YatConvTranspose3d = (
 )
 
 
-# --------------------------------------------------------------------------------------
-# Embedding
-# --------------------------------------------------------------------------------------
 class YatEmbed(_YatMixin, nn.Module):
     """Embedding table with a yat ``attend``, as ``nmn.linen.YatEmbed`` 0.3.5.
 
@@ -437,7 +417,7 @@ class YatEmbed(_YatMixin, nn.Module):
         table = self._table()
         alpha = self._alpha(self.constant_alpha)
         query, table = _promote((query, table), dtype=self.dtype)
-        return yat(
+        return _flax.yat(
             query,
             table,
             None,
@@ -449,9 +429,6 @@ class YatEmbed(_YatMixin, nn.Module):
         )
 
 
-# --------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------
 class _AttentionMixin(_YatMixin):
     def _dense(self, features: int, name: str) -> nn.Dense:
         return nn.Dense(
@@ -477,18 +454,18 @@ class _AttentionMixin(_YatMixin):
         attend (``options``: epsilon, normalization, ...; ``offset``: rotate q and k from
         that position) and merge the heads; returns the output and the broadcast mask."""
         q, k, v = (
-            split_heads(self._dense(features, name)(t), self.num_heads, normalize)
+            _flax.split_heads(self._dense(features, name)(t), self.num_heads, normalize)
             for t, name, normalize in zip(inputs, names, (self.normalize_qk,) * 2 + (False,))
         )
         alpha = self._alpha(self.constant_alpha)
         q, k, v = _promote((q, k, v), dtype=self.dtype)
         offset = options.pop("offset", None)
         if offset is not None:
-            q, k = rotate(q, offset, self.theta), rotate(k, offset, self.theta)
-        mask = head_mask(mask, q, k)
+            q, k = _flax.rotate(q, offset, self.theta), _flax.rotate(k, offset, self.theta)
+        mask = _flax.head_mask(mask, q, k)
         rate = check_rate(self.dropout_rate)
         rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
-        x = attend(q, k, v, mask, dropout_rng=rng, dropout_rate=rate, alpha=alpha, **options)
+        x = _flax.attend(q, k, v, mask, dropout_rng=rng, dropout_rate=rate, alpha=alpha, **options)
         return x.reshape(x.shape[:-2] + (features,)), mask
 
 
@@ -569,7 +546,7 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
             spherical=self.spherical,
             normalization=self.normalization,
         )
-        return zero_keyless(self._dense(self.out_features or qkv, "out")(x), mask)
+        return _flax.zero_keyless(self._dense(self.out_features or qkv, "out")(x), mask)
 
 
 MultiHeadYatAttention = MultiHeadAttention
@@ -658,4 +635,4 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
         )
         if self.use_out_proj:
             out = self._dense(self.embed_dim, "o_proj")(out)
-        return zero_keyless(out, mask)
+        return _flax.zero_keyless(out, mask)

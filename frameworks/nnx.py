@@ -1,43 +1,34 @@
-"""Flax NNX modules over the pure functions of ``nmn_array``.
+"""Flax NNX modules over the pure functions of ``nmn_array``, as ``nmn.nnx`` 0.3.5.
 
-Drop-in replacements for ``nmn.nnx`` 0.3.5: the same class names (and aliases), constructor
-arguments, variable names, shapes, layouts and initialisers, so ``nnx.state`` of an nmn model
-loads into the same model built from these classes (``nnx.update``). Each ``__call__`` makes
-one ``nmn_array`` call on the module's raw arrays; rotary attention adds the two
-``rotary_embedding`` calls for q and k. The differences from ``nmn`` are listed in
-``docs/migration/nnx.md``.
-
-Every constructor argument is kept as an attribute of the same name. The arguments the
-layers share mean the same in each of them:
+The same class names (and aliases), constructor arguments, variable names, shapes, layouts
+and initialisers, so ``nnx.state`` of an nmn model loads into the same model built from
+these classes (``nnx.update``). Each ``__call__`` makes one ``nmn_array`` call on the raw
+arrays (rotary attention adds RoPE for q and k); the differences from ``nmn`` are listed in
+``docs/migration/nnx.md``. Every constructor argument is kept as an attribute of the same
+name; the arguments the layers share mean the same in each:
 
 - ``use_bias``, ``constant_bias``, ``softplus_bias``, ``scalar_bias``, ``bias_init``: a
-  learnable bias (zeros), a constant one, a softplus-positive one, one shared scalar.
-- ``use_alpha``, ``constant_alpha``, ``alpha_init``: a learnable alpha (ones, shape (1,)) or
-  a constant (``True`` = sqrt(2)); attention scales the scores before normalisation
-  (Decision 1).
-- ``epsilon``, ``learnable_epsilon``: the positive epsilon, or a learnable
-  ``epsilon_param`` holding its softplus inverse (Decision 11).
-- ``positive_init`` (``abs()`` of the initial kernel), ``weight_normalized`` (unit-length
-  kernel rows, Decision 7), ``kernel_init``, ``mask`` (a fixed multiplier of the kernel).
-- ``dtype``, ``param_dtype``, ``promote_dtype``: compute and parameter dtypes (the
-  computation runs in the promoted dtype, float64 stays float64, Decision 3);
-  ``precision``: applied as ``jax.default_matmul_precision``.
-- Accepted for compatibility, non-default values raise NotImplementedError (Decision 13):
-  ``use_dropconnect``, ``tie_kernel_bank`` (``drop_rate``, ``dropconnect_rate``,
-  ``kernel_bank_size``, ``kernel_bank_id`` are only checked / kept), ``fused``,
-  ``compute_mode``, ``distance_floor``, ``dot_general``, ``conv_general_dilated``,
-  ``use_performer`` and ``causal`` (nmn's linear-time attention: ``performer_*``,
-  ``num_*_features``, ``num_quad_nodes`` are kept); the ``*_dot_general*`` arguments of
-  the attention are accepted and unused.
+  learnable bias (zeros), a constant, a softplus-positive one, one shared scalar.
+- ``use_alpha``, ``constant_alpha``, ``alpha_init``: a learnable alpha (ones, (1,)) or a
+  constant (``True`` = sqrt(2)); attention scales the scores with it (Decision 1).
+- ``epsilon``, ``learnable_epsilon``: epsilon, or a learnable ``epsilon_param`` holding
+  its softplus inverse (Decision 11).
+- ``kernel_init``, ``positive_init`` (``abs()`` of the initial kernel),
+  ``weight_normalized`` (unit-length kernel rows, Decision 7), ``mask`` (a fixed factor).
+- ``dtype``, ``param_dtype``, ``promote_dtype``: the computation runs in the promoted
+  dtype, float64 stays float64 (Decision 3); ``precision``: as
+  ``jax.default_matmul_precision``.
+- Decision 13, non-default values raise NotImplementedError: ``use_dropconnect``,
+  ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``, ``dot_general``,
+  ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or kept:
+  ``drop_rate``, ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``,
+  ``performer_*``, ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
 
 Examples
 --------
->>> import jax.numpy as jnp
 >>> from flax import nnx
->>> from nmn_array.frameworks.nnx import YatNMN
->>> layer = YatNMN(4, 3, rngs=nnx.Rngs(0))
->>> layer(jnp.ones((2, 4))).shape
+>>> YatNMN(4, 3, rngs=nnx.Rngs(0))(jax.numpy.ones((2, 4))).shape
 (2, 3)
 """
 
@@ -48,6 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
@@ -59,16 +51,6 @@ from nmn_array.frameworks._common import (
     restrict_mask,
     softplus_inverse,
     unit_normalized,
-)
-from nmn_array.frameworks._flax import (
-    attend,
-    conv,
-    head_mask,
-    rotate,
-    softplus_epsilon,
-    split_heads,
-    yat,
-    zero_keyless,
 )
 
 from nmn_array import soft_tanh, softer_sigmoid, softermax
@@ -175,9 +157,9 @@ class _Layer(nnx.Module):
         normalize_axis: int = -1,
     ) -> None:
         """Check the constructor's arguments ``args`` (its ``locals()``, holding only the
-        arguments), keep them as attributes and create the variables in nmn's order: the ``table`` (``kernel`` or
-        ``embedding``) of ``shape`` if given, ``bias`` (layers with ``constant_bias``),
-        ``alpha``, ``epsilon_param``."""
+        arguments), keep them as attributes and create the variables in nmn's order: the
+        ``table`` (``kernel`` or ``embedding``) of ``shape`` if given, ``bias`` (layers with
+        ``constant_bias``), ``alpha``, ``epsilon_param`` (``None`` when there is none)."""
         layer = type(self).__name__
         reject_unsupported_features(
             layer,
@@ -191,6 +173,12 @@ class _Layer(nnx.Module):
             if name not in ("self", "rngs"):
                 setattr(self, name, check_rate(value, name) if name in _RATES else value)
         rngs, param_dtype = args["rngs"], self.param_dtype
+        mask = args.get("mask")
+        if mask is not None and tuple(mask.shape) != shape:
+            raise ValueError(
+                "Mask needs to have the same shape as weights. "
+                f"Shapes are: {tuple(mask.shape)}, {shape}"
+            )
         if shape is not None:
             array = args[f"{table}_init"](rngs.params(), shape, param_dtype)
             if args.get("positive_init"):
@@ -200,46 +188,29 @@ class _Layer(nnx.Module):
             setattr(self, table, (FrozenParam if args.get("lazy") else nnx.Param)(array))
             if table == "kernel":
                 self.kernel_shape = shape
-        mask = args.get("mask")
-        if mask is not None and tuple(mask.shape) != shape:
-            raise ValueError(
-                "Mask needs to have the same shape as weights. "
-                f"Shapes are: {tuple(mask.shape)}, {shape}"
-            )
         if "constant_bias" in args:
-            cfg = bias_config(args["use_bias"], args["constant_bias"])
-            self._constant_bias_value = cfg.value if cfg.mode == "constant" else None
-            learnable = cfg.mode == "learnable"
-            size = 1 if args["scalar_bias"] else args["out_features"]
-            self.bias = (
-                nnx.Param(self.bias_init(rngs.params(), (size,), param_dtype))
-                if learnable
-                else nnx.data(None)
-            )
-            self.use_bias = cfg.mode != "none"
+            bias = bias_config(args["use_bias"], args["constant_bias"])
+            learnable = bias.mode == "learnable"
+            self.bias, self._constant_bias_value = nnx.data(None), bias.value
+            if learnable:
+                size = 1 if args["scalar_bias"] else args["out_features"]
+                self.bias = nnx.Param(self.bias_init(rngs.params(), (size,), param_dtype))
+            self.use_bias = bias.mode != "none"
             self.softplus_bias = bool(args["softplus_bias"] and learnable)
             self.scalar_bias = bool(args["scalar_bias"] and learnable)
         alpha = alpha_config(args["use_alpha"], args["constant_alpha"])
-        self._constant_alpha_value = alpha.value if alpha.mode == "constant" else None
-        self.alpha = (
-            nnx.Param(self.alpha_init(rngs.params(), (1,), param_dtype))
-            if alpha.mode == "learnable"
-            else nnx.data(None)
-        )
+        self.alpha, self._constant_alpha_value = nnx.data(None), alpha.value
+        if alpha.mode == "learnable":
+            self.alpha = nnx.Param(self.alpha_init(rngs.params(), (1,), param_dtype))
         self.use_alpha = alpha.mode != "none"
         self.epsilon = check_epsilon(args["epsilon"])
-        self.learnable_epsilon = bool(args["learnable_epsilon"])
-        raw = [softplus_inverse(self.epsilon)]
-        self.epsilon_param = (
-            nnx.Param(jnp.asarray(raw, dtype=param_dtype))
-            if self.learnable_epsilon
-            else nnx.data(None)
-        )
+        self.learnable_epsilon, self.epsilon_param = bool(args["learnable_epsilon"]), nnx.data(None)
+        if self.learnable_epsilon:
+            raw = [softplus_inverse(self.epsilon)]
+            self.epsilon_param = nnx.Param(jnp.asarray(raw, dtype=param_dtype))
 
     def _alpha_value(self) -> Any:
-        if self._constant_alpha_value is not None:
-            return self._constant_alpha_value
-        return None if self.alpha is None else self.alpha[...]
+        return self._constant_alpha_value if self.alpha is None else self.alpha[...]
 
     def _bias_array(self) -> Array | None:
         if self._constant_bias_value is not None:
@@ -251,36 +222,22 @@ class _Layer(nnx.Module):
 
     def _epsilon_value(self) -> Any:
         if self.learnable_epsilon and self.epsilon_param is not None:
-            return softplus_epsilon(self.epsilon_param[...])
+            return _flax.softplus_epsilon(self.epsilon_param[...])
         return self.epsilon
 
 
-# --------------------------------------------------------------------------------------
-# Dense
-# --------------------------------------------------------------------------------------
 class YatNMN(_Layer):
-    """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
+    """Yat dense layer ``alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``, as nmn 0.3.5.
 
-    Variables as ``nmn.nnx.YatNMN`` 0.3.5: ``kernel (in, out)`` (xavier normal; a
-    :class:`FrozenParam` when ``lazy``), ``bias`` (zeros), ``alpha`` (ones, shape (1,)),
-    ``epsilon_param``. The arguments shared by the layers are described in the module
-    docstring.
-
-    Parameters
-    ----------
-    in_features, out_features : int
-    spherical : bool
-        Spherical yat (unit-length inputs and kernel rows).
-    lazy, freeze_kernel : bool
-        Store the kernel as :class:`FrozenParam` (not trained); ``freeze_kernel`` overrides.
-    use_bias, constant_bias, softplus_bias, scalar_bias, use_alpha, constant_alpha, positive_init, use_dropconnect, fused, dtype, param_dtype, precision, compute_mode, distance_floor, kernel_init, bias_init, alpha_init, dot_general, promote_dtype, epsilon, learnable_epsilon, drop_rate, weight_normalized, tie_kernel_bank, kernel_bank_size, kernel_bank_id, rngs
-        As in the module docstring.
+    Variables: ``kernel (in_features, out_features)`` (xavier normal; a
+    :class:`FrozenParam` with ``lazy``, which ``freeze_kernel`` overrides), ``bias``,
+    ``alpha``, ``epsilon_param``; ``spherical``: of unit-length vectors. The other
+    arguments are described in the module docstring.
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from nmn_array.frameworks.nnx import YatNMN
     >>> layer = YatNMN(4, 2, constant_alpha=True, rngs=nnx.Rngs(0))
     >>> bool((layer(jnp.ones((3, 4))) >= 0).all())
     True
@@ -333,7 +290,7 @@ class YatNMN(_Layer):
         x, kernel, bias = self.promote_dtype(
             (inputs, self.kernel[...], self._bias_array()), dtype=self.dtype
         )
-        return yat(
+        return _flax.yat(
             x,
             kernel,
             bias,
@@ -349,9 +306,6 @@ class YatNMN(_Layer):
 YatDense = YatNMN
 
 
-# --------------------------------------------------------------------------------------
-# Convolutions
-# --------------------------------------------------------------------------------------
 class _Conv(_Layer):
     """What the direct and the transposed convolution share: the call."""
 
@@ -364,8 +318,7 @@ class _Conv(_Layer):
         if self.mask is not None:
             kernel = kernel * self.mask
         x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
-        options = {"weight_normalized": self.weight_normalized} if not self.transposed else {}
-        return conv(
+        return _flax.conv(
             type(self).__name__,
             x,
             kernel,
@@ -380,40 +333,27 @@ class _Conv(_Layer):
             precision=self.precision,
             alpha=self._alpha_value(),
             epsilon=self._epsilon_value(),
-            **options,
+            weight_normalized=getattr(self, "weight_normalized", False),
         )
 
 
 class YatConv(_Conv):
     """N-D yat convolution (channels last), as ``nmn.nnx.YatConv`` 0.3.5.
 
-    ``y = alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)``. Variables:
-    ``kernel (*k, in/groups, out)`` (xavier normal), ``bias``, ``alpha``, ``epsilon_param``;
-    a fixed kernel ``mask`` of the kernel's shape is multiplied in. Inputs
-    ``(*batch, *spatial, in)`` with any number of batch axes (or none).
-
-    Parameters
-    ----------
-    in_features, out_features : int
-    kernel_size : int or sequence of ints
-    strides : int or sequence, default 1
-    padding : default 'SAME'
-        'SAME', 'VALID', 'SAME_LOWER', 'CIRCULAR', 'REFLECT', 'CAUSAL' (1-D), an int, ints
-        or (low, high) pairs.
-    input_dilation
-        Only 1 (nmn_array.yat_conv has no input dilation: NotImplementedError otherwise).
-    kernel_dilation : int or sequence, default 1
-    feature_group_count : int
-    use_bias, constant_bias, softplus_bias, scalar_bias, use_alpha, constant_alpha, use_dropconnect, positive_init, kernel_init, bias_init, alpha_init, mask, dtype, param_dtype, precision, conv_general_dilated, promote_dtype, epsilon, learnable_epsilon, drop_rate, weight_normalized, tie_kernel_bank, kernel_bank_size, kernel_bank_id, rngs
-        As in the module docstring.
+    ``y = alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)`` over inputs
+    ``(*batch, *spatial, in)`` with any number of batch axes (or none). Variables:
+    ``kernel (*kernel_size, in/groups, out)`` (xavier normal), ``bias``, ``alpha``,
+    ``epsilon_param``. ``strides``, ``kernel_dilation``: ints or one per dimension;
+    ``padding``: 'SAME' (default), 'VALID', 'SAME_LOWER', 'CIRCULAR', 'REFLECT', 'CAUSAL'
+    (1-D), ints or (low, high) pairs; ``feature_group_count``: groups; ``input_dilation``:
+    only 1 (NotImplementedError otherwise). The other arguments are described in the
+    module docstring.
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from nmn_array.frameworks.nnx import YatConv
-    >>> conv = YatConv(3, 4, (3, 3), rngs=nnx.Rngs(0))
-    >>> conv(jnp.ones((2, 8, 8, 3))).shape
+    >>> YatConv(3, 4, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((2, 8, 8, 3))).shape
     (2, 8, 8, 4)
     """
 
@@ -469,30 +409,16 @@ class YatConvTranspose(_Conv):
     """N-D yat transposed convolution (channels last), as ``nmn.nnx.YatConvTranspose`` 0.3.5.
 
     Output sizes and padding as ``jax.lax.conv_transpose`` ('SAME': ``L * s``; 'VALID':
-    ``L * s + max(k_eff - s, 0)``); ``|w_o|^2`` counts all taps (Decision 9). Variables:
-    ``kernel (*k, in, out)`` (``(*k, out, in)`` with ``transpose_kernel``), ``bias``,
-    ``alpha``, ``epsilon_param``.
-
-    Parameters
-    ----------
-    in_features, out_features : int
-    kernel_size : int or sequence of ints
-    strides : int or sequence, default 1
-    padding : default 'SAME'
-        'SAME', 'VALID', or (low, high) pairs of the form PyTorch's padding can express
-        (see :func:`nmn_array.frameworks._common.lax_conv_transpose_padding`); 'CIRCULAR'
-        raises NotImplementedError.
-    kernel_dilation : int or sequence, default 1
-    transpose_kernel : bool
-        As ``lax.conv_transpose``'s flag.
-    use_bias, constant_bias, softplus_bias, scalar_bias, use_alpha, constant_alpha, use_dropconnect, positive_init, mask, dtype, param_dtype, precision, kernel_init, bias_init, alpha_init, promote_dtype, epsilon, learnable_epsilon, drop_rate, rngs
-        As in the module docstring.
+    ``L * s + max(k_eff - s, 0)``; (low, high) pairs that PyTorch's padding can express, see
+    :func:`nmn_array.frameworks._common.lax_conv_transpose_padding`); ``|w_o|^2`` counts
+    all taps (Decision 9). Variables: ``kernel (*kernel_size, in, out)`` (``(*k, out, in)``
+    with ``transpose_kernel``, as ``lax.conv_transpose``), ``bias``, ``alpha``,
+    ``epsilon_param``. The other arguments are as :class:`YatConv` and the module docstring.
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from nmn_array.frameworks.nnx import YatConvTranspose
     >>> conv = YatConvTranspose(3, 4, (4, 4), strides=(2, 2), rngs=nnx.Rngs(0))
     >>> conv(jnp.ones((1, 4, 4, 3))).shape
     (1, 8, 8, 4)
@@ -544,24 +470,19 @@ YatConv1D = YatConv2D = YatConv3D = YatConv
 YatConvTranspose1D = YatConvTranspose2D = YatConvTranspose3D = YatConvTranspose
 
 
-# --------------------------------------------------------------------------------------
-# Embedding
-# --------------------------------------------------------------------------------------
 class Embed(_Layer):
     """Embedding table with a yat ``attend``, as ``nmn.nnx.Embed`` (alias ``YatEmbed``) 0.3.5.
 
     Variables: ``embedding (num_embeddings, features)`` (``embedding_init``: variance
     scaling, fan in; rows normalised once with ``weight_normalized``), ``alpha``,
     ``epsilon_param``. ``attend(query)`` is ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)``
-    for every row (``spherical``: of unit-length vectors), computed in the promoted dtype
-    of the query and the table (or ``dtype`` if given; Decision 3). The other arguments
-    are described in the module docstring.
+    for every row (``spherical``: of unit-length vectors) in the promoted dtype of the query
+    and the table (or ``dtype``). The other arguments are described in the module docstring.
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from nmn_array.frameworks.nnx import Embed
     >>> emb = Embed(10, 4, rngs=nnx.Rngs(0))
     >>> emb(jnp.array([1, 2])).shape, emb.attend(jnp.ones((3, 4))).shape
     ((2, 4), (3, 10))
@@ -601,7 +522,7 @@ class Embed(_Layer):
     def attend(self, query: Array) -> Array:
         """Yat similarity of ``query (..., features)`` with every row: ``(..., num_embeddings)``."""
         query, table = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
-        return yat(
+        return _flax.yat(
             query,
             table,
             None,
@@ -613,19 +534,6 @@ class Embed(_Layer):
 
 
 YatEmbed = Embed
-
-
-# --------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------
-def _normalization(use_softermax: bool, normalization: str) -> str:
-    if use_softermax:
-        return "softermax"
-    if normalization not in ("softmax", "softermax", "l1"):
-        raise ValueError(
-            f"normalization must be 'softmax', 'softermax' or 'l1', got {normalization!r}"
-        )
-    return normalization
 
 
 def _raise_cache_full(index: Array, max_length: int) -> None:
@@ -688,12 +596,44 @@ class _Attention(_Layer):
         mask = restrict_mask(mask, jnp.broadcast_to(visible, tuple(batch) + (1, 1, max_length)))
         return k, v, mask, (k, v, index + 1)
 
+    def _run(
+        self,
+        projections: tuple,
+        inputs: tuple,
+        mask: Array | None,
+        decode: bool,
+        offset: Any,
+        attention: Callable[..., Array],
+        output: Callable[[Array], Array],
+    ) -> Array:
+        """The attention: ``projections`` of ``inputs`` split into heads (q and k normalised
+        with ``normalize_qk``), one step over the cache with ``decode``, RoPE from position
+        ``offset`` (None: none), ``attention(q, k, v, mask=...)``, ``output`` of that with
+        the queries that see no key zeroed, and the cache written."""
+        q, k, v = (
+            _flax.split_heads(project(t), self.num_heads, normalize and self.normalize_qk)
+            for project, t, normalize in zip(projections, inputs, (True, True, False))
+        )
+        pending, key_offset = None, offset
+        if decode:
+            k, v, mask, pending = self._decode_step(q, k, v, mask)
+            # the query at the cache index; the cached (un-rotated) keys from position 0
+            offset, key_offset = (None, None) if offset is None else (pending[2] - 1, 0)
+        if offset is not None:
+            q, k = self._rotate(q, offset), self._rotate(k, key_offset)
+        mask = _flax.head_mask(mask, q, k)
+        out = _flax.zero_keyless(output(attention(q, k, v, mask=mask)), mask)
+        if pending is not None:
+            self.cached_key[...], self.cached_value[...], self.cache_index[...] = pending
+        return out
+
     def _attend(
         self,
         q: Array,
         k: Array,
         v: Array,
         mask: Array | None,
+        *,
         deterministic: bool,
         rngs: nnx.Rngs | None,
         sow_weights: bool,
@@ -706,7 +646,7 @@ class _Attention(_Layer):
             if rngs is None:
                 raise ValueError("'rngs' must be provided for dropout.")
             rng = rngs.dropout()
-        return attend(
+        return _flax.attend(
             q,
             k,
             v,
@@ -730,36 +670,19 @@ class MultiHeadAttention(_Attention):
 
     ``LinearGeneral`` projections ``query``, ``key``, ``value`` (``(in, qkv)`` kernels,
     lecun normal) and ``out`` (``(H, d, out_features)``), then per head
-    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v``. ``decode=True`` with
-    :meth:`init_cache` runs one token at a time over a key/value cache.
-
-    Parameters
-    ----------
-    num_heads, in_features : int
-    qkv_features, out_features : int or None
-        Default ``in_features``.
-    dtype, param_dtype, broadcast_dropout, dropout_rate, deterministic, precision, kernel_init, out_kernel_init, bias_init, out_bias_init, use_bias
-        As ``flax.nnx.MultiHeadAttention``.
-    attention_fn : callable or None
-        ``None`` (default): nmn_array's yat attention. A callable is used instead, called
-        like flax's attention functions (head-split q, k, v and keyword arguments).
-    decode : bool or None
-    normalize_qk : bool
-        ``q / max(|q|, 1e-12)`` per head (Decision 2).
-    use_softermax, power
-        Softermax normalisation of the scores.
-    spherical : bool
-        Spherical yat scores (nmn NNX reaches them through ``attention_fn``).
-    use_alpha, constant_alpha, alpha_init, epsilon, learnable_epsilon, use_dropconnect, dropconnect_rate, qkv_dot_general, out_dot_general, qkv_dot_general_cls, out_dot_general_cls, rngs
-        As in the module docstring.
+    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v`` (``use_softermax``:
+    softermax of the scores to ``power``; ``spherical``: of unit-length q and k;
+    ``normalize_qk``: ``q / max(|q|, 1e-12)``, Decision 2). ``qkv_features`` and
+    ``out_features`` default to ``in_features``; ``attention_fn=None`` is nmn_array's yat
+    attention, a callable is called as flax's attention functions are; ``decode=True``
+    with :meth:`init_cache` runs one token at a time over a key/value cache. The other
+    arguments are as ``flax.nnx.MultiHeadAttention`` and the module docstring.
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from nmn_array.frameworks.nnx import MultiHeadAttention
-    >>> attn = MultiHeadAttention(2, 8, rngs=nnx.Rngs(0))
-    >>> attn(jnp.ones((2, 5, 8))).shape
+    >>> MultiHeadAttention(2, 8, rngs=nnx.Rngs(0))(jnp.ones((2, 5, 8))).shape
     (2, 5, 8)
     """
 
@@ -865,19 +788,17 @@ class MultiHeadAttention(_Attention):
             )
         else:
             deterministic = True
-        q = split_heads(self.query(inputs_q), self.num_heads, self.normalize_qk)
-        k = split_heads(self.key(inputs_k), self.num_heads, self.normalize_qk)
-        v = split_heads(self.value(inputs_v), self.num_heads)
-        pending = None
-        if _first_from(decode, self.decode, error_msg="no decode flag"):
-            k, v, mask, pending = self._decode_step(q, k, v, mask)
-        mask = head_mask(mask, q, k)
+        attention: Callable[..., Array] = functools.partial(
+            self._attend,
+            deterministic=deterministic,
+            rngs=rngs,
+            sow_weights=sow_weights,
+            spherical=self.spherical,
+            normalization="softermax" if self.use_softermax else "softmax",
+        )
         if self.attention_fn is not None:
-            x = self.attention_fn(
-                q,
-                k,
-                v,
-                mask=mask,
+            attention = functools.partial(
+                self.attention_fn,
                 dropout_rng=rngs.dropout() if rngs is not None and not deterministic else None,
                 dropout_rate=self.dropout_rate,
                 broadcast_dropout=self.broadcast_dropout,
@@ -890,23 +811,15 @@ class MultiHeadAttention(_Attention):
                 power=self.power,
                 alpha=self._alpha_value(),
             )
-        else:
-            normalization = _normalization(self.use_softermax, "softmax")
-            x = self._attend(
-                q,
-                k,
-                v,
-                mask,
-                deterministic,
-                rngs,
-                sow_weights,
-                spherical=self.spherical,
-                normalization=normalization,
-            )
-        out = zero_keyless(self.out(x), mask)
-        if pending is not None:
-            self.cached_key[...], self.cached_value[...], self.cache_index[...] = pending
-        return out
+        return self._run(
+            (self.query, self.key, self.value),
+            (inputs_q, inputs_k, inputs_v),
+            mask,
+            _first_from(decode, self.decode, error_msg="no decode flag"),
+            None,
+            attention,
+            self.out,
+        )
 
     def init_cache(self, input_shape: Sequence[int], dtype: Dtype = jnp.float32) -> None:
         """Create the key/value cache for ``decode``: ``input_shape = (*batch, max_length,
@@ -921,33 +834,19 @@ class RotaryYatAttention(_Attention):
     """Multi-head yat attention with rotary position embeddings, as
     ``nmn.nnx.RotaryYatAttention`` 0.3.5 (quadratic path).
 
-    ``LinearGeneral`` projections ``q_proj``, ``k_proj``, ``v_proj`` and optional ``o_proj``
-    (``(E, E)`` kernels, no bias by default); RoPE (interleaved pairs) rotates q and k at
-    positions ``position_offset + t``; then yat attention. With ``decode=True`` (after
-    :meth:`init_cache`) one token attends over the cache, the query rotated at the cache
-    index and the cached keys from position 0.
-
-    Parameters
-    ----------
-    embed_dim, num_heads, max_seq_len : int
-    theta : float
-    dtype, param_dtype, broadcast_dropout, dropout_rate, precision, kernel_init, bias_init, use_bias, use_out_proj
-        As ``flax.nnx.MultiHeadAttention`` (``use_out_proj``: create ``o_proj``).
-    normalize_qk : bool
-        ``q / max(|q|, 1e-12)`` per head (Decision 2; nmn NNX uses a LayerNorm here).
-    use_softermax, power, normalization
-        The normalisation of the scores: 'softmax', 'softermax' or 'l1'.
-    alpha_init, epsilon, learnable_epsilon, use_alpha, constant_alpha, rngs
-        As in the module docstring.
-    use_performer, performer_kind, num_anchor_features, num_prf_features, num_quad_nodes, performer_num_features, performer_bias, performer_nmax, performer_sketch_m, performer_num_radial, performer_radial_dim, causal, performer_normalize
-        Linear-time attention is Decision 13: ``use_performer=True`` and ``causal=True``
-        (which only acts in performer mode in nmn) raise NotImplementedError.
+    ``LinearGeneral`` projections ``q_proj``, ``k_proj``, ``v_proj`` and (``use_out_proj``)
+    ``o_proj``, ``(E, E)`` kernels without bias by default; RoPE (interleaved pairs,
+    ``theta``) rotates q and k at positions ``position_offset + t`` (up to
+    ``max_seq_len``); then yat attention, normalised by ``normalization`` ('softmax',
+    'softermax' or 'l1'; ``use_softermax``; scores to ``power``). ``normalize_qk`` is
+    ``q / max(|q|, 1e-12)`` (Decision 2; nmn uses a LayerNorm). With ``decode=True``
+    (after :meth:`init_cache`) one token attends over the cache. The other arguments are
+    as :class:`MultiHeadAttention` and the module docstring (``performer_kind`` is checked).
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-    >>> from nmn_array.frameworks.nnx import RotaryYatAttention
     >>> attn = RotaryYatAttention(8, 2, max_seq_len=16, rngs=nnx.Rngs(0))
     >>> attn(jnp.ones((2, 5, 8))).shape
     (2, 5, 8)
@@ -998,7 +897,11 @@ class RotaryYatAttention(_Attention):
                 "performer_kind must be one of 'slay', 'maclaurin', 'radial', "
                 f"got {performer_kind!r}."
             )
-        normalization = _normalization(use_softermax, normalization)
+        normalization = "softermax" if use_softermax else normalization
+        if normalization not in ("softmax", "softermax", "l1"):
+            raise ValueError(
+                f"normalization must be 'softmax', 'softermax' or 'l1', got {normalization!r}"
+            )
         self._setup(locals())
         if embed_dim % num_heads:
             raise ValueError(
@@ -1019,7 +922,7 @@ class RotaryYatAttention(_Attention):
                 f"Rotary frequencies were precomputed for max_seq_len={self.max_seq_len}, "
                 f"but position_offset + seq_len = {int(offset) + t.shape[1]} exceeds it."
             )
-        return rotate(t, offset, self.theta)
+        return _flax.rotate(t, offset, self.theta)
 
     def __call__(
         self,
@@ -1033,38 +936,23 @@ class RotaryYatAttention(_Attention):
         sow_weights: bool = False,
     ) -> Array:
         """``x (B, L, E)`` -> ``(B, L, E)``; ``mask`` broadcastable to ``(B, H, L, Lk)``."""
-        q = split_heads(self.q_proj(x), self.num_heads, self.normalize_qk)
-        k = split_heads(self.k_proj(x), self.num_heads, self.normalize_qk)
-        v = split_heads(self.v_proj(x), self.num_heads)
-        pending = None
-        key_offset: Any = position_offset
-        if decode:
-            if q.shape[1] != 1:
-                raise ValueError(
-                    f"Autoregressive decode expects one token, got seq_len={q.shape[1]}."
-                )
-            k, v, mask, pending = self._decode_step(q, k, v, mask)
-            position_offset, key_offset = pending[2] - 1, 0
-        q, k = self._rotate(q, position_offset), self._rotate(k, key_offset)
-        mask = head_mask(mask, q, k)
-        out = self._attend(
-            q,
-            k,
-            v,
-            mask,
-            deterministic,
-            rngs,
-            sow_weights,
+        if decode and x.shape[1] != 1:
+            raise ValueError(f"Autoregressive decode expects one token, got seq_len={x.shape[1]}.")
+        attention = functools.partial(
+            self._attend,
+            deterministic=deterministic,
+            rngs=rngs,
+            sow_weights=sow_weights,
             spherical=False,
             normalization=self.normalization,
         )
-        out = out.reshape(x.shape[:-1] + (self.embed_dim,))
-        if self.o_proj is not None:
-            out = self.o_proj(out)
-        out = zero_keyless(out, mask)
-        if pending is not None:
-            self.cached_key[...], self.cached_value[...], self.cache_index[...] = pending
-        return out
+
+        def output(out: Array) -> Array:
+            out = out.reshape(x.shape[:-1] + (self.embed_dim,))
+            return out if self.o_proj is None else self.o_proj(out)
+
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        return self._run(projections, (x, x, x), mask, decode, position_offset, attention, output)
 
     def init_cache(self, batch_size: int, max_length: int, dtype: Dtype = jnp.float32) -> None:
         """Create the key/value cache for ``decode=True``."""
