@@ -7,6 +7,16 @@ the same model built from these classes. Each ``__call__`` makes one ``nmn_array
 the raw arrays; rotary attention adds the two ``rotary_embedding`` calls for q and k. The
 differences from ``nmn`` are listed in ``docs/migration/linen.md``.
 
+The fields the layers share mean the same in each of them:
+
+- ``use_bias``, ``constant_bias``, ``bias_init``: a learnable bias (zeros) or a constant.
+- ``use_alpha``, ``constant_alpha``, ``alpha_init``: a learnable alpha (ones, shape (1,))
+  or a constant (``True`` = sqrt(2)); attention scales the scores before normalisation.
+- ``epsilon``, ``learnable_epsilon``: the positive epsilon, or a learnable
+  ``epsilon_param`` holding its softplus inverse (Decision 11).
+- ``kernel_init``; ``dtype``, ``param_dtype``: compute and parameter dtypes;
+  ``precision``: applied as ``jax.default_matmul_precision``.
+
 Examples
 --------
 >>> import jax, jax.numpy as jnp
@@ -23,20 +33,18 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
     check_epsilon,
     check_rate,
-    lax_conv_padding,
-    lax_conv_transpose_padding,
     reject_nondefault,
     require,
     softplus_inverse,
     unit_normalized,
 )
 
-import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
 jax = require("jax")
@@ -45,16 +53,6 @@ jax = require("jax")
 nn: Any = require("flax.linen")
 jnp = jax.numpy
 _promote_dtype = require("flax.linen.dtypes").promote_dtype
-
-from nmn_array.frameworks.nnx import (  # noqa: E402  (jax helpers shared with NNX)
-    attention_dropout,
-    conv_kernel_to_oihw,
-    conv_transpose_kernel_to_iohw,
-    flat_batch,
-    precision_scope,
-    softplus_epsilon,
-    zero_keyless,
-)
 
 __all__ = [
     "DEFAULT_CONSTANT_ALPHA",
@@ -85,13 +83,15 @@ Array = Any
 
 #: ``constant_alpha=True``.
 DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
-# nmn's guard when normalising the embedding table (Decision 7).
-# Decision 2: normalize_qk is q / max(|q|, 1e-12).
-_QK_NORM_FLOOR = 1e-12
 
 
 def _ones(key: Any, shape: tuple[int, ...], dtype: Any) -> Array:
     return jnp.ones(shape, dtype)
+
+
+def _promote(arrays: tuple, dtype: Any = None, inexact: bool = True) -> tuple:
+    """flax's dtype promotion of ``arrays`` (``None`` entries pass), as NNX takes it."""
+    return _promote_dtype(*arrays, dtype=dtype, inexact=inexact)
 
 
 def _fp32_init(initializer: Callable[..., Array]) -> Callable[..., Array]:
@@ -104,15 +104,6 @@ def _fp32_init(initializer: Callable[..., Array]) -> Callable[..., Array]:
         return initializer(key, shape, dtype)
 
     return init
-
-
-def _epsilon_dtype(param_dtype: Any) -> Any:
-    """A learnable epsilon is stored in at least float32 (its raw value underflows float16)."""
-    if param_dtype in (jnp.float16, jnp.bfloat16):
-        return jnp.float32
-    if jnp.dtype(param_dtype) == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("float64 learnable epsilon requires jax_enable_x64")
-    return param_dtype
 
 
 # For mypy the mixins are flax Modules (they are only combined with one, whose dataclass
@@ -129,52 +120,45 @@ class _YatMixin(_ModuleBase):
 
     def _alpha(self, constant_alpha: Any = None) -> Any:
         cfg = alpha_config(self.use_alpha, constant_alpha)
-        if cfg.mode == "constant":
-            return cfg.value
         if cfg.mode == "learnable":
             return self.param("alpha", self.alpha_init, (1,), self.param_dtype)
-        return None
+        return cfg.value  # a constant or None
 
     def _bias(self) -> Array | None:
         cfg = bias_config(self.use_bias, self.constant_bias)
-        if cfg.mode == "constant":
-            return jnp.full((self.features,), cfg.value, dtype=self.param_dtype)
         if cfg.mode == "learnable":
             return self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return None
+        return (
+            None if cfg.value is None else jnp.full((self.features,), cfg.value, self.param_dtype)
+        )
 
     def _epsilon(self) -> Any:
         if not self.learnable_epsilon:
             return self.epsilon
+        # stored in at least float32: the raw value of a small epsilon underflows float16
+        dtype = self.param_dtype
+        if dtype in (jnp.float16, jnp.bfloat16):
+            dtype = jnp.float32
+        elif jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("float64 learnable epsilon requires jax_enable_x64")
         raw = softplus_inverse(self.epsilon)
-        param = self.param(
-            "epsilon_param",
-            lambda key, shape, dtype: jnp.full(shape, raw, dtype),
-            (1,),
-            _epsilon_dtype(self.param_dtype),
-        )
-        return softplus_epsilon(param)
+        init = lambda key, shape, dtype: jnp.full(shape, raw, dtype)  # noqa: E731
+        return _flax.softplus_epsilon(self.param("epsilon_param", init, (1,), dtype))
 
 
-# --------------------------------------------------------------------------------------
-# Dense
-# --------------------------------------------------------------------------------------
 class YatNMN(_YatMixin, nn.Module):
     """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
     Fields and parameters as ``nmn.linen.YatNMN`` 0.3.5: ``kernel (features, in)`` (one
     neuron per row, xavier normal), ``bias`` (zeros), ``alpha`` (ones, (1,)),
     ``epsilon_param``. ``positive_init`` takes ``abs()`` of the kernel in every call and
-    ``lazy`` / ``freeze_kernel`` stop its gradient, as nmn Linen does.
+    ``lazy`` / ``freeze_kernel`` stop its gradient, as nmn Linen does; ``spherical`` and
+    ``weight_normalized`` (unit-length rows) as :func:`nmn_array.yat`. The other fields
+    are described in the module docstring.
 
     Attributes
     ----------
     features : int
-    use_bias, constant_bias, use_alpha, constant_alpha, positive_init, dtype, param_dtype
-    precision
-        Matmul precision (as ``jax.default_matmul_precision``).
-    kernel_init, bias_init, alpha_init, epsilon, learnable_epsilon, spherical,
-    weight_normalized, lazy, freeze_kernel
     dot_general, dot_general_cls
         Only ``None`` (the product is computed by ``nmn_array.yat``).
     return_weights : bool
@@ -221,37 +205,64 @@ class YatNMN(_YatMixin, nn.Module):
             dot_general=(self.dot_general, None),
             dot_general_cls=(self.dot_general_cls, None),
         )
-        kernel = self.param(
-            "kernel", self.kernel_init, (self.features, jnp.shape(inputs)[-1]), self.param_dtype
-        )
+        shape = (self.features, jnp.shape(inputs)[-1])
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         if self.lazy or self.freeze_kernel:
             kernel = jax.lax.stop_gradient(kernel)
         if self.positive_init:
             kernel = jnp.abs(kernel)
-        alpha = self._alpha(self.constant_alpha)
-        bias = self._bias()
-        epsilon = self._epsilon()
-        x, kernel, bias = _promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        with precision_scope(self.precision):
-            y = nmn_array.yat(
-                x,
-                kernel,
-                bias,
-                alpha=alpha,
-                epsilon=epsilon,
-                spherical=self.spherical,
-                weight_normalized=self.weight_normalized,
-            )
+        alpha, bias, epsilon = self._alpha(self.constant_alpha), self._bias(), self._epsilon()
+        x, kernel, bias = _promote((inputs, kernel, bias), dtype=self.dtype)
+        y = _flax.yat(
+            x,
+            kernel,
+            bias,
+            self.precision,
+            alpha=alpha,
+            epsilon=epsilon,
+            spherical=self.spherical,
+            weight_normalized=self.weight_normalized,
+        )
         return (y, kernel) if self.return_weights else y
 
 
 YatDense = YatNMN
 
 
-# --------------------------------------------------------------------------------------
-# Convolutions
-# --------------------------------------------------------------------------------------
-class _YatConv(_YatMixin, nn.Module):
+class _ConvCall(_YatMixin, nn.Module):
+    """The call of the direct and the transposed convolution (channels last)."""
+
+    transposed = False
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        """``inputs (batch, *spatial, in)`` -> ``(batch, *out, features)``."""
+        channels, groups = inputs.shape[-1], getattr(self, "feature_group_count", 1)
+        if groups <= 0 or channels % groups or self.features % groups:
+            raise ValueError(
+                f"Input channels ({channels}) and features ({self.features}) must be "
+                f"divisible by feature_group_count ({groups})."
+            )
+        shape = tuple(self.kernel_size) + (channels // groups, self.features)
+        kernel = self.param("kernel", _fp32_init(self.kernel_init), shape, self.param_dtype)
+        x, kernel, bias = _promote((inputs, kernel, self._bias()), dtype=self.dtype)
+        return _flax.conv(
+            type(self).__name__,
+            x,
+            kernel,
+            bias,
+            transposed=self.transposed,
+            strides=tuple(self.strides),
+            padding=self.padding,
+            dilation=tuple(getattr(self, "kernel_dilation", (1,) * len(self.kernel_size))),
+            input_dilation=tuple(getattr(self, "input_dilation", ())),
+            groups=groups,
+            alpha=self._alpha(),
+            epsilon=self._epsilon(),
+        )
+
+
+class _YatConv(_ConvCall):
     """Yat convolution, channels last; subclasses fix the number of spatial dimensions."""
 
     features: int
@@ -272,53 +283,11 @@ class _YatConv(_YatMixin, nn.Module):
     epsilon: float = 1e-5
     learnable_epsilon: bool = False
 
-    @nn.compact
-    def __call__(self, inputs: Array) -> Array:
-        """``inputs (batch, *spatial, in)`` -> ``(batch, *out, features)``."""
-        nd = len(self.kernel_size)
-        if any(d != 1 for d in self.input_dilation):
-            raise NotImplementedError(
-                f"{type(self).__name__}(input_dilation={tuple(self.input_dilation)}) is not "
-                "implemented in nmn_array: nmn_array.yat_conv has no input (lhs) dilation"
-            )
-        channels, groups = inputs.shape[-1], self.feature_group_count
-        if groups <= 0 or channels % groups or self.features % groups:
-            raise ValueError(
-                f"Input channels ({channels}) and features ({self.features}) must be "
-                f"divisible by feature_group_count ({groups})."
-            )
-        kernel = self.param(
-            "kernel",
-            _fp32_init(self.kernel_init),
-            tuple(self.kernel_size) + (channels // groups, self.features),
-            self.param_dtype,
-        )
-        bias = self._bias()
-        alpha = self._alpha()
-        epsilon = self._epsilon()
-        x, batch = flat_batch(inputs, nd)
-        padding, mode = lax_conv_padding(
-            self.padding, self.kernel_size, self.kernel_dilation, self.strides, x.shape[1:-1]
-        )
-        x, kernel, bias = _promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = nmn_array.yat_conv(
-            x,
-            conv_kernel_to_oihw(kernel),
-            bias,
-            stride=tuple(self.strides),
-            padding=padding,
-            dilation=tuple(self.kernel_dilation),
-            groups=groups,
-            padding_mode=mode,
-            data_format="channels_last",
-            alpha=alpha,
-            epsilon=epsilon,
-        )
-        return jnp.reshape(y, batch + y.shape[1:])
 
-
-class _YatConvTranspose(_YatMixin, nn.Module):
+class _YatConvTranspose(_ConvCall):
     """Yat transposed convolution, channels last, ``lax.conv_transpose`` output sizes."""
+
+    transposed = True
 
     features: int
     kernel_size: Sequence[int]
@@ -335,104 +304,58 @@ class _YatConvTranspose(_YatMixin, nn.Module):
     epsilon: float = 1e-5
     learnable_epsilon: bool = False
 
-    @nn.compact
-    def __call__(self, inputs: Array) -> Array:
-        """``inputs (batch, *spatial, in)`` -> ``(batch, *out, features)``."""
-        nd = len(self.kernel_size)
-        kernel = self.param(
-            "kernel",
-            _fp32_init(self.kernel_init),
-            tuple(self.kernel_size) + (inputs.shape[-1], self.features),
-            self.param_dtype,
-        )
-        bias = self._bias()
-        alpha = self._alpha()
-        epsilon = self._epsilon()
-        x, batch = flat_batch(inputs, nd)
-        padding, output_padding = lax_conv_transpose_padding(
-            self.padding, self.kernel_size, self.strides, (1,) * nd
-        )
-        x, kernel, bias = _promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = nmn_array.yat_conv_transpose(
-            x,
-            conv_transpose_kernel_to_iohw(kernel),
-            bias,
-            stride=tuple(self.strides),
-            padding=padding,
-            output_padding=output_padding,
-            data_format="channels_last",
-            alpha=alpha,
-            epsilon=epsilon,
-        )
-        return jnp.reshape(y, batch + y.shape[1:])
 
+_CONV_DOC = """{nd}-D yat {what} (channels last), as ``nmn.linen.{name}`` 0.3.5.
 
-_CONV_DOC = """{nd}-D yat convolution (channels last), as ``nmn.linen.YatConv{nd}D`` 0.3.5.
-
-``y = alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)``. Parameters:
-``kernel (*k, in/groups, features)`` (orthogonal), ``bias`` (zeros), ``alpha`` (ones),
-``epsilon_param``. ``padding``: 'VALID' (default), 'SAME', 'SAME_LOWER', (low, high)
-pairs, and also NNX's 'CIRCULAR', 'REFLECT', 'CAUSAL' (1-D). ``input_dilation`` must be 1
-(NotImplementedError otherwise).
+{about} Parameters: ``kernel (*k, {channels}, features)`` (orthogonal), ``bias`` (zeros),
+``alpha`` (ones), ``epsilon_param``; the fields as described in the module docstring.
 
 Examples
 --------
 >>> import jax, jax.numpy as jnp
->>> from nmn_array.frameworks.linen import YatConv{nd}D
->>> m = YatConv{nd}D(features=4, kernel_size={k})
+>>> from nmn_array.frameworks.linen import {name}
+>>> m = {name}(features=4, kernel_size={k}, strides={s})
 >>> x = jnp.ones((1,) + (6,) * {nd} + (2,))
 >>> m.apply(m.init(jax.random.key(0), x), x).shape
 {shape}
 """
-
-_CONV_T_DOC = """{nd}-D yat transposed convolution (channels last), as
-``nmn.linen.YatConvTranspose{nd}D`` 0.3.5.
-
-Output sizes as ``jax.lax.conv_transpose`` ('VALID': ``L * s + max(k - s, 0)``, 'SAME':
-``L * s``); ``|w_o|^2`` counts all taps (Decision 9). Parameters:
-``kernel (*k, in, features)`` (orthogonal), ``bias``, ``alpha``, ``epsilon_param``.
-
-Examples
---------
->>> import jax, jax.numpy as jnp
->>> from nmn_array.frameworks.linen import YatConvTranspose{nd}D
->>> m = YatConvTranspose{nd}D(features=4, kernel_size={k}, strides={s})
->>> x = jnp.ones((1,) + (3,) * {nd} + (2,))
->>> m.apply(m.init(jax.random.key(0), x), x).shape
-{shape_t}
-"""
+_ABOUT = (
+    "``y = alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)``. ``padding``: "
+    "'VALID' (default), 'SAME', 'SAME_LOWER', (low, high) pairs, and also NNX's 'CIRCULAR', "
+    "'REFLECT', 'CAUSAL' (1-D). ``input_dilation`` must be 1 (NotImplementedError otherwise).",
+    "Output sizes as ``jax.lax.conv_transpose`` ('VALID': ``L * s + max(k - s, 0)``, 'SAME': "
+    "``L * s``); ``|w_o|^2`` counts all taps (Decision 9).",
+)
 
 
-def _conv_class(name: str, nd: int, transposed: bool) -> type:
+def _conv_class(nd: int, transposed: bool) -> type:
+    name = f"YatConv{'Transpose' if transposed else ''}{nd}D"
     ones = (1,) * nd
+    fields = ("strides",) if transposed else ("strides", "input_dilation", "kernel_dilation")
+    doc = _CONV_DOC.format(
+        nd=nd,
+        name=name,
+        what="transposed convolution" if transposed else "convolution",
+        about=_ABOUT[transposed],
+        channels="in" if transposed else "in/groups",
+        k=(3,) * nd,
+        s=(2,) * nd,
+        shape=(1,) + (13 if transposed else 2,) * nd + (4,),
+    )
     namespace: dict[str, Any] = {
-        "__annotations__": {"strides": "Sequence[int]"},
-        "strides": ones,
+        "__annotations__": dict.fromkeys(fields, "Sequence[int]"),
+        **dict.fromkeys(fields, ones),
         "__module__": __name__,
         "__qualname__": name,
+        "__doc__": doc,
     }
-    k, s = (3,) * nd, (2,) * nd
-    if transposed:
-        base = _YatConvTranspose
-        doc = _CONV_T_DOC.format(nd=nd, k=k, s=s, shape_t=(1,) + (7,) * nd + (4,))
-    else:
-        base = _YatConv
-        namespace["__annotations__"].update(
-            {"input_dilation": "Sequence[int]", "kernel_dilation": "Sequence[int]"}
-        )
-        namespace["input_dilation"] = ones
-        namespace["kernel_dilation"] = ones
-        doc = _CONV_DOC.format(nd=nd, k=k, shape=(1,) + (4,) * nd + (4,))
-    namespace["__doc__"] = doc
-    return type(name, (base,), namespace)
+    return type(name, (_YatConvTranspose if transposed else _YatConv,), namespace)
 
 
-YatConv1D = _conv_class("YatConv1D", 1, False)
-YatConv2D = _conv_class("YatConv2D", 2, False)
-YatConv3D = _conv_class("YatConv3D", 3, False)
-YatConvTranspose1D = _conv_class("YatConvTranspose1D", 1, True)
-YatConvTranspose2D = _conv_class("YatConvTranspose2D", 2, True)
-YatConvTranspose3D = _conv_class("YatConvTranspose3D", 3, True)
+YatConv1D, YatConv2D, YatConv3D = (_conv_class(nd, False) for nd in (1, 2, 3))
+YatConvTranspose1D, YatConvTranspose2D, YatConvTranspose3D = (
+    _conv_class(nd, True) for nd in (1, 2, 3)
+)
 YatConv1d, YatConv2d, YatConv3d = YatConv1D, YatConv2D, YatConv3D
 YatConvTranspose1d, YatConvTranspose2d, YatConvTranspose3d = (
     YatConvTranspose1D,
@@ -441,17 +364,15 @@ YatConvTranspose1d, YatConvTranspose2d, YatConvTranspose3d = (
 )
 
 
-# --------------------------------------------------------------------------------------
-# Embedding
-# --------------------------------------------------------------------------------------
 class YatEmbed(_YatMixin, nn.Module):
     """Embedding table with a yat ``attend``, as ``nmn.linen.YatEmbed`` 0.3.5.
 
     ``__call__(ids)`` looks rows up; ``attend(query)`` is
-    ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)`` per row (no bias). Parameters:
-    ``embedding (num_embeddings, features)`` (variance scaling, fan in) and, created by
-    ``attend``, ``alpha``. With ``weight_normalized`` the rows are normalised in every call
-    (lookup and attend), as nmn Linen does.
+    ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)`` per row (no bias; ``spherical``: of
+    unit-length vectors). Parameters: ``embedding (num_embeddings, features)``
+    (``embedding_init``: variance scaling, fan in) and, created by ``attend``, ``alpha``.
+    With ``weight_normalized`` the rows are normalised in every call (lookup and attend), as
+    nmn Linen does. The other fields are described in the module docstring.
 
     Examples
     --------
@@ -476,12 +397,8 @@ class YatEmbed(_YatMixin, nn.Module):
     alpha_init: Any = _ones
 
     def _table(self) -> Array:
-        return self.param(
-            "embedding",
-            self.embedding_init,
-            (self.num_embeddings, self.features),
-            self.param_dtype,
-        )
+        shape = (self.num_embeddings, self.features)
+        return self.param("embedding", self.embedding_init, shape, self.param_dtype)
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
@@ -489,7 +406,7 @@ class YatEmbed(_YatMixin, nn.Module):
         table = self._table()
         if self.weight_normalized:
             table = unit_normalized(table, 0)
-        (table,) = _promote_dtype(table, dtype=self.dtype, inexact=False)
+        (table,) = _promote((table,), dtype=self.dtype, inexact=False)
         if self.num_embeddings == 1:
             return jnp.broadcast_to(table, inputs.shape + (self.features,))
         return jnp.take(table, inputs, axis=0)
@@ -499,10 +416,12 @@ class YatEmbed(_YatMixin, nn.Module):
         """Yat similarity of ``query (..., features)`` with every row: ``(..., num_embeddings)``."""
         table = self._table()
         alpha = self._alpha(self.constant_alpha)
-        query, table = _promote_dtype(query, table, dtype=self.dtype)
-        return nmn_array.yat(
+        query, table = _promote((query, table), dtype=self.dtype)
+        return _flax.yat(
             query,
             table,
+            None,
+            None,
             alpha=alpha,
             epsilon=self.epsilon,
             spherical=self.spherical,
@@ -510,47 +429,7 @@ class YatEmbed(_YatMixin, nn.Module):
         )
 
 
-# --------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------
-def _l2_normalize(x: Array) -> Array:
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, jnp.asarray(_QK_NORM_FLOOR, norm.dtype))
-
-
 class _AttentionMixin(_YatMixin):
-    def _attend(
-        self,
-        q: Array,
-        k: Array,
-        v: Array,
-        mask: Array | None,
-        alpha: Any,
-        epsilon: Any,
-        deterministic: bool,
-        spherical: bool,
-        normalization: str,
-        power: float = 1.0,
-    ) -> Array:
-        """Yat attention on ``(..., L, H, d)`` arrays; dropout on the weights."""
-        q, k, v = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
-        kwargs = dict(
-            mask=mask,
-            alpha=alpha,
-            epsilon=epsilon,
-            spherical=spherical,
-            normalization=normalization,
-            power=power,
-        )
-        rate = check_rate(self.dropout_rate)
-        if rate > 0.0 and not deterministic:
-            weights = nmn_array.yat_attention_weights(q, k, **kwargs)
-            weights = attention_dropout(weights, self.make_rng("dropout"), rate, True)
-            out = jnp.matmul(weights, v)
-        else:
-            out = nmn_array.yat_attention(q, k, v, **kwargs)
-        return jnp.swapaxes(out, -3, -2)
-
     def _dense(self, features: int, name: str) -> nn.Dense:
         return nn.Dense(
             features,
@@ -562,6 +441,33 @@ class _AttentionMixin(_YatMixin):
             name=name,
         )
 
+    def _attention(
+        self,
+        inputs: tuple[Array, Array, Array],
+        names: tuple[str, str, str],
+        features: int,
+        mask: Array | None,
+        deterministic: bool,
+        **options: Any,
+    ) -> tuple[Array, Array | None]:
+        """Project ``inputs`` (q, k, v) with the Dense layers ``names``, split the heads,
+        attend (``options``: epsilon, normalization, ...; ``offset``: rotate q and k from
+        that position) and merge the heads; returns the output and the broadcast mask."""
+        q, k, v = (
+            _flax.split_heads(self._dense(features, name)(t), self.num_heads, normalize)
+            for t, name, normalize in zip(inputs, names, (self.normalize_qk,) * 2 + (False,))
+        )
+        alpha = self._alpha(self.constant_alpha)
+        q, k, v = _promote((q, k, v), dtype=self.dtype)
+        offset = options.pop("offset", None)
+        if offset is not None:
+            q, k = _flax.rotate(q, offset, self.theta), _flax.rotate(k, offset, self.theta)
+        mask = _flax.head_mask(mask, q, k)
+        rate = check_rate(self.dropout_rate)
+        rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
+        x = _flax.attend(q, k, v, mask, dropout_rng=rng, dropout_rate=rate, alpha=alpha, **options)
+        return x.reshape(x.shape[:-2] + (features,)), mask
+
 
 class MultiHeadAttention(_AttentionMixin, nn.Module):
     """Multi-head yat attention, as ``nmn.linen.MultiHeadAttention`` 0.3.5.
@@ -569,13 +475,15 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
     ``nn.Dense`` projections ``query``, ``key``, ``value``, ``out`` (kernels ``(in, out)``,
     xavier normal) and per head
     ``norm(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v``. ``spherical`` is honoured
-    and dropout draws from the ``'dropout'`` rng stream (Decision 5); ``normalize_qk`` is
-    ``q / max(|q|, 1e-12)`` (Decision 2).
+    and dropout (``dropout_rate``) draws from the ``'dropout'`` rng stream (Decision 5);
+    ``normalize_qk`` is ``q / max(|q|, 1e-12)`` (Decision 2). The other fields are
+    described in the module docstring.
 
     Attributes
     ----------
-    num_heads, qkv_features, out_features, dropout_rate, use_bias, use_alpha, constant_alpha,
-    normalize_qk, spherical, epsilon, dtype, param_dtype, kernel_init, bias_init, alpha_init
+    num_heads : int
+    qkv_features, out_features : int or None
+        Default: the input features.
     normalization : {"softmax", "l1"}
 
     Examples
@@ -621,40 +529,24 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
             raise ValueError(
                 f"normalization must be either 'softmax' or 'l1', got {self.normalization!r}"
             )
-        if inputs_k is None:
-            inputs_k = inputs_q
-        if inputs_v is None:
-            inputs_v = inputs_k
+        inputs_k = inputs_q if inputs_k is None else inputs_k
+        inputs_v = inputs_k if inputs_v is None else inputs_v
         qkv = self.qkv_features or inputs_q.shape[-1]
-        out_features = self.out_features or qkv
         if qkv % self.num_heads:
             raise ValueError(
                 f"qkv_features ({qkv}) must be divisible by num_heads ({self.num_heads})."
             )
-        heads = (self.num_heads, qkv // self.num_heads)
-        q = self._dense(qkv, "query")(inputs_q)
-        k = self._dense(qkv, "key")(inputs_k)
-        v = self._dense(qkv, "value")(inputs_v)
-        q, k, v = (t.reshape(t.shape[:-1] + heads) for t in (q, k, v))
-        if self.normalize_qk:
-            q, k = _l2_normalize(q), _l2_normalize(k)
-        alpha = self._alpha(self.constant_alpha)
-        q, k, v = _promote_dtype(q, k, v, dtype=self.dtype)
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3]))
-        x = self._attend(
-            q,
-            k,
-            v,
+        x, mask = self._attention(
+            (inputs_q, inputs_k, inputs_v),
+            ("query", "key", "value"),
+            qkv,
             mask,
-            alpha,
-            self.epsilon,
             deterministic,
-            self.spherical,
-            self.normalization,
+            epsilon=self.epsilon,
+            spherical=self.spherical,
+            normalization=self.normalization,
         )
-        x = self._dense(out_features, "out")(x.reshape(x.shape[:-2] + (qkv,)))
-        return zero_keyless(x, mask)
+        return _flax.zero_keyless(self._dense(self.out_features or qkv, "out")(x), mask)
 
 
 MultiHeadYatAttention = MultiHeadAttention
@@ -665,20 +557,20 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
 
     nmn has no Linen rotary layer; this one mirrors ``nmn.nnx.RotaryYatAttention``
     (quadratic path) with Linen conventions: ``nn.Dense`` projections ``q_proj``, ``k_proj``,
-    ``v_proj`` and optional ``o_proj`` (lecun normal, no bias by default); RoPE on q and k at
-    positions ``position_offset + t``; alpha scales the scores before normalisation.
+    ``v_proj`` and optional ``o_proj`` (``use_out_proj``; lecun normal, no bias by default);
+    RoPE (``theta``) on q and k at positions ``position_offset + t``; alpha scales the
+    scores before normalisation; dropout (``dropout_rate``) from the ``'dropout'`` rng
+    stream. The other fields are described in the module docstring.
 
     Attributes
     ----------
     embed_dim, num_heads : int
         ``embed_dim / num_heads`` must be even.
     max_seq_len : int
-    theta : float
-    dropout_rate, use_bias, use_alpha, constant_alpha
     normalize_qk : bool
         ``q / max(|q|, 1e-12)`` per head before RoPE (Decision 2).
-    use_out_proj, epsilon, learnable_epsilon, normalization, power, dtype, param_dtype,
-    kernel_init, bias_init, alpha_init
+    normalization, power
+        'softmax', 'softermax' or 'l1' of the scores raised to ``power``.
 
     Examples
     --------
@@ -724,45 +616,23 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must split into {self.num_heads} heads of even size"
             )
-        b, length, _ = x.shape
-        if position_offset + length > self.max_seq_len:
+        if position_offset + x.shape[1] > self.max_seq_len:
             raise ValueError(
-                f"position_offset + seq_len = {position_offset + length} exceeds "
+                f"position_offset + seq_len = {position_offset + x.shape[1]} exceeds "
                 f"max_seq_len={self.max_seq_len}"
             )
-        heads = (self.num_heads, self.embed_dim // self.num_heads)
-        q = self._dense(self.embed_dim, "q_proj")(x).reshape((b, length) + heads)
-        k = self._dense(self.embed_dim, "k_proj")(x).reshape((b, length) + heads)
-        v = self._dense(self.embed_dim, "v_proj")(x).reshape((b, length) + heads)
-        if self.normalize_qk:
-            q, k = _l2_normalize(q), _l2_normalize(k)
-        alpha = self._alpha(self.constant_alpha)
-        epsilon = self._epsilon()
-        q, k, v = _promote_dtype(q, k, v, dtype=self.dtype)
-        positions = position_offset + jnp.arange(length, dtype=jnp.int32)
-        # RoPE acts on (..., L, d): rotate with the heads moved in front of the positions
-        q, k = (
-            jnp.swapaxes(
-                nmn_array.rotary_embedding(jnp.swapaxes(t, 1, 2), positions, theta=self.theta),
-                1,
-                2,
-            )
-            for t in (q, k)
-        )
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, (b, self.num_heads, length, length))
-        out = self._attend(
-            q,
-            k,
-            v,
+        out, mask = self._attention(
+            (x, x, x),
+            ("q_proj", "k_proj", "v_proj"),
+            self.embed_dim,
             mask,
-            alpha,
-            epsilon,
             deterministic,
-            False,
-            self.normalization,
-            self.power,
-        ).reshape(b, length, self.embed_dim)
+            offset=position_offset,
+            epsilon=self._epsilon(),
+            spherical=False,
+            normalization=self.normalization,
+            power=self.power,
+        )
         if self.use_out_proj:
             out = self._dense(self.embed_dim, "o_proj")(out)
-        return zero_keyless(out, mask)
+        return _flax.zero_keyless(out, mask)

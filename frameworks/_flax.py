@@ -1,0 +1,223 @@
+"""JAX code shared by the Flax NNX and Flax Linen modules: no parameters, no yat formulas.
+
+Each function takes the raw arrays a layer holds and makes the ``nmn_array`` call, so the
+conversion of flax conventions (channels-last kernels, ``lax`` padding, head-split
+``(..., L, H, d)`` attention arrays, ``precision``) is written once for both APIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from nmn_array.frameworks._common import (
+    lax_conv_padding,
+    lax_conv_transpose_padding,
+    mask_visibility,
+    require,
+)
+
+import nmn_array
+
+jax = require("jax")
+jnp = jax.numpy
+lax = jax.lax
+
+Array = Any
+# Decision 2: normalize_qk is q / max(|q|, 1e-12).
+_QK_NORM_FLOOR = 1e-12
+
+
+def precision_scope(precision: Any) -> contextlib.AbstractContextManager:
+    """``precision`` of a flax layer as a ``jax.default_matmul_precision`` scope.
+
+    The pure functions take no precision argument, so a layer's ``precision`` (``None``, a
+    string or a ``jax.lax.Precision``) sets JAX's default matmul/conv precision around the
+    call.
+    """
+    if precision is None:
+        return contextlib.nullcontext()
+    if isinstance(precision, lax.Precision):
+        precision = precision.name.lower()
+    if not isinstance(precision, str):
+        raise NotImplementedError(
+            f"precision={precision!r} is not supported: use None, a string or a "
+            "jax.lax.Precision (one precision for all operands)"
+        )
+    return jax.default_matmul_precision(precision.lower())
+
+
+def softplus_epsilon(raw: Array) -> Array:
+    """A learnable epsilon from its raw parameter (Decision 11), computed in >= float32."""
+    if raw.dtype in (jnp.float16, jnp.bfloat16):
+        raw = raw.astype(jnp.float32)
+    return jax.nn.softplus(raw)
+
+
+def yat(x: Array, kernel: Array, bias: Array | None, precision: Any, **options: Any) -> Array:
+    """:func:`nmn_array.yat` under the layer's ``precision``."""
+    with precision_scope(precision):
+        return nmn_array.yat(x, kernel, bias, **options)
+
+
+# --------------------------------------------------------------------------------------
+# Convolutions
+# --------------------------------------------------------------------------------------
+def conv_kernel_to_oihw(kernel: Array) -> Array:
+    """``(*k, in/groups, out)`` -> ``(out, in/groups, *k)`` (the pure function's layout)."""
+    nd = kernel.ndim - 2
+    return jnp.transpose(kernel, (nd + 1, nd, *range(nd)))
+
+
+def conv_transpose_kernel_to_iohw(kernel: Array, transpose_kernel: bool = False) -> Array:
+    """A ``lax.conv_transpose`` kernel as the pure function's ``(in, out, *k)``.
+
+    Without ``transpose_kernel`` the kernel ``(*k, in, out)`` is used by ``lax.conv_transpose``
+    as a direct correlation over the zero-inserted input, which is PyTorch's transposed
+    convolution with the taps flipped; with it, ``(*k, out, in)`` is already PyTorch's
+    ``(in, out, *k)`` up to an axis permutation.
+    """
+    nd = kernel.ndim - 2
+    if transpose_kernel:
+        return conv_kernel_to_oihw(kernel)
+    flipped = jnp.flip(kernel, axis=tuple(range(nd)))
+    return jnp.transpose(flipped, (nd, nd + 1, *range(nd)))
+
+
+def conv(
+    layer: str,
+    inputs: Array,
+    kernel: Array,
+    bias: Array | None,
+    *,
+    transposed: bool,
+    strides: tuple[int, ...],
+    padding: Any,
+    dilation: tuple[int, ...],
+    input_dilation: tuple[int, ...] = (),
+    groups: int = 1,
+    transpose_kernel: bool = False,
+    precision: Any = None,
+    **options: Any,
+) -> Array:
+    """A flax yat (transposed) convolution of channels-last ``inputs (*batch, *spatial, in)``
+    with a ``(*k, in, out)`` kernel (``(*k, out, in)`` with ``transpose_kernel``), any number
+    of batch axes (or none); ``padding`` as ``lax.conv_general_dilated`` /
+    ``lax.conv_transpose`` take it (mapped by ``_common``); ``options``: alpha, epsilon, ...
+    """
+    if any(d != 1 for d in input_dilation):
+        raise NotImplementedError(
+            f"{layer}(input_dilation={input_dilation!r}) is not implemented in "
+            "nmn_array: nmn_array.yat_conv has no input (lhs) dilation"
+        )
+    nd = kernel.ndim - 2
+    # fold the leading batch axes (or none) into one
+    batch = inputs.shape[: inputs.ndim - (nd + 1)]
+    x = jnp.reshape(inputs, (-1, *inputs.shape[len(batch) :]))
+    size = kernel.shape[:nd]
+    with precision_scope(precision):
+        if transposed:
+            pads, extra = lax_conv_transpose_padding(padding, size, strides, dilation)
+            y = nmn_array.yat_conv_transpose(
+                x,
+                conv_transpose_kernel_to_iohw(kernel, transpose_kernel),
+                bias,
+                stride=strides,
+                padding=pads,
+                output_padding=extra,
+                dilation=dilation,
+                data_format="channels_last",
+                **options,
+            )
+        else:
+            pads, mode = lax_conv_padding(padding, size, dilation, strides, x.shape[1:-1])
+            y = nmn_array.yat_conv(
+                x,
+                conv_kernel_to_oihw(kernel),
+                bias,
+                stride=strides,
+                padding=pads,
+                dilation=dilation,
+                groups=groups,
+                padding_mode=mode,
+                data_format="channels_last",
+                **options,
+            )
+    return jnp.reshape(y, tuple(batch) + y.shape[1:])
+
+
+# --------------------------------------------------------------------------------------
+# Attention on head-split (..., L, H, d) arrays
+# --------------------------------------------------------------------------------------
+def split_heads(x: Array, num_heads: int, normalize: bool = False) -> Array:
+    """``(..., L, H * d)`` -> ``(..., L, H, d)``; ``normalize``: ``q / max(|q|, 1e-12)`` per
+    head (normalize_qk, Decision 2)."""
+    x = x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
+    if not normalize:
+        return x
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return x / jnp.maximum(norm, jnp.asarray(_QK_NORM_FLOOR, norm.dtype))
+
+
+def rotate(t: Array, offset: Any, theta: float) -> Array:
+    """RoPE of ``(..., L, H, d)`` at positions ``offset + arange(L)``."""
+    positions = jnp.asarray(offset, jnp.int32) + jnp.arange(t.shape[-3], dtype=jnp.int32)
+    rotated = nmn_array.rotary_embedding(jnp.swapaxes(t, -3, -2), positions, theta=theta)
+    return jnp.swapaxes(rotated, -3, -2)
+
+
+def head_mask(mask: Array | None, q: Array, k: Array) -> Array | None:
+    """``mask`` broadcast to ``(..., H, Lq, Lk)`` for head-split ``q`` and ``k``."""
+    if mask is None:
+        return None
+    return jnp.broadcast_to(mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3]))
+
+
+def attend(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None,
+    *,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    broadcast_dropout: bool = True,
+    sow: Callable[[Array], Any] | None = None,
+    precision: Any = None,
+    **options: Any,
+) -> Array:
+    """Yat attention of head-split ``(..., L, H, d)`` arrays (``mask (..., H, Lq, Lk)``).
+
+    With a ``dropout_rng`` the weights get inverted dropout (``broadcast_dropout`` shares one
+    mask across the batch and head axes, as flax does); ``sow`` receives the weights.
+    ``options``: alpha, epsilon, spherical, normalization, power.
+    """
+    # (..., L, H, d) -> (..., H, L, d): the pure functions take (..., L, d)
+    q, k, v = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
+    with precision_scope(precision):
+        if dropout_rng is None and sow is None:
+            out = nmn_array.yat_attention(q, k, v, mask=mask, **options)
+        else:
+            weights = nmn_array.yat_attention_weights(q, k, mask=mask, **options)
+            if sow is not None:
+                sow(weights)
+            if dropout_rng is not None:
+                keep_prob = 1.0 - dropout_rate
+                shape = weights.shape
+                if broadcast_dropout:
+                    shape = (1,) * (weights.ndim - 2) + shape[-2:]
+                keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+                scale = keep.astype(weights.dtype) / jnp.asarray(keep_prob, weights.dtype)
+                weights = weights * scale
+            out = jnp.matmul(weights, v)
+    return jnp.swapaxes(out, -3, -2)
+
+
+def zero_keyless(out: Array, mask: Array | None) -> Array:
+    """Zero the outputs of queries that see no key in any head; ``mask (..., H, Lq, Lk)``,
+    boolean (True = attend) or additive (-inf hides a key)."""
+    if mask is None:
+        return out
+    has_key = jnp.any(mask_visibility(mask), axis=(-3, -1))
+    return jnp.where(has_key[..., None], out, jnp.zeros_like(out))
