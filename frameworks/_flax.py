@@ -11,7 +11,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
+    check_rate,
     lax_conv_padding,
     lax_conv_transpose_padding,
     mask_visibility,
@@ -174,6 +176,53 @@ def head_mask(mask: Array | None, q: Array, k: Array) -> Array | None:
     return jnp.broadcast_to(mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3]))
 
 
+def weights_hook(
+    dropout_rng: Array | None,
+    dropout_rate: float,
+    broadcast_dropout: bool = True,
+    sow: Callable[[Array], Any] | None = None,
+) -> Callable[[Array], Array] | None:
+    """What flax does to attention weights: hand them to ``sow``, then, with a
+    ``dropout_rng``, inverted dropout (``broadcast_dropout`` shares one mask across the batch
+    and head axes). None when there is nothing to do."""
+    if dropout_rng is None and sow is None:
+        return None
+
+    def hook(weights: Array) -> Array:
+        if sow is not None:
+            sow(weights)
+        if dropout_rng is None:
+            return weights
+        keep_prob = 1.0 - dropout_rate
+        shape = weights.shape
+        if broadcast_dropout:
+            shape = (1,) * (weights.ndim - 2) + shape[-2:]
+        keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+        return weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, weights.dtype))
+
+    return hook
+
+
+def dropout_key(dropout_rng: Array | None, dropout_rate: float, deterministic: bool) -> Any:
+    """The key that drops attention weights out, or None when dropout is off; a missing key
+    where dropout is on is an error (flax's functional convention)."""
+    check_rate(dropout_rate)
+    if deterministic or dropout_rate == 0:
+        return None
+    if dropout_rng is None:
+        raise ValueError(
+            f"dropout_rate={dropout_rate} with deterministic=False needs a dropout_rng "
+            "(a jax.random key)"
+        )
+    return dropout_rng
+
+
+def flax_mask(mask: Array | None) -> Array | None:
+    """Flax attention masks select where they are nonzero, whatever their dtype (its
+    ``make_attention_mask`` gives float32 ones); additive logits go through ``bias``."""
+    return mask if mask is None or mask.dtype == jnp.bool_ else mask != 0
+
+
 def attend(
     q: Array,
     k: Array,
@@ -187,31 +236,12 @@ def attend(
     precision: Any = None,
     **options: Any,
 ) -> Array:
-    """Yat attention of head-split ``(..., L, H, d)`` arrays (``mask (..., H, Lq, Lk)``).
-
-    With a ``dropout_rng`` the weights get inverted dropout (``broadcast_dropout`` shares one
-    mask across the batch and head axes, as flax does); ``sow`` receives the weights.
-    ``options``: alpha, epsilon, spherical, normalization, power.
-    """
-    # (..., L, H, d) -> (..., H, L, d): the pure functions take (..., L, d)
-    q, k, v = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
+    """Yat attention of head-split ``(..., L, H, d)`` arrays (``mask (..., H, Lq, Lk)``),
+    with :func:`weights_hook`'s dropout and ``sow``. ``options``: bias, alpha, epsilon,
+    scale (on top of ``1 / sqrt(d)``), spherical, normalization, power."""
+    hook = weights_hook(dropout_rng, dropout_rate, broadcast_dropout, sow)
     with precision_scope(precision):
-        if dropout_rng is None and sow is None:
-            out = nmn_array.yat_attention(q, k, v, mask=mask, **options)
-        else:
-            weights = nmn_array.yat_attention_weights(q, k, mask=mask, **options)
-            if sow is not None:
-                sow(weights)
-            if dropout_rng is not None:
-                keep_prob = 1.0 - dropout_rate
-                shape = weights.shape
-                if broadcast_dropout:
-                    shape = (1,) * (weights.ndim - 2) + shape[-2:]
-                keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
-                scale = keep.astype(weights.dtype) / jnp.asarray(keep_prob, weights.dtype)
-                weights = weights * scale
-            out = jnp.matmul(weights, v)
-    return jnp.swapaxes(out, -3, -2)
+        return _api.attention(q, k, v, mask=mask, dropout=hook, **options)
 
 
 def zero_keyless(out: Array, mask: Array | None) -> Array:

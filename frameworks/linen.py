@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     alpha_config,
@@ -41,11 +42,12 @@ from nmn_array.frameworks._common import (
     check_rate,
     reject_nondefault,
     require,
+    softermax,
     softplus_inverse,
     unit_normalized,
 )
 
-from nmn_array import soft_tanh, softer_sigmoid, softermax
+from nmn_array import soft_tanh, softer_sigmoid
 
 jax = require("jax")
 # Any: the module is imported at run time and its classes are our base classes; mypy
@@ -74,9 +76,13 @@ __all__ = [
     "YatDense",
     "YatEmbed",
     "YatNMN",
+    "normalize_qk",
     "soft_tanh",
     "softer_sigmoid",
     "softermax",
+    "yat_attention",
+    "yat_attention_normalized",
+    "yat_attention_weights",
 ]
 
 Array = Any
@@ -636,3 +642,99 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
         if self.use_out_proj:
             out = self._dense(self.embed_dim, "o_proj")(out)
         return _flax.zero_keyless(out, mask)
+
+
+# --------------------------------------------------------------------------------------
+# nmn.linen's functional attention: q, k, v (*batch, length, heads, dim)
+# --------------------------------------------------------------------------------------
+def yat_attention_weights(
+    query: Array,
+    key: Array,
+    mask: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    epsilon: float = 1e-5,
+    alpha: Array | None = None,
+    spherical: bool = False,
+    *,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """Yat attention weights ``(*batch, heads, Lq, Lk)``, as ``nmn.linen.yat_attention_weights``
+    0.3.5: ``query (*batch, Lq, heads, d)``, ``key (*batch, Lk, heads, d)``, ``mask``
+    nonzero where a key is visible. Dropout (``deterministic=False``) needs ``dropout_rng``,
+    which nmn's signature lacks (nmn fails there with a TypeError).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> yat_attention_weights(q, q).shape
+    (2, 3, 5, 5)
+    """
+    hook = _flax.weights_hook(
+        _flax.dropout_key(dropout_rng, dropout_rate, deterministic), dropout_rate
+    )
+    return _api.attention_weights(
+        query, key, mask=_flax.flax_mask(mask), dropout=hook, epsilon=epsilon, alpha=alpha,
+        spherical=spherical,
+    )  # fmt: skip
+
+
+def yat_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    epsilon: float = 1e-5,
+    alpha: Array | None = None,
+    spherical: bool = False,
+    *,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """Yat attention of ``value (*batch, Lk, heads, dv)``: ``(*batch, Lq, heads, dv)``, as
+    ``nmn.linen.yat_attention`` 0.3.5; the other arguments as :func:`yat_attention_weights`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> yat_attention(q, q, q).shape
+    (2, 5, 3, 4)
+    """
+    return _flax.attend(
+        query, key, value, _flax.flax_mask(mask), epsilon=epsilon, alpha=alpha,
+        spherical=spherical, dropout_rate=dropout_rate,
+        dropout_rng=_flax.dropout_key(dropout_rng, dropout_rate, deterministic),
+    )  # fmt: skip
+
+
+def yat_attention_normalized(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    epsilon: float = 1e-5,
+    alpha: Array | None = None,
+    *,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """:func:`yat_attention` with ``spherical=True``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> yat_attention_normalized(q, q, q).shape
+    (2, 5, 3, 4)
+    """
+    return yat_attention(
+        query, key, value, mask, dropout_rate, deterministic, epsilon, alpha, True,
+        dropout_rng=dropout_rng,
+    )  # fmt: skip
+
+
+normalize_qk = _api.normalize_qk

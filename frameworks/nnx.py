@@ -39,6 +39,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     alpha_config,
@@ -49,11 +50,12 @@ from nmn_array.frameworks._common import (
     reject_unsupported_features,
     require,
     restrict_mask,
+    softermax,
     softplus_inverse,
     unit_normalized,
 )
 
-from nmn_array import soft_tanh, softer_sigmoid, softermax
+from nmn_array import soft_tanh, softer_sigmoid
 
 jax = require("jax")
 # Any: the module is imported at run time and its classes are our base classes; mypy
@@ -86,12 +88,22 @@ __all__ = [
     "YatDense",
     "YatEmbed",
     "YatNMN",
+    "causal_attention_mask",
+    "combine_masks",
     "default_alpha_init",
     "default_bias_init",
     "default_kernel_init",
+    "dot_product_attention",
+    "dot_product_attention_weights",
+    "make_attention_mask",
+    "make_causal_mask",
+    "normalize_qk",
     "soft_tanh",
     "softer_sigmoid",
     "softermax",
+    "yat_attention",
+    "yat_attention_normalized",
+    "yat_attention_weights",
 ]
 
 Array = Any
@@ -959,3 +971,229 @@ class RotaryYatAttention(_Attention):
         if max_length > self.max_seq_len:
             raise ValueError(f"cache length {max_length} exceeds max_seq_len={self.max_seq_len}")
         self._cache((batch_size, max_length, self.num_heads, self.head_dim), dtype)
+
+
+# --------------------------------------------------------------------------------------
+# nmn.nnx's functional attention: q, k, v (*batch, length, heads, dim)
+# --------------------------------------------------------------------------------------
+def _sower(module: Any) -> Callable[[Array], Any] | None:
+    """Records attention weights on ``module`` as flax's functions do."""
+    if module is None:
+        return None
+    return functools.partial(module.sow, nnx.Intermediate, "attention_weights")
+
+
+def _functional_hook(
+    rng: Array | None, rate: float, broadcast: bool, deterministic: bool, module: Any
+) -> Callable[[Array], Array] | None:
+    return _flax.weights_hook(
+        _flax.dropout_key(rng, rate, deterministic), rate, broadcast, _sower(module)
+    )
+
+
+def yat_attention_weights(
+    query: Array,
+    key: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Dtype | None = None,
+    precision: Any = None,
+    module: Any = None,
+    epsilon: float = 1e-5,
+    use_softermax: bool = False,
+    power: float = 1.0,
+    alpha: Array | None = None,
+    normalization: str = "softmax",
+    *,
+    spherical: bool = False,
+) -> Array:
+    """Yat attention weights ``(*batch, heads, Lq, Lk)``, as ``nmn.nnx.yat_attention_weights``
+    0.3.5: ``query (*batch, Lq, heads, d)``, ``key (*batch, Lk, heads, d)``.
+
+    ``bias`` is added to the scores (softmax only), ``mask`` selects keys where it is
+    nonzero, ``alpha`` multiplies the scores, ``normalization`` is "softmax", "softermax"
+    (also ``use_softermax``, with ``power``) or "l1"; ``dtype`` promotes the inputs,
+    ``precision`` sets JAX's matmul precision, ``module`` records the weights
+    (``sow``) and dropout uses ``dropout_rng`` unless ``deterministic``. ``spherical``
+    selects :func:`yat_attention_normalized`'s score. One call of
+    :func:`nmn_array.yat_attention_weights`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> yat_attention_weights(q, q, deterministic=True).shape
+    (2, 3, 5, 5)
+    """
+    query, key = _dtypes.promote_dtype((query, key), dtype=dtype)
+    hook = _functional_hook(dropout_rng, dropout_rate, broadcast_dropout, deterministic, module)
+    with _flax.precision_scope(precision):
+        return _api.attention_weights(
+            query, key, mask=_flax.flax_mask(mask), bias=bias, dropout=hook, epsilon=epsilon,
+            alpha=alpha, spherical=spherical, power=power,
+            normalization="softermax" if use_softermax else normalization,
+        )  # fmt: skip
+
+
+def yat_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Dtype | None = None,
+    precision: Any = None,
+    module: Any = None,
+    epsilon: float = 1e-5,
+    use_softermax: bool = False,
+    power: float = 1.0,
+    alpha: Array | None = None,
+    normalization: str = "softmax",
+    *,
+    spherical: bool = False,
+) -> Array:
+    """Yat attention of ``value (*batch, Lk, heads, dv)``: output ``(*batch, Lq, heads,
+    dv)``, as ``nmn.nnx.yat_attention`` 0.3.5; the other arguments as
+    :func:`yat_attention_weights`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> yat_attention(q, q, q, deterministic=True).shape
+    (2, 5, 3, 4)
+    """
+    query, key, value = _dtypes.promote_dtype((query, key, value), dtype=dtype)
+    return _flax.attend(
+        query, key, value, _flax.flax_mask(mask), bias=bias,
+        dropout_rng=_flax.dropout_key(dropout_rng, dropout_rate, deterministic),
+        dropout_rate=dropout_rate, broadcast_dropout=broadcast_dropout,
+        sow=_sower(module), precision=precision, epsilon=epsilon, alpha=alpha,
+        spherical=spherical, power=power,
+        normalization="softermax" if use_softermax else normalization,
+    )  # fmt: skip
+
+
+def yat_attention_normalized(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Dtype | None = None,
+    precision: Any = None,
+    module: Any = None,
+    epsilon: float = 1e-5,
+    use_softermax: bool = False,
+    power: float = 1.0,
+    alpha: Array | None = None,
+) -> Array:
+    """:func:`yat_attention` with the spherical score: q and k as ``v / sqrt(|v|^2 +
+    epsilon)``, distance ``max(2 - 2 q.k, 0)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> yat_attention_normalized(q, q, q, deterministic=True).shape
+    (2, 5, 3, 4)
+    """
+    return yat_attention(
+        query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate,
+        deterministic, dtype, precision, module, epsilon, use_softermax, power, alpha,
+        spherical=True,
+    )  # fmt: skip
+
+
+normalize_qk = _api.normalize_qk
+make_attention_mask = nnx.make_attention_mask
+make_causal_mask = nnx.make_causal_mask
+combine_masks = nnx.combine_masks
+_flax_attention = require("flax.nnx.nn.attention")
+
+
+def dot_product_attention_weights(
+    query: Array,
+    key: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Dtype | None = None,
+    precision: Any = None,
+    module: Any = None,
+) -> Array:
+    """Flax's ``softmax(q.k / sqrt(d))`` weights ``(*batch, heads, Lq, Lk)``, with zero
+    weights for a query that sees no key (nmn 0.3.5's rule; Flax spreads them evenly).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((1, 2, 1, 4)); hidden = jnp.zeros((1, 1, 2, 2), dtype=bool)
+    >>> dot_product_attention_weights(q, q, mask=hidden, deterministic=True).sum().item()
+    0.0
+    """
+    weights = _flax_attention.dot_product_attention_weights(
+        query, key, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic,
+        dtype, precision, module,
+    )  # fmt: skip
+    if mask is None:
+        return weights
+    return jnp.where(jnp.any(mask, axis=-1, keepdims=True), weights, jnp.zeros_like(weights))
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    broadcast_dropout: bool = True,
+    dropout_rng: Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = False,
+    dtype: Dtype | None = None,
+    precision: Any = None,
+    module: Any = None,
+) -> Array:
+    """:func:`dot_product_attention_weights` applied to ``value (*batch, Lk, heads, dv)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> dot_product_attention(q, q, q, deterministic=True).shape
+    (2, 5, 3, 4)
+    """
+    query, key, value = _dtypes.promote_dtype((query, key, value), dtype=dtype)
+    weights = dot_product_attention_weights(
+        query, key, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic,
+        None, precision, module,
+    )  # fmt: skip
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
+
+
+def causal_attention_mask(seq_len: int) -> Array:
+    """A ``(seq_len, seq_len)`` float32 lower-triangular mask of ones (query i sees keys
+    j <= i), as ``nmn.nnx.causal_attention_mask``.
+
+    Examples
+    --------
+    >>> causal_attention_mask(2).tolist()
+    [[1.0, 0.0], [1.0, 1.0]]
+    """
+    return jnp.tril(jnp.ones((seq_len, seq_len), dtype=jnp.float32))
