@@ -16,6 +16,7 @@ from nmn_array.frameworks._common import (
     check_rate,
     lax_conv_padding,
     lax_conv_transpose_padding,
+    learnable_epsilon,
     mask_visibility,
     require,
 )
@@ -48,6 +49,19 @@ def precision_scope(precision: Any) -> contextlib.AbstractContextManager:
             "jax.lax.Precision (one precision for all operands)"
         )
     return jax.default_matmul_precision(precision.lower())
+
+
+def raw_epsilon(epsilon: float, param_dtype: Any) -> Array:
+    """The ``(1,)`` raw value of a learnable epsilon (validated; float32 for 16-bit
+    parameters, as nmn stores it); float64 needs ``jax_enable_x64``, which JAX would
+    otherwise silently turn into float32."""
+    raw, storage = learnable_epsilon(epsilon, param_dtype)
+    if storage == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "a float64 learnable epsilon needs 64-bit JAX: set jax_enable_x64 "
+            "(jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1)"
+        )
+    return jnp.full((1,), raw, dtype=storage)
 
 
 def softplus_epsilon(raw: Array) -> Array:

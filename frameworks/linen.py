@@ -43,7 +43,6 @@ from nmn_array.frameworks._common import (
     reject_nondefault,
     require,
     softermax,
-    softplus_inverse,
     unit_normalized,
 )
 
@@ -123,6 +122,8 @@ class _YatMixin(_ModuleBase):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_epsilon(self.epsilon)
+        if getattr(self, "learnable_epsilon", False):
+            _flax.raw_epsilon(self.epsilon, self.param_dtype)  # refuse bad values now
 
     def _alpha(self, constant_alpha: Any = None) -> Any:
         cfg = alpha_config(self.use_alpha, constant_alpha)
@@ -141,15 +142,8 @@ class _YatMixin(_ModuleBase):
     def _epsilon(self) -> Any:
         if not self.learnable_epsilon:
             return self.epsilon
-        # stored in at least float32: the raw value of a small epsilon underflows float16
-        dtype = self.param_dtype
-        if dtype in (jnp.float16, jnp.bfloat16):
-            dtype = jnp.float32
-        elif jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
-            raise ValueError("float64 learnable epsilon requires jax_enable_x64")
-        raw = softplus_inverse(self.epsilon)
-        init = lambda key, shape, dtype: jnp.full(shape, raw, dtype)  # noqa: E731
-        return _flax.softplus_epsilon(self.param("epsilon_param", init, (1,), dtype))
+        raw = _flax.raw_epsilon(self.epsilon, self.param_dtype)
+        return _flax.softplus_epsilon(self.param("epsilon_param", lambda _: raw))
 
 
 class YatNMN(_YatMixin, nn.Module):

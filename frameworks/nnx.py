@@ -51,7 +51,6 @@ from nmn_array.frameworks._common import (
     require,
     restrict_mask,
     softermax,
-    softplus_inverse,
     unit_normalized,
 )
 
@@ -218,8 +217,7 @@ class _Layer(nnx.Module):
         self.epsilon = check_epsilon(args["epsilon"])
         self.learnable_epsilon, self.epsilon_param = bool(args["learnable_epsilon"]), nnx.data(None)
         if self.learnable_epsilon:
-            raw = [softplus_inverse(self.epsilon)]
-            self.epsilon_param = nnx.Param(jnp.asarray(raw, dtype=param_dtype))
+            self.epsilon_param = nnx.Param(_flax.raw_epsilon(self.epsilon, param_dtype))
 
     def _alpha_value(self) -> Any:
         return self._constant_alpha_value if self.alpha is None else self.alpha[...]
