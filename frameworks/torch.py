@@ -77,12 +77,8 @@ Tensor = Any  # torch.Tensor, kept loose so the docs build without torch
 
 
 class _YatParams(nn.Module):
-    """Alpha, bias and epsilon as parameters or constants (the rules live in _common).
-
-    The base of every layer here, placed before the torch class it extends (``nn.Module``,
-    or ``nn.Conv2d`` and the like, which come before ``nn.Module`` in the MRO). The set-up
-    methods read nmn's argument names from the constructor's ``locals()``, ``a``.
-    """
+    """Alpha, bias and epsilon as parameters or constants (the rules live in _common); the
+    set-up methods read nmn's argument names from the constructor's ``locals()``, ``a``."""
 
     def _keep(self, a: dict[str, Any], names: str) -> None:
         """Keep the constructor arguments ``names`` (space-separated) as attributes."""
@@ -90,8 +86,7 @@ class _YatParams(nn.Module):
             setattr(self, name, a[name])
 
     def _setup_yat(self, a: dict[str, Any], storage: Any, weight: Tensor | None = None) -> None:
-        """Epsilon and alpha, registered in nmn's order: ``epsilon_param``, then ``weight``
-        (when given), then ``alpha``."""
+        """Epsilon and alpha in nmn's order: ``epsilon_param``, ``weight`` (if given), ``alpha``."""
         self.epsilon = _common.check_epsilon(a["epsilon"])
         self.learnable_epsilon = bool(a.get("learnable_epsilon", False))
         self.register_parameter("epsilon_param", None)
@@ -104,9 +99,8 @@ class _YatParams(nn.Module):
             self.epsilon_param = nn.Parameter(raw)
         if weight is not None:
             self.weight = nn.Parameter(weight)
-        alpha = _common.alpha_config(
-            a["use_alpha"] if "use_alpha" in a else a["alpha"], a["constant_alpha"]
-        )
+        # YatNMN calls it alpha
+        alpha = _common.alpha_config(a.get("use_alpha", a.get("alpha")), a["constant_alpha"])
         self._constant_alpha_value = alpha.value if alpha.mode == "constant" else None
         self.register_parameter("alpha", None)
         if alpha.mode == "learnable":
@@ -115,8 +109,7 @@ class _YatParams(nn.Module):
         self.constant_alpha = a["constant_alpha"]
 
     def _setup_bias(self, a: dict[str, Any], storage: Any, shape: tuple[int, ...] | None) -> None:
-        """nmn's bias; ``shape``: that of a learnable bias made here (zeros), or None where
-        the torch base class has made it."""
+        """nmn's bias; ``shape``: of a learnable bias made here (zeros), None if torch made it."""
         cfg = _common.bias_config(a["bias"], a["constant_bias"])
         self._constant_bias_value = cfg.value if cfg.mode == "constant" else None
         if cfg.mode != "learnable":
@@ -258,8 +251,7 @@ _GEOMETRY = ("stride", "padding", "output_padding", "dilation", "groups", "paddi
 
 
 class _YatConv(_YatParams):
-    """What a yat convolution adds to its torch base class: nmn's bias, alpha, epsilon and
-    kernel mask, and a forward that makes one ``nmn_array`` call."""
+    """What a yat convolution adds to its torch base class (nmn's settings, one call)."""
 
     def _setup(self, a: dict[str, Any]) -> None:
         """torch's weight, bias and geometry (and initialisers), then nmn's settings."""
@@ -271,10 +263,8 @@ class _YatConv(_YatParams):
         storage = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
         # torch's per-channel bias is nmn's learnable bias unless that is a scalar
         # (Decision 4: constant_bias=False leaves it learnable)
-        own = (
-            _common.bias_config(a["bias"], a["constant_bias"]).mode == "learnable"
-            and not a["scalar_bias"]
-        )
+        bias_mode = _common.bias_config(a["bias"], a["constant_bias"]).mode
+        own = bias_mode == "learnable" and not a["scalar_bias"]
         kw = {key: a[key] for key in _GEOMETRY if key in a}
         size = (a["in_channels"], a["out_channels"], a["kernel_size"])
         super().__init__(*size, bias=own, **kw, device=a["device"], dtype=storage)
@@ -419,11 +409,9 @@ of every patch with every filter: ``alpha * (<patch, w_o> + b_o)^2 / (|patch - w
 
 Constructor, parameters (``weight (out, in/groups, *k)``, ``bias``, ``alpha``,
 ``epsilon_param``), ``mask`` buffer and initialisers as ``nmn.torch.YatConv{nd}D`` 0.3.5:
-``torch.nn.Conv{nd}d``'s arguments plus the shared ones of the module docstring
-(``constant_bias``, ``softplus_bias``, ``scalar_bias``, ``use_alpha``, ``constant_alpha``,
-``epsilon``, ``learnable_epsilon``, ``weight_normalized``, ``dtype``, ``param_dtype``,
-``use_dropconnect``, ``drop_rate``, ``tie_kernel_bank``, ``kernel_bank_size``,
-``kernel_bank_id``) and a fixed kernel ``mask`` of the weight's shape that multiplies it.
+``torch.nn.Conv{nd}d``'s arguments, the shared ones of the module docstring (``bias`` to
+``kernel_bank_id``; ``dtype`` is the compute dtype) and a fixed kernel ``mask`` of the
+weight's shape that multiplies it.
 
 Examples
 --------
@@ -509,8 +497,8 @@ class YatEmbed(_YatParams):
         super().__init__()
         self._keep(locals(), "num_embeddings features spherical weight_normalized")
         # variance scaling (fan_in, normal): std 1/sqrt(features), as nmn
-        table = torch.randn(num_embeddings, features, device=device, dtype=dtype)
-        table = table / math.sqrt(features)
+        size, factory = (num_embeddings, features), {"device": device, "dtype": dtype}
+        table = torch.randn(size, **factory) / math.sqrt(features)
         if weight_normalized:
             table = table / table.norm(dim=1, keepdim=True).clamp(min=1e-8)
         self.embedding = nn.Parameter(table)
@@ -526,30 +514,11 @@ class YatEmbed(_YatParams):
 
 
 # --- Attention -----------------------------------------------------------------------
-def _batch_inputs(names: tuple[str, ...], *tensors: Tensor) -> tuple[bool, list[Tensor]]:
-    """Whether the ``names``d inputs are unbatched ``(L, E)`` (as ``torch.nn.MultiheadAttention``
-    accepts) rather than ``(B, L, E)``, and ``tensors`` with a batch axis."""
-    rank, first = tensors[0].dim(), tuple(tensors[0].shape)
-    if rank not in (2, 3):
-        raise ValueError(
-            f"{names[0]} must be (B, L, E) or unbatched (L, E), got {names[0]} of shape {first}"
-        )
-    for name, t in zip(names[1:], tensors[1:]):
-        if t.dim() != rank:
-            raise ValueError(
-                f"{name} must have the rank of {names[0]} ({rank}-D), got {name} of shape "
-                f"{tuple(t.shape)} and {names[0]} of shape {first}"
-            )
-    return rank == 2, [t.unsqueeze(0) if rank == 2 else t for t in tensors]
-
-
 class _YatAttention(_YatParams):
-    """What the attention modules share: ``nn.Linear`` projections, the head split, one
-    ``nmn_array`` attention call, the head merge and the output projection."""
+    """``nn.Linear`` projections, head split, one ``nmn_array`` call, head merge."""
 
     def _setup(self, a: dict[str, Any], out_name: str) -> None:
-        """The layer from its constructor's ``locals()``; ``out_name`` names the output
-        projection (nmn's ``out_proj``, or ``o_proj`` as in ``nmn.nnx``)."""
+        """``out_name``: nmn's ``out_proj``, or ``o_proj`` as in ``nmn.nnx``."""
         super().__init__()
         embed_dim, num_heads = a["embed_dim"], a["num_heads"]
         if embed_dim % num_heads != 0:
@@ -568,6 +537,7 @@ class _YatAttention(_YatParams):
         )
         out = nn.Linear(embed_dim, embed_dim, **factory) if a["use_out_proj"] else None
         setattr(self, out_name, out)
+        self._out_name = out_name
 
     def _linear(self, x: Tensor, proj: Any) -> Tensor:
         # run in the compute dtype while keeping stored parameters as they are
@@ -576,19 +546,26 @@ class _YatAttention(_YatParams):
         return F.linear(x.to(dtype), proj.weight.to(dtype), bias)
 
     def _attend(
-        self,
-        names: tuple[str, ...],
-        inputs: tuple[Tensor, Tensor, Tensor],
-        mask: Tensor | None,
-        deterministic: bool,
-        out_proj: Any,
-        position_offset: int | None = None,
+        self, inputs: dict[str, Tensor], mask: Any, deterministic: bool, offset: int | None = None
     ) -> Tensor:
-        """Query, key and value inputs -> projected heads ``(B, H, L, d)`` (unit-norm q and k
-        with ``_normalize_qk``, then RoPE at ``position_offset + t`` when given) -> yat
-        attention (dropout on the weights in training mode) -> merged heads -> ``out_proj``;
-        queries that see no key in any head give zeros (after the projection's bias)."""
-        unbatched, tensors = _batch_inputs(names, *inputs)
+        """Query, key, value (one input: all three; unbatched ``(L, E)`` as in
+        ``torch.nn.MultiheadAttention``) -> heads (unit q, k if ``_normalize_qk``; RoPE at
+        ``offset + t``) -> yat attention (dropout on the weights when training) -> output
+        projection; a query that sees no key in any head gives zeros."""
+        (first, x), *others = inputs.items()
+        rank = x.dim()
+        if rank not in (2, 3):
+            raise ValueError(
+                f"{first} must be (B, L, E) or unbatched (L, E), got {first} of shape "
+                f"{tuple(x.shape)}"
+            )
+        for name, t in others:
+            if t.dim() != rank:
+                raise ValueError(
+                    f"{name} must have the rank of {first} ({rank}-D), got {name} of shape "
+                    f"{tuple(t.shape)} and {first} of shape {tuple(x.shape)}"
+                )
+        tensors = [t.unsqueeze(0) if rank == 2 else t for t in inputs.values()] * 3
         b, lq, lk, h = tensors[0].shape[0], tensors[0].shape[1], tensors[1].shape[1], self.num_heads
         projections = (self.q_proj, self.k_proj, self.v_proj)
         q, k, v = (
@@ -597,13 +574,13 @@ class _YatAttention(_YatParams):
         )
         if self._normalize_qk:
             q, k = (F.normalize(t, p=2.0, dim=-1, eps=_QK_NORM_FLOOR) for t in (q, k))
-        if position_offset is not None:
-            if position_offset + lq > self.max_seq_len:
+        if offset is not None:
+            if offset + lq > self.max_seq_len:
                 raise ValueError(
-                    f"position_offset + seq_len = {position_offset + lq} exceeds "
+                    f"position_offset + seq_len = {offset + lq} exceeds "
                     f"max_seq_len={self.max_seq_len}"
                 )
-            positions = torch.arange(position_offset, position_offset + lq, device=q.device)
+            positions = torch.arange(offset, offset + lq, device=q.device)
             q, k = (nmn_array.rotary_embedding(t, positions, theta=self.theta) for t in (q, k))
         if mask is not None:
             mask = torch.broadcast_to(mask, (b, h, lq, lk))
@@ -616,11 +593,12 @@ class _YatAttention(_YatParams):
         else:
             x = nmn_array.yat_attention(q, k, v, **kw)
         x = x.transpose(1, 2).reshape(b, lq, -1)
+        out_proj = getattr(self, self._out_name)
         x = x if out_proj is None else self._linear(x, out_proj)
         if mask is not None:
             has_key = _common.mask_visibility(mask).any(dim=-1).any(dim=-2)  # (B, Lq)
             x = torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
-        return x.squeeze(0) if unbatched else x
+        return x.squeeze(0) if rank == 2 else x
 
 
 class MultiHeadYatAttention(_YatAttention):
@@ -690,8 +668,8 @@ class MultiHeadYatAttention(_YatAttention):
         (additive, -inf hides a key; softmax only). Returns ``(B, Lq, E)``. Unbatched
         ``(L, E)`` inputs (mask broadcastable to ``(H, Lq, Lk)``) give ``(Lq, E)``."""
         key = query if key is None else key
-        inputs = (query, key, key if value is None else value)
-        return self._attend(("query", "key", "value"), inputs, mask, deterministic, self.out_proj)
+        inputs = {"query": query, "key": key, "value": key if value is None else value}
+        return self._attend(inputs, mask, deterministic)
 
 
 class RotaryYatAttention(_YatAttention):
@@ -708,15 +686,12 @@ class RotaryYatAttention(_YatAttention):
         ``embed_dim / num_heads`` must be even.
     max_seq_len, theta
         Largest ``position_offset + L`` accepted; the RoPE base.
-    dropout, bias, use_alpha, constant_alpha, use_out_proj, epsilon, learnable_epsilon
-        As in :class:`MultiHeadYatAttention` and the module docstring (alpha: Decision 1).
-    normalize_qk : bool
-        ``q / max(|q|, 1e-12)`` per head before RoPE (Decision 2).
-    normalization, use_softermax, power
-        ``"softmax"``, ``"softermax"`` (also ``use_softermax=True``) or ``"l1"``; the
-        softermax power.
-    device, dtype, param_dtype
+    dropout, bias, use_alpha, constant_alpha, normalize_qk, use_out_proj, epsilon
+        As in :class:`MultiHeadYatAttention` (alpha: Decision 1; normalize_qk before RoPE).
+    learnable_epsilon, device, dtype, param_dtype
         As in the module docstring.
+    normalization, use_softermax, power
+        ``"softmax"``, ``"softermax"`` (or ``use_softermax=True``) or ``"l1"``; its power.
 
     Examples
     --------
@@ -768,4 +743,4 @@ class RotaryYatAttention(_YatAttention):
         """``x (B, L, E)`` -> ``(B, L, E)``, or unbatched ``(L, E)`` -> ``(L, E)``; ``mask``
         broadcastable to ``(B, H, L, L)``: boolean (True = attend) or floating (additive,
         -inf hides a key; softmax only)."""
-        return self._attend(("x",), (x, x, x), mask, deterministic, self.o_proj, position_offset)
+        return self._attend({"x": x}, mask, deterministic, position_offset)
