@@ -100,7 +100,7 @@ class _YatParams(nn.Module):
         if weight is not None:
             self.weight = nn.Parameter(weight)
         # YatNMN calls it alpha
-        alpha = _common.alpha_config(a.get("use_alpha", a.get("alpha")), a["constant_alpha"])
+        alpha = _common.alpha_config(bool(a.get("use_alpha", a.get("alpha"))), a["constant_alpha"])
         self._constant_alpha_value = alpha.value if alpha.mode == "constant" else None
         self.register_parameter("alpha", None)
         if alpha.mode == "learnable":
