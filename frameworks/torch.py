@@ -7,6 +7,22 @@ can become ``from nmn_array.frameworks.torch import YatNMN`` and saved weights l
 call of an ``nmn_array`` function; the few differences from ``nmn`` are listed in
 ``docs/migration/torch.md``.
 
+The arguments the layers share mean the same everywhere (as in ``nmn.torch`` 0.3.5):
+
+- ``bias``: a learnable bias. ``constant_bias``: a fixed bias instead (no parameter;
+  ``None`` or ``False``: no constant, Decision 4). ``softplus_bias``: the learnable bias
+  passes through softplus. ``scalar_bias``: one learnable bias of shape ``(1,)`` (zeros).
+- ``alpha`` / ``use_alpha``: a learnable output scale (shape ``(1,)``, initialised to 1).
+  ``constant_alpha``: ``True`` = sqrt(2), a float = that value; replaces the learnable one.
+- ``epsilon``: the positive constant of the denominator. ``learnable_epsilon``:
+  ``epsilon = softplus(epsilon_param)``, stored in at least float32 (Decision 11).
+- ``dtype``: the computation dtype (default: the input's). ``param_dtype``: the storage
+  dtype (default ``dtype``). ``device``: where the parameters are made.
+- ``weight_normalized``: unit-norm neurons or filters (normalised once at construction and
+  in every forward). ``spherical``: inputs and neurons at unit length, distance ``2 - 2 x.w``.
+- ``use_dropconnect=True`` and ``tie_kernel_bank=True`` raise NotImplementedError
+  (Decision 13); ``drop_rate``, ``kernel_bank_size`` and ``kernel_bank_id`` are kept, unused.
+
 Examples
 --------
 >>> import torch
@@ -20,25 +36,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
-from nmn_array.frameworks._common import (
-    alpha_config,
-    bias_config,
-    check_epsilon,
-    check_rate,
-    mask_visibility,
-    reject_unsupported_features,
-    require,
-    softplus_inverse,
-    torch_conv_padding,
-    unit_normalized,
-)
+from nmn_array.frameworks import _common
 
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid, softermax
 
-torch = require("torch")
+torch = _common.require("torch")
 # Any: the module is imported at run time and its classes are our base classes; mypy
 # takes a base class from an Any-typed name, not from a plain module object.
 nn: Any = torch.nn
@@ -64,80 +70,72 @@ __all__ = [
 
 #: nmn's constant alpha, ``constant_alpha=True``.
 DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
-# nmn's guard when normalising stored weights at construction (Decision 7).
 # Decision 2: normalize_qk is q / max(|q|, 1e-12), which is F.normalize's default.
 _QK_NORM_FLOOR = 1e-12
 
 Tensor = Any  # torch.Tensor, kept loose so the docs build without torch
 
 
-def _epsilon_storage_dtype(param_dtype: Any) -> Any:
-    """A learnable epsilon is stored in at least float32: its softplus-inverse of a small
-    epsilon is far outside float16's range."""
-    if param_dtype in (torch.float16, torch.bfloat16, None):
-        return torch.float32
-    return param_dtype
+class _YatParams(nn.Module):
+    """Alpha, bias and epsilon as parameters or constants (the rules live in _common); the
+    set-up methods read nmn's argument names from the constructor's ``locals()``, ``a``."""
 
+    def _keep(self, a: dict[str, Any], names: str) -> None:
+        """Keep the constructor arguments ``names`` (space-separated) as attributes."""
+        for name in names.split():
+            setattr(self, name, a[name])
 
-class _YatParams:
-    """Alpha, bias and epsilon handling shared by every layer (the rules live in _common)."""
+    def _setup_yat(self, a: dict[str, Any], storage: Any, weight: Tensor | None = None) -> None:
+        """Epsilon and alpha in nmn's order: ``epsilon_param``, ``weight`` (if given), ``alpha``."""
+        self.epsilon = _common.check_epsilon(a["epsilon"])
+        self.learnable_epsilon = bool(a.get("learnable_epsilon", False))
+        self.register_parameter("epsilon_param", None)
+        if self.learnable_epsilon:
+            # at least float32: softplus^-1 of a small epsilon is far outside float16's range
+            dtype = torch.float32 if storage in (torch.float16, torch.bfloat16, None) else storage
+            raw = torch.full(
+                (1,), _common.softplus_inverse(self.epsilon), dtype=dtype, device=a["device"]
+            )
+            self.epsilon_param = nn.Parameter(raw)
+        if weight is not None:
+            self.weight = nn.Parameter(weight)
+        # YatNMN calls it alpha
+        alpha = _common.alpha_config(bool(a.get("use_alpha", a.get("alpha"))), a["constant_alpha"])
+        self._constant_alpha_value = alpha.value if alpha.mode == "constant" else None
+        self.register_parameter("alpha", None)
+        if alpha.mode == "learnable":
+            self.alpha = nn.Parameter(torch.ones(1, device=a["device"], dtype=storage))
+        self.use_alpha = alpha.mode != "none"  # nmn: True for a constant alpha too
+        self.constant_alpha = a["constant_alpha"]
 
-    if TYPE_CHECKING:
-        # Provided by the framework layer class this mixin is combined with (type checking only).
-        register_parameter: Callable[..., None]
-        register_buffer: Callable[..., None]
-        # Set by each layer's bias setup.
-        bias: Any
-        softplus_bias: bool
-        _constant_bias_value: float | None
-
-    def _setup_alpha(self, use_alpha: bool, constant_alpha: Any, factory: dict) -> None:
-        cfg = alpha_config(use_alpha, constant_alpha)
-        self._constant_alpha_value = cfg.value if cfg.mode == "constant" else None
-        if cfg.mode == "learnable":
-            self.alpha = nn.Parameter(torch.ones(1, **factory))
-        else:
-            self.register_parameter("alpha", None)
-        # nmn reports use_alpha=True for a constant alpha.
-        self.use_alpha = cfg.mode != "none"
-        self.constant_alpha = constant_alpha
-
-    def _setup_epsilon(
-        self, epsilon: float, learnable_epsilon: bool, param_dtype: Any, device: Any
-    ) -> None:
-        self.epsilon = check_epsilon(epsilon)
-        self.learnable_epsilon = bool(learnable_epsilon)
-        if learnable_epsilon:
-            raw = softplus_inverse(self.epsilon)
-            dtype = _epsilon_storage_dtype(param_dtype)
-            self.epsilon_param = nn.Parameter(torch.full((1,), raw, dtype=dtype, device=device))
-        else:
-            self.register_parameter("epsilon_param", None)
-
-    def _alpha_value(self) -> Any:
-        if self._constant_alpha_value is not None:
-            return self._constant_alpha_value
-        return self.alpha
-
-    def _epsilon_value(self) -> Any:
-        # softplus keeps a learnable epsilon strictly positive (Decision 11)
-        if self.learnable_epsilon and self.epsilon_param is not None:
-            return F.softplus(self.epsilon_param)
-        return self.epsilon
+    def _setup_bias(self, a: dict[str, Any], storage: Any, shape: tuple[int, ...] | None) -> None:
+        """nmn's bias; ``shape``: of a learnable bias made here (zeros), None if torch made it."""
+        cfg = _common.bias_config(a["bias"], a["constant_bias"])
+        self._constant_bias_value = cfg.value if cfg.mode == "constant" else None
+        if cfg.mode != "learnable":
+            self.register_parameter("bias", None)
+        elif shape is not None:
+            self.bias = nn.Parameter(torch.zeros(shape, device=a["device"], dtype=storage))
+        self.use_bias = cfg.mode != "none"
+        self.constant_bias = a["constant_bias"]
+        self.softplus_bias = bool(a["softplus_bias"] and self.bias is not None)
+        self.scalar_bias = bool(a["scalar_bias"] and self.bias is not None)
 
     def _bias_value(self) -> Any:
         if self._constant_bias_value is not None:
             return self._constant_bias_value
-        bias = self.bias
-        if bias is not None and self.softplus_bias:
-            bias = F.softplus(bias)
-        return bias
+        return F.softplus(self.bias) if self.softplus_bias else self.bias
+
+    def _scalars(self) -> dict[str, Any]:
+        """``alpha=`` and ``epsilon=`` of the ``nmn_array`` call."""
+        alpha = self._constant_alpha_value
+        # softplus keeps a learnable epsilon strictly positive (Decision 11)
+        eps = F.softplus(self.epsilon_param) if self.learnable_epsilon else self.epsilon
+        return {"alpha": self.alpha if alpha is None else alpha, "epsilon": eps}
 
 
-# --------------------------------------------------------------------------------------
-# Dense
-# --------------------------------------------------------------------------------------
-class YatNMN(_YatParams, nn.Module):
+# --- Dense ---------------------------------------------------------------------------
+class YatNMN(_YatParams):
     """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
     Same constructor, parameters (``weight (out, in)``, ``bias``, ``alpha``,
@@ -146,39 +144,16 @@ class YatNMN(_YatParams, nn.Module):
     Parameters
     ----------
     in_features, out_features : int
-    bias : bool
-        Learnable bias, initialised U(-1/sqrt(in), 1/sqrt(in)) as in nmn.
-    constant_bias : float or None
-        A fixed bias (no parameter). ``None`` or ``False``: no constant.
-    softplus_bias : bool
-        Pass the learnable bias through softplus.
-    scalar_bias : bool
-        One learnable bias of shape (1,) shared by all neurons.
-    alpha : bool
-        Learnable output scale (shape (1,), initialised to 1).
-    constant_alpha : bool, float or None
-        ``True`` = sqrt(2), a float = that value; replaces the learnable alpha.
-    dtype : torch.dtype or None
-        Computation dtype (default: the input's).
-    param_dtype : torch.dtype
-        Parameter dtype.
-    epsilon : float
-    learnable_epsilon : bool
-        ``epsilon = softplus(epsilon_param)``.
-    spherical : bool
-        Normalise inputs and neurons to unit length; distance ``2 - 2 x.w``.
-    positive_init : bool
-        ``abs()`` of the initial kernel.
-    weight_normalized : bool
-        Unit-norm neurons (normalised once at construction and in every forward).
-    lazy, freeze_kernel : bool
-        Freeze the kernel only (``weight.requires_grad = False``).
+    bias, constant_bias, softplus_bias, scalar_bias, alpha, constant_alpha, epsilon
+        As in the module docstring; a learnable bias starts U(-1/sqrt(in), 1/sqrt(in)).
+    learnable_epsilon, spherical, weight_normalized, dtype, param_dtype, device
+        As in the module docstring, except that ``param_dtype`` defaults to float32.
+    positive_init, lazy, freeze_kernel : bool
+        ``abs()`` of the initial kernel; freeze the kernel (``weight.requires_grad = False``).
     tie_kernel_bank, kernel_bank_size, kernel_bank_id
-        Shared kernel banks are not implemented (Decision 13): ``tie_kernel_bank=True``
-        raises NotImplementedError.
+        Shared kernel banks are not implemented (Decision 13).
     kernel_init, bias_init, alpha_init : callable or None
         In-place initialisers, as ``torch.nn.init`` functions.
-    device : torch.device or None
 
     Examples
     --------
@@ -219,41 +194,22 @@ class YatNMN(_YatParams, nn.Module):
         device: Any = None,
     ) -> None:
         super().__init__()
-        reject_unsupported_features("YatNMN", tie_kernel_bank=tie_kernel_bank)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.spherical = spherical
-        self.positive_init = positive_init
-        self.weight_normalized = weight_normalized
+        _common.reject_unsupported_features("YatNMN", tie_kernel_bank=tie_kernel_bank)
+        self._keep(
+            locals(),
+            "in_features out_features dtype param_dtype spherical positive_init "
+            "weight_normalized kernel_bank_size kernel_bank_id",
+        )
         self.lazy = bool(lazy or freeze_kernel)
         self.tie_kernel_bank = False
-        self.kernel_bank_size = kernel_bank_size
-        self.kernel_bank_id = kernel_bank_id
-        factory = {"device": device, "dtype": param_dtype}
-        self._setup_epsilon(epsilon, learnable_epsilon, param_dtype, device)
-        self.weight = nn.Parameter(torch.empty((out_features, in_features), **factory))
-        self._setup_alpha(alpha, constant_alpha, factory)
-
-        cfg = bias_config(bias, constant_bias)
-        self._constant_bias_value = cfg.value if cfg.mode == "constant" else None
-        if cfg.mode == "learnable":
-            shape = (1,) if scalar_bias else (out_features,)
-            self.bias = nn.Parameter(torch.empty(shape, **factory))
-        else:
-            self.register_parameter("bias", None)
-        self.use_bias = cfg.mode != "none"
-        self.constant_bias = constant_bias
-        self.softplus_bias = bool(softplus_bias and self.bias is not None)
-        self.scalar_bias = bool(scalar_bias and self.bias is not None)
-
+        weight = torch.empty((out_features, in_features), device=device, dtype=param_dtype)
+        self._setup_yat(locals(), param_dtype, weight)
+        self._setup_bias(locals(), param_dtype, (1,) if scalar_bias else (out_features,))
         self.reset_parameters(kernel_init, bias_init, alpha_init)
         if weight_normalized:
             with torch.no_grad():
-                self.weight.copy_(unit_normalized(self.weight, 0))
-        if self.lazy:
-            self.weight.requires_grad_(False)
+                self.weight.copy_(_common.unit_normalized(self.weight, 0))
+        self.weight.requires_grad_(not self.lazy)
 
     def reset_parameters(
         self,
@@ -262,35 +218,21 @@ class YatNMN(_YatParams, nn.Module):
         alpha_init: Callable[[Tensor], object] | None = None,
     ) -> None:
         """Initialise ``weight`` (xavier normal), ``bias`` (U(+-1/sqrt(in))) and ``alpha`` (1)."""
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
         with torch.no_grad():
             (kernel_init or nn.init.xavier_normal_)(self.weight)
             if self.positive_init:
                 self.weight.abs_()
             if self.bias is not None:
-                if bias_init is None:
-                    bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
-                    nn.init.uniform_(self.bias, -bound, bound)
-                else:
-                    bias_init(self.bias)
+                (bias_init or partial(nn.init.uniform_, a=-bound, b=bound))(self.bias)
             if self.alpha is not None:
-                if alpha_init is None:
-                    self.alpha.fill_(1.0)
-                else:
-                    alpha_init(self.alpha)
+                (alpha_init or nn.init.ones_)(self.alpha)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in_features)`` -> ``(..., out_features)``."""
-        if self.dtype is not None:
-            x = x.to(self.dtype)
-        return nmn_array.yat(
-            x,
-            self.weight,
-            self._bias_value(),
-            alpha=self._alpha_value(),
-            epsilon=self._epsilon_value(),
-            spherical=self.spherical,
-            weight_normalized=self.weight_normalized,
-        )
+        x = x if self.dtype is None else x.to(self.dtype)
+        options = {"spherical": self.spherical, "weight_normalized": self.weight_normalized}
+        return nmn_array.yat(x, self.weight, self._bias_value(), **options, **self._scalars())
 
     def extra_repr(self) -> str:
         return (
@@ -304,68 +246,43 @@ class YatNMN(_YatParams, nn.Module):
 YatDense = YatNMN
 
 
-# --------------------------------------------------------------------------------------
-# Convolutions
-# --------------------------------------------------------------------------------------
-class _YatConvMixin(_YatParams):
-    if TYPE_CHECKING:
-        weight: Any
-        mask: Any
-    """The yat part of a ``torch.nn.Conv*d`` / ``ConvTranspose*d`` subclass."""
+# --- Convolutions: torch.nn.Conv*d / ConvTranspose*d subclasses ----------------------
+_GEOMETRY = ("stride", "padding", "output_padding", "dilation", "groups", "padding_mode")
 
-    def _setup_yat(
-        self,
-        *,
-        bias: bool,
-        constant_bias: Any,
-        softplus_bias: bool,
-        scalar_bias: bool,
-        use_alpha: bool,
-        constant_alpha: Any,
-        use_dropconnect: bool,
-        drop_rate: float,
-        mask: Tensor | None,
-        epsilon: float,
-        learnable_epsilon: bool,
-        storage_dtype: Any,
-        compute_dtype: Any,
-        device: Any,
-    ) -> None:
-        reject_unsupported_features(type(self).__name__, use_dropconnect=use_dropconnect)
-        cfg = bias_config(bias, constant_bias)
-        self._constant_bias_value = cfg.value if cfg.mode == "constant" else None
-        if cfg.mode == "learnable" and scalar_bias:
-            dtype = storage_dtype if storage_dtype is not None else torch.float32
-            self.bias = nn.Parameter(torch.zeros((1,), dtype=dtype, device=device))
-        self.use_bias = cfg.mode != "none"
-        self.constant_bias = constant_bias
-        self.softplus_bias = bool(softplus_bias and self.bias is not None)
-        self.scalar_bias = bool(scalar_bias and self.bias is not None)
-        self.compute_dtype = compute_dtype
-        self.param_dtype = storage_dtype
+
+class _YatConv(_YatParams):
+    """What a yat convolution adds to its torch base class (nmn's settings, one call)."""
+
+    def _setup(self, a: dict[str, Any]) -> None:
+        """torch's weight, bias and geometry (and initialisers), then nmn's settings."""
+        tie = a.get("tie_kernel_bank", False)
+        drop = a["use_dropconnect"]
+        _common.reject_unsupported_features(
+            type(self).__name__, use_dropconnect=drop, tie_kernel_bank=tie
+        )
+        storage = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
+        # torch's per-channel bias is nmn's learnable bias unless that is a scalar
+        # (Decision 4: constant_bias=False leaves it learnable)
+        bias_mode = _common.bias_config(a["bias"], a["constant_bias"]).mode
+        own = bias_mode == "learnable" and not a["scalar_bias"]
+        kw = {key: a[key] for key in _GEOMETRY if key in a}
+        size = (a["in_channels"], a["out_channels"], a["kernel_size"])
+        super().__init__(*size, bias=own, **kw, device=a["device"], dtype=storage)
+        self.compute_dtype = a["dtype"]
+        self.param_dtype = storage
         self.use_dropconnect = False
-        self.drop_rate = check_rate(drop_rate, "drop_rate")
-        self._setup_epsilon(epsilon, learnable_epsilon, storage_dtype, device)
-        factory = {"device": device, "dtype": storage_dtype}
-        self._setup_alpha(use_alpha, constant_alpha, factory)
-        if mask is not None and tuple(mask.shape) != tuple(self.weight.shape):
-            raise ValueError(
-                f"mask must have the weight's shape {tuple(self.weight.shape)}, "
-                f"got {tuple(mask.shape)}"
-            )
+        self.drop_rate = _common.check_rate(a["drop_rate"], "drop_rate")
+        self._setup_yat(a, storage)
+        self._setup_bias(a, storage, (1,) if a["scalar_bias"] else None)
+        mask, shape = a["mask"], tuple(self.weight.shape)
+        if mask is not None and tuple(mask.shape) != shape:
+            raise ValueError(f"mask must have the weight's shape {shape}, got {tuple(mask.shape)}")
         self.register_buffer("mask", mask)
 
-    def _kernel(self) -> Tensor:
-        # a fixed kernel mask multiplies the weight (a parameter transform, as in nmn)
-        return self.weight if self.mask is None else self.weight * self.mask
-
-    def _input(self, x: Tensor) -> Tensor:
-        return x if self.compute_dtype is None else x.to(self.compute_dtype)
-
-    def _batched(self, input: Tensor, nd: int) -> tuple[Tensor, bool]:
+    def _batched(self, input: Tensor) -> tuple[Tensor, bool]:
         """``input`` with a batch axis, and whether one was added: ``(C, *spatial)`` is
         accepted as unbatched exactly where ``torch.nn.Conv{nd}d`` accepts it."""
-        rank = input.dim()
+        nd, rank = len(self.kernel_size), input.dim()
         if rank not in (nd + 1, nd + 2):
             raise ValueError(
                 f"{type(self).__name__}: input must be {nd + 1}-D (C, *spatial), unbatched, or "
@@ -373,227 +290,128 @@ class _YatConvMixin(_YatParams):
             )
         return (input.unsqueeze(0), True) if rank == nd + 1 else (input, False)
 
+    def _yat(self, input: Tensor, fn: Callable[..., Tensor], **options: Any) -> Tensor:
+        """``fn`` (yat_conv or yat_conv_transpose) of ``input`` with the masked kernel."""
+        x, unbatched = self._batched(input)
+        x = x if self.compute_dtype is None else x.to(self.compute_dtype)
+        # a fixed kernel mask multiplies the weight (a parameter transform, as in nmn)
+        kernel = self.weight if self.mask is None else self.weight * self.mask
+        options.update(stride=self.stride, dilation=self.dilation, groups=self.groups)
+        y = fn(x, kernel, self._bias_value(), **options, **self._scalars())
+        return y.squeeze(0) if unbatched else y
 
-def _parent_bias(bias: bool, constant_bias: Any, scalar_bias: bool) -> bool:
-    """Whether torch's own per-channel bias parameter is wanted (Decision 4: False = learnable)."""
-    cfg = bias_config(bias, constant_bias)
-    return cfg.mode == "learnable" and not scalar_bias
 
+class _Conv(_YatConv):
+    """The constructor and forward of ``YatConv{1,2,3}D``."""
 
-def _make_conv(base: type, nd: int) -> type:
-    class _YatConv(_YatConvMixin, base):
-        def __init__(
-            self,
-            in_channels: int,
-            out_channels: int,
-            kernel_size: int | Sequence[int],
-            stride: int | Sequence[int] = 1,
-            padding: str | int | Sequence[int] = 0,
-            dilation: int | Sequence[int] = 1,
-            groups: int = 1,
-            bias: bool = True,
-            constant_bias: float | None = None,
-            softplus_bias: bool = False,
-            scalar_bias: bool = False,
-            padding_mode: str = "zeros",
-            use_alpha: bool = True,
-            constant_alpha: bool | float | None = None,
-            use_dropconnect: bool = False,
-            mask: Tensor | None = None,
-            epsilon: float = 1e-5,
-            learnable_epsilon: bool = False,
-            drop_rate: float = 0.0,
-            weight_normalized: bool = False,
-            tie_kernel_bank: bool = False,
-            kernel_bank_size: int | None = None,
-            kernel_bank_id: str = "default",
-            device: Any = None,
-            dtype: Any = None,
-            param_dtype: Any = None,
-        ) -> None:
-            reject_unsupported_features(type(self).__name__, tie_kernel_bank=tie_kernel_bank)
-            if groups <= 0 or in_channels % groups or out_channels % groups:
-                raise ValueError(
-                    f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
-                    f"divisible by groups ({groups})"
-                )
-            storage_dtype = param_dtype if param_dtype is not None else dtype
-            super().__init__(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride,
-                padding,
-                dilation,
-                groups,
-                _parent_bias(bias, constant_bias, scalar_bias),
-                padding_mode,
-                device,
-                storage_dtype,
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        constant_bias: float | None = None,
+        softplus_bias: bool = False,
+        scalar_bias: bool = False,
+        padding_mode: str = "zeros",
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        use_dropconnect: bool = False,
+        mask: Tensor | None = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        drop_rate: float = 0.0,
+        weight_normalized: bool = False,
+        tie_kernel_bank: bool = False,
+        kernel_bank_size: int | None = None,
+        kernel_bank_id: str = "default",
+        device: Any = None,
+        dtype: Any = None,
+        param_dtype: Any = None,
+    ) -> None:
+        if groups <= 0 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                f"divisible by groups ({groups})"
             )
-            self.weight_normalized = weight_normalized
-            self.tie_kernel_bank = False
-            self.kernel_bank_size = kernel_bank_size
-            self.kernel_bank_id = kernel_bank_id
-            if weight_normalized:
-                with torch.no_grad():
-                    self.weight.copy_(unit_normalized(self.weight, 0))
-            self._setup_yat(
-                bias=bias,
-                constant_bias=constant_bias,
-                softplus_bias=softplus_bias,
-                scalar_bias=scalar_bias,
-                use_alpha=use_alpha,
-                constant_alpha=constant_alpha,
-                use_dropconnect=use_dropconnect,
-                drop_rate=drop_rate,
-                mask=mask,
-                epsilon=epsilon,
-                learnable_epsilon=learnable_epsilon,
-                storage_dtype=storage_dtype,
-                compute_dtype=dtype,
-                device=device,
-            )
+        self._setup(locals())
+        self._keep(locals(), "weight_normalized kernel_bank_size kernel_bank_id")
+        self.tie_kernel_bank = False
+        if weight_normalized:
+            with torch.no_grad():
+                self.weight.copy_(_common.unit_normalized(self.weight, 0))
 
-        def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
-            """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
-            -> ``(O, *out)``; ``deterministic`` is accepted for nmn compatibility (it only
-            switches DropConnect, which is not implemented)."""
-            x, unbatched = self._batched(input, nd)
-            padding, padding_mode = torch_conv_padding(self.padding, self.padding_mode)
-            y = nmn_array.yat_conv(
-                self._input(x),
-                self._kernel(),
-                self._bias_value(),
-                stride=self.stride,
-                padding=padding,
-                dilation=self.dilation,
-                groups=self.groups,
-                padding_mode=padding_mode,
-                alpha=self._alpha_value(),
-                epsilon=self._epsilon_value(),
-                weight_normalized=self.weight_normalized,
-            )
-            return y.squeeze(0) if unbatched else y
-
-    return _YatConv
+    def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
+        """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
+        -> ``(O, *out)``; ``deterministic`` is accepted for nmn compatibility (it only
+        switches DropConnect, which is not implemented)."""
+        padding, mode = _common.torch_conv_padding(self.padding, self.padding_mode)
+        options = {"padding": padding, "padding_mode": mode}
+        return self._yat(
+            input, nmn_array.yat_conv, **options, weight_normalized=self.weight_normalized
+        )
 
 
-def _make_conv_transpose(base: type, nd: int) -> type:
-    class _YatConvTranspose(_YatConvMixin, base):
-        def __init__(
-            self,
-            in_channels: int,
-            out_channels: int,
-            kernel_size: int | Sequence[int],
-            stride: int | Sequence[int] = 1,
-            padding: int | Sequence[int] = 0,
-            output_padding: int | Sequence[int] = 0,
-            groups: int = 1,
-            bias: bool = True,
-            constant_bias: float | None = None,
-            softplus_bias: bool = False,
-            scalar_bias: bool = False,
-            dilation: int | Sequence[int] = 1,
-            padding_mode: str = "zeros",
-            use_alpha: bool = True,
-            constant_alpha: bool | float | None = None,
-            use_dropconnect: bool = False,
-            mask: Tensor | None = None,
-            epsilon: float = 1e-5,
-            learnable_epsilon: bool = False,
-            drop_rate: float = 0.0,
-            device: Any = None,
-            dtype: Any = None,
-            param_dtype: Any = None,
-        ) -> None:
-            storage_dtype = param_dtype if param_dtype is not None else dtype
-            super().__init__(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride,
-                padding,
-                output_padding,
-                groups,
-                _parent_bias(bias, constant_bias, scalar_bias),
-                dilation,
-                padding_mode,
-                device,
-                storage_dtype,
-            )
-            self._setup_yat(
-                bias=bias,
-                constant_bias=constant_bias,
-                softplus_bias=softplus_bias,
-                scalar_bias=scalar_bias,
-                use_alpha=use_alpha,
-                constant_alpha=constant_alpha,
-                use_dropconnect=use_dropconnect,
-                drop_rate=drop_rate,
-                mask=mask,
-                epsilon=epsilon,
-                learnable_epsilon=learnable_epsilon,
-                storage_dtype=storage_dtype,
-                compute_dtype=dtype,
-                device=device,
-            )
+class _ConvTranspose(_YatConv):
+    """The constructor and forward of ``YatConvTranspose{1,2,3}D``."""
 
-        def forward(
-            self,
-            input: Tensor,
-            output_size: list[int] | None = None,
-            *,
-            deterministic: bool = False,
-        ) -> Tensor:
-            """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
-            -> ``(O, *out)``, with PyTorch's output sizes; ``output_size`` picks
-            ``output_padding`` as ``torch.nn.ConvTranspose*d`` does."""
-            x, unbatched = self._batched(input, nd)
-            if self.padding_mode != "zeros":
-                raise ValueError(
-                    f"Only `zeros` padding mode is supported for {type(self).__name__}"
-                )
-            output_padding = self.output_padding
-            if output_size is not None:
-                output_padding = self._output_padding(
-                    input,
-                    output_size,
-                    self.stride,
-                    self.padding,
-                    self.kernel_size,
-                    num_spatial_dims=nd,
-                    dilation=self.dilation,
-                )
-            y = nmn_array.yat_conv_transpose(
-                self._input(x),
-                self._kernel(),
-                self._bias_value(),
-                stride=self.stride,
-                padding=self.padding,
-                output_padding=tuple(output_padding),
-                dilation=self.dilation,
-                groups=self.groups,
-                alpha=self._alpha_value(),
-                epsilon=self._epsilon_value(),
-            )
-            return y.squeeze(0) if unbatched else y
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        output_padding: int | Sequence[int] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        constant_bias: float | None = None,
+        softplus_bias: bool = False,
+        scalar_bias: bool = False,
+        dilation: int | Sequence[int] = 1,
+        padding_mode: str = "zeros",
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        use_dropconnect: bool = False,
+        mask: Tensor | None = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        drop_rate: float = 0.0,
+        device: Any = None,
+        dtype: Any = None,
+        param_dtype: Any = None,
+    ) -> None:
+        self._setup(locals())
 
-    return _YatConvTranspose
+    def forward(
+        self, input: Tensor, output_size: list[int] | None = None, *, deterministic: bool = False
+    ) -> Tensor:
+        """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
+        -> ``(O, *out)``, with PyTorch's output sizes; ``output_size`` picks
+        ``output_padding`` as ``torch.nn.ConvTranspose*d`` does."""
+        self._batched(input)  # a wrong rank is reported first
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        out_pad, nd = self.output_padding, len(self.kernel_size)
+        if output_size is not None:
+            geometry = (self.stride, self.padding, self.kernel_size, nd, self.dilation)
+            out_pad = self._output_padding(input, output_size, *geometry)
+        options = {"padding": self.padding, "output_padding": tuple(out_pad)}
+        return self._yat(input, nmn_array.yat_conv_transpose, **options)
 
 
 _CONV_DOC = """{nd}-D yat convolution, a ``torch.nn.Conv{nd}d`` whose output is the yat product
-of every patch with every filter:
-``y = alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)``.
+of every patch with every filter: ``alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)``.
 
 Constructor, parameters (``weight (out, in/groups, *k)``, ``bias``, ``alpha``,
 ``epsilon_param``), ``mask`` buffer and initialisers as ``nmn.torch.YatConv{nd}D`` 0.3.5:
-``torch.nn.Conv{nd}d``'s arguments and ``padding_mode``, plus ``constant_bias``,
-``softplus_bias``, ``scalar_bias``, ``use_alpha``, ``constant_alpha``, ``epsilon``,
-``learnable_epsilon``, ``weight_normalized``, a fixed kernel ``mask``, ``dtype`` (compute)
-and ``param_dtype`` (storage). ``constant_bias=False`` means a learnable bias (Decision 4).
-``use_dropconnect=True`` and ``tie_kernel_bank=True`` raise NotImplementedError
-(Decision 13).
+``torch.nn.Conv{nd}d``'s arguments, the shared ones of the module docstring (``bias`` to
+``kernel_bank_id``; ``dtype`` is the compute dtype) and a fixed kernel ``mask`` of the
+weight's shape that multiplies it.
 
 Examples
 --------
@@ -610,8 +428,8 @@ output is ``alpha * (s + b)^2 / (|patch|^2 + |w_o|^2 - 2 s + epsilon)`` with
 
 Constructor, parameters (``weight (in, out/groups, *k)``, ``bias``, ``alpha``,
 ``epsilon_param``) and output sizes (``output_padding``, ``output_size``) as
-``nmn.torch.YatConvTranspose{nd}D`` 0.3.5. ``use_dropconnect=True`` raises
-NotImplementedError (Decision 13).
+``nmn.torch.YatConvTranspose{nd}D`` 0.3.5: ``torch.nn.ConvTranspose{nd}d``'s arguments plus
+those of :class:`YatConv{nd}D` that nmn has here (no ``weight_normalized``, no kernel banks).
 
 Examples
 --------
@@ -619,23 +437,16 @@ Examples
 >>> from nmn_array.frameworks.torch import YatConvTranspose{nd}D
 >>> conv = YatConvTranspose{nd}D(2, 4, 3, stride=2)
 >>> tuple(conv(torch.randn((1, 2) + (4,) * {nd})).shape)
-{shape_t}
+{shape}
 """
 
 
 def _conv_class(name: str, nd: int, transposed: bool) -> type:
-    if transposed:
-        base = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[nd - 1]
-        cls = _make_conv_transpose(base, nd)
-        doc = _CONV_T_DOC.format(nd=nd, shape_t=(1, 4) + (9,) * nd)
-    else:
-        base = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1]
-        cls = _make_conv(base, nd)
-        doc = _CONV_DOC.format(nd=nd, shape=(1, 4) + (5,) * nd)
-    cls.__name__ = cls.__qualname__ = name
-    cls.__doc__ = doc
-    cls.__module__ = __name__
-    return cls
+    """``name``: the shell (``_Conv`` or ``_ConvTranspose``) on torch's ``nd``-D class."""
+    shell, doc, size = (_ConvTranspose, _CONV_T_DOC, 9) if transposed else (_Conv, _CONV_DOC, 5)
+    base = getattr(nn, f"ConvTranspose{nd}d" if transposed else f"Conv{nd}d")
+    doc = doc.format(nd=nd, shape=(1, 4) + (size,) * nd)
+    return type(name, (shell, base), {"__doc__": doc, "__module__": __name__})
 
 
 YatConv1D = _conv_class("YatConv1D", 1, False)
@@ -646,10 +457,8 @@ YatConvTranspose2D = _conv_class("YatConvTranspose2D", 2, True)
 YatConvTranspose3D = _conv_class("YatConvTranspose3D", 3, True)
 
 
-# --------------------------------------------------------------------------------------
-# Embedding
-# --------------------------------------------------------------------------------------
-class YatEmbed(_YatParams, nn.Module):
+# --- Embedding -----------------------------------------------------------------------
+class YatEmbed(_YatParams):
     """Embedding table with a yat ``attend``, as ``nmn.torch.YatEmbed`` 0.3.5.
 
     ``forward(ids)`` looks rows up; ``attend(query)`` gives
@@ -658,15 +467,11 @@ class YatEmbed(_YatParams, nn.Module):
     Parameters
     ----------
     num_embeddings, features : int
-    use_alpha, constant_alpha
-        As in :class:`YatNMN`.
-    epsilon : float
-    spherical : bool
-        Normalise query and rows in ``attend`` (``v / (|v| + 1e-8)``, Decision 7).
-    weight_normalized : bool
-        Normalise the rows once at construction.
-    device, dtype
-        Parameter device and dtype.
+    use_alpha, constant_alpha, epsilon, device, dtype
+        As in the module docstring (``dtype``: that of the table).
+    spherical, weight_normalized : bool
+        Normalise query and rows in ``attend`` (``v / (|v| + 1e-8)``, Decision 7); normalise
+        the rows once at construction.
 
     Examples
     --------
@@ -690,21 +495,14 @@ class YatEmbed(_YatParams, nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        self.num_embeddings = num_embeddings
-        self.features = features
-        self.epsilon = check_epsilon(epsilon)
-        self.learnable_epsilon = False
-        self.spherical = spherical
-        self.weight_normalized = weight_normalized
-        factory = {"device": device, "dtype": dtype}
+        self._keep(locals(), "num_embeddings features spherical weight_normalized")
         # variance scaling (fan_in, normal): std 1/sqrt(features), as nmn
-        self.embedding = nn.Parameter(
-            torch.randn(num_embeddings, features, **factory) / math.sqrt(features)
-        )
+        size, factory = (num_embeddings, features), {"device": device, "dtype": dtype}
+        table = torch.randn(size, **factory) / math.sqrt(features)
         if weight_normalized:
-            with torch.no_grad():
-                self.embedding.div_(self.embedding.norm(dim=1, keepdim=True).clamp(min=1e-8))
-        self._setup_alpha(use_alpha, constant_alpha, factory)
+            table = table / table.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        self.embedding = nn.Parameter(table)
+        self._setup_yat(locals(), dtype)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Rows of the table: ``(*inputs.shape, features)``."""
@@ -712,98 +510,98 @@ class YatEmbed(_YatParams, nn.Module):
 
     def attend(self, query: Tensor) -> Tensor:
         """Yat similarity of ``query (..., features)`` with every row: ``(..., num_embeddings)``."""
-        return nmn_array.yat(
-            query,
-            self.embedding,
-            alpha=self._alpha_value(),
-            epsilon=self.epsilon,
-            spherical=self.spherical,
+        return nmn_array.yat(query, self.embedding, spherical=self.spherical, **self._scalars())
+
+
+# --- Attention -----------------------------------------------------------------------
+class _YatAttention(_YatParams):
+    """``nn.Linear`` projections, head split, one ``nmn_array`` call, head merge."""
+
+    def _setup(self, a: dict[str, Any], out_name: str) -> None:
+        """``out_name``: nmn's ``out_proj``, or ``o_proj`` as in ``nmn.nnx``."""
+        super().__init__()
+        embed_dim, num_heads = a["embed_dim"], a["num_heads"]
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})."
+            )
+        self._keep(a, "embed_dim num_heads use_out_proj")
+        self.head_dim = embed_dim // num_heads
+        self.dropout = _common.check_rate(a["dropout"], "dropout")
+        self.compute_dtype = a["dtype"]
+        self.param_dtype = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
+        self._setup_yat(a, self.param_dtype)
+        factory = {"bias": a["bias"], "device": a["device"], "dtype": self.param_dtype}
+        self.q_proj, self.k_proj, self.v_proj = (
+            nn.Linear(embed_dim, embed_dim, **factory) for _ in "qkv"
         )
-
-
-# --------------------------------------------------------------------------------------
-# Attention
-# --------------------------------------------------------------------------------------
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    """(B, L, H*d) -> (B, H, L, d)."""
-    b, length, _ = x.shape
-    return x.reshape(b, length, heads, -1).transpose(1, 2)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    """(B, H, L, d) -> (B, L, H*d)."""
-    b, h, length, d = x.shape
-    return x.transpose(1, 2).reshape(b, length, h * d)
-
-
-class _AttentionBase(_YatParams, nn.Module):
-    """Shared pieces of the torch attention modules."""
-
-    def _promote(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
-        target = self.compute_dtype
-        if target is None:
-            target = next((t.dtype for t in tensors if t is not None), torch.float32)
-        return tuple(None if t is None else t.to(target) for t in tensors)
+        out = nn.Linear(embed_dim, embed_dim, **factory) if a["use_out_proj"] else None
+        setattr(self, out_name, out)
+        self._out_name = out_name
 
     def _linear(self, x: Tensor, proj: Any) -> Tensor:
         # run in the compute dtype while keeping stored parameters as they are
-        x, w, b = self._promote(x, proj.weight, proj.bias)
-        return F.linear(x, w, b)
+        dtype = x.dtype if self.compute_dtype is None else self.compute_dtype
+        bias = None if proj.bias is None else proj.bias.to(dtype)
+        return F.linear(x.to(dtype), proj.weight.to(dtype), bias)
 
     def _attend(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        mask: Tensor | None,
-        deterministic: bool,
-        spherical: bool,
+        self, inputs: dict[str, Tensor], mask: Any, deterministic: bool, offset: int | None = None
     ) -> Tensor:
-        """Yat attention on head-split ``(B, H, L, d)`` tensors, dropout on the weights."""
-        kwargs = dict(
-            mask=mask,
-            alpha=self._alpha_value(),
-            epsilon=self._epsilon_value(),
-            spherical=spherical,
-            normalization=self.normalization,
-            power=self.power,
+        """Query, key, value (one input: all three; unbatched ``(L, E)`` as in
+        ``torch.nn.MultiheadAttention``) -> heads (unit q, k if ``_normalize_qk``; RoPE at
+        ``offset + t``) -> yat attention (dropout on the weights when training) -> output
+        projection; a query that sees no key in any head gives zeros."""
+        (first, x), *others = inputs.items()
+        rank = x.dim()
+        if rank not in (2, 3):
+            raise ValueError(
+                f"{first} must be (B, L, E) or unbatched (L, E), got {first} of shape "
+                f"{tuple(x.shape)}"
+            )
+        for name, t in others:
+            if t.dim() != rank:
+                raise ValueError(
+                    f"{name} must have the rank of {first} ({rank}-D), got {name} of shape "
+                    f"{tuple(t.shape)} and {first} of shape {tuple(x.shape)}"
+                )
+        tensors = [t.unsqueeze(0) if rank == 2 else t for t in inputs.values()] * 3
+        b, lq, lk, h = tensors[0].shape[0], tensors[0].shape[1], tensors[1].shape[1], self.num_heads
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (
+            self._linear(t, proj).reshape(b, t.shape[1], h, -1).transpose(1, 2)
+            for t, proj in zip(tensors, projections)
         )
+        if self._normalize_qk:
+            q, k = (F.normalize(t, p=2.0, dim=-1, eps=_QK_NORM_FLOOR) for t in (q, k))
+        if offset is not None:
+            if offset + lq > self.max_seq_len:
+                raise ValueError(
+                    f"position_offset + seq_len = {offset + lq} exceeds "
+                    f"max_seq_len={self.max_seq_len}"
+                )
+            positions = torch.arange(offset, offset + lq, device=q.device)
+            q, k = (nmn_array.rotary_embedding(t, positions, theta=self.theta) for t in (q, k))
+        if mask is not None:
+            mask = torch.broadcast_to(mask, (b, h, lq, lk))
+        kw = dict(mask=mask, spherical=self._spherical, normalization=self.normalization)
+        kw.update(power=self.power, **self._scalars())
         p = self.dropout if self.training and not deterministic else 0.0
         if p > 0.0:
-            weights = nmn_array.yat_attention_weights(q, k, **kwargs)
-            return torch.matmul(F.dropout(weights, p=p, training=True), v)
-        return nmn_array.yat_attention(q, k, v, **kwargs)
+            weights = nmn_array.yat_attention_weights(q, k, **kw)
+            x = torch.matmul(F.dropout(weights, p=p, training=True), v)
+        else:
+            x = nmn_array.yat_attention(q, k, v, **kw)
+        x = x.transpose(1, 2).reshape(b, lq, -1)
+        out_proj = getattr(self, self._out_name)
+        x = x if out_proj is None else self._linear(x, out_proj)
+        if mask is not None:
+            has_key = _common.mask_visibility(mask).any(dim=-1).any(dim=-2)  # (B, Lq)
+            x = torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
+        return x.squeeze(0) if rank == 2 else x
 
 
-def _batch_inputs(names: tuple[str, ...], *tensors: Tensor) -> tuple[bool, list[Tensor]]:
-    """``(B, L, E)`` inputs as they are, or unbatched ``(L, E)`` ones with a batch axis of 1
-    (as ``torch.nn.MultiheadAttention`` accepts); returns whether the axis was added."""
-    rank = tensors[0].dim()
-    if rank not in (2, 3):
-        raise ValueError(
-            f"{names[0]} must be (B, L, E) or unbatched (L, E), got {names[0]} of shape "
-            f"{tuple(tensors[0].shape)}"
-        )
-    for name, t in zip(names[1:], tensors[1:]):
-        if t.dim() != rank:
-            raise ValueError(
-                f"{name} must have the rank of {names[0]} ({rank}-D), got {name} of shape "
-                f"{tuple(t.shape)} and {names[0]} of shape {tuple(tensors[0].shape)}"
-            )
-    if rank == 3:
-        return False, list(tensors)
-    return True, [t.unsqueeze(0) for t in tensors]
-
-
-def _zero_keyless(x: Tensor, mask: Tensor | None) -> Tensor:
-    """Zero the outputs of queries that see no key in any head (after the projection's bias)."""
-    if mask is None:
-        return x
-    has_key = mask_visibility(mask).any(dim=-1).any(dim=-2)  # (B, Lq)
-    return torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
-
-
-class MultiHeadYatAttention(_AttentionBase):
+class MultiHeadYatAttention(_YatAttention):
     """Multi-head yat attention, as ``nmn.torch.MultiHeadYatAttention`` 0.3.5.
 
     ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v`` per head, with
@@ -814,18 +612,14 @@ class MultiHeadYatAttention(_AttentionBase):
     embed_dim, num_heads : int
     dropout : float
         Dropout on the attention weights in training mode.
-    bias : bool
-        Bias of the projections.
-    use_alpha, constant_alpha
-        Learnable (init 1) or constant score scale, applied before the softmax.
+    bias, use_out_proj : bool
+        Bias of the projections; an output projection.
+    use_alpha, constant_alpha, epsilon, device, dtype, param_dtype
+        As in the module docstring; alpha scales the scores before the softmax.
     normalize_qk : bool
         ``q / max(|q|, 1e-12)`` per head (Decision 2).
     spherical : bool
         Spherical yat scores (``v / sqrt(|v|^2 + epsilon)``, distance ``2 - 2 q.k``).
-    use_out_proj : bool
-    epsilon : float
-    device, dtype, param_dtype
-        ``dtype`` is the compute dtype, ``param_dtype`` (default ``dtype``) the storage one.
 
     Examples
     --------
@@ -854,32 +648,11 @@ class MultiHeadYatAttention(_AttentionBase):
         dtype: Any = None,
         param_dtype: Any = None,
     ) -> None:
-        super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})."
-            )
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.dropout = check_rate(dropout, "dropout")
-        self.use_out_proj = use_out_proj
+        self._setup(locals(), "out_proj")
         self.normalization = "softmax"
         self.power = 1.0
-        storage = param_dtype if param_dtype is not None else dtype
-        self.compute_dtype = dtype
-        self.param_dtype = storage
-        factory = {"device": device, "dtype": storage}
-        self._setup_epsilon(epsilon, False, storage, device)
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.out_proj = (
-            nn.Linear(embed_dim, embed_dim, bias=bias, **factory) if use_out_proj else None
-        )
         self._normalize_qk = normalize_qk
         self._spherical = spherical
-        self._setup_alpha(use_alpha, constant_alpha, factory)
 
     def forward(
         self,
@@ -894,30 +667,12 @@ class MultiHeadYatAttention(_AttentionBase):
         ``mask`` broadcastable to ``(B, H, Lq, Lk)``: boolean (True = attend) or floating
         (additive, -inf hides a key; softmax only). Returns ``(B, Lq, E)``. Unbatched
         ``(L, E)`` inputs (mask broadcastable to ``(H, Lq, Lk)``) give ``(Lq, E)``."""
-        if key is None:
-            key = query
-        if value is None:
-            value = key
-        unbatched, (query, key, value) = _batch_inputs(("query", "key", "value"), query, key, value)
-        b, lq, _ = query.shape
-        lk = key.shape[1]
-        h = self.num_heads
-        q = _split_heads(self._linear(query, self.q_proj), h)
-        k = _split_heads(self._linear(key, self.k_proj), h)
-        v = _split_heads(self._linear(value, self.v_proj), h)
-        if self._normalize_qk:
-            q = F.normalize(q, p=2.0, dim=-1, eps=_QK_NORM_FLOOR)
-            k = F.normalize(k, p=2.0, dim=-1, eps=_QK_NORM_FLOOR)
-        if mask is not None:
-            mask = torch.broadcast_to(mask, (b, h, lq, lk))
-        x = _merge_heads(self._attend(q, k, v, mask, deterministic, self._spherical))
-        if self.out_proj is not None:
-            x = self._linear(x, self.out_proj)
-        x = _zero_keyless(x, mask)
-        return x.squeeze(0) if unbatched else x
+        key = query if key is None else key
+        inputs = {"query": query, "key": key, "value": key if value is None else value}
+        return self._attend(inputs, mask, deterministic)
 
 
-class RotaryYatAttention(_AttentionBase):
+class RotaryYatAttention(_YatAttention):
     """Multi-head yat attention with rotary position embeddings (RoPE, interleaved pairs).
 
     nmn has no PyTorch rotary layer; this one mirrors ``nmn.nnx.RotaryYatAttention``
@@ -929,26 +684,14 @@ class RotaryYatAttention(_AttentionBase):
     ----------
     embed_dim, num_heads : int
         ``embed_dim / num_heads`` must be even.
-    max_seq_len : int
-        Largest ``position_offset + L`` accepted.
-    theta : float
-        RoPE base.
-    dropout : float
-        Dropout on the attention weights in training mode.
-    bias : bool
-        Bias of the projections.
-    use_alpha, constant_alpha
-        Score scale before normalisation (Decision 1).
-    normalize_qk : bool
-        ``q / max(|q|, 1e-12)`` per head before RoPE (Decision 2).
-    use_out_proj : bool
-    epsilon, learnable_epsilon
-    normalization : {"softmax", "softermax", "l1"}
-    use_softermax : bool
-        Shortcut for ``normalization="softermax"``.
-    power : float
-        Softermax power.
-    device, dtype, param_dtype
+    max_seq_len, theta
+        Largest ``position_offset + L`` accepted; the RoPE base.
+    dropout, bias, use_alpha, constant_alpha, normalize_qk, use_out_proj, epsilon
+        As in :class:`MultiHeadYatAttention` (alpha: Decision 1; normalize_qk before RoPE).
+    learnable_epsilon, device, dtype, param_dtype
+        As in the module docstring.
+    normalization, use_softermax, power
+        ``"softmax"``, ``"softermax"`` (or ``use_softermax=True``) or ``"l1"``; its power.
 
     Examples
     --------
@@ -981,35 +724,13 @@ class RotaryYatAttention(_AttentionBase):
         dtype: Any = None,
         param_dtype: Any = None,
     ) -> None:
-        super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})."
-            )
-        if (embed_dim // num_heads) % 2:
+        if embed_dim % num_heads == 0 and (embed_dim // num_heads) % 2:
             raise ValueError(f"head_dim ({embed_dim // num_heads}) must be even for RoPE.")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.max_seq_len = max_seq_len
-        self.theta = theta
-        self.dropout = check_rate(dropout, "dropout")
-        self.normalize_qk = normalize_qk
-        self.use_out_proj = use_out_proj
+        self._setup(locals(), "o_proj")
+        self._keep(locals(), "max_seq_len theta normalize_qk power")
         self.normalization = "softermax" if use_softermax else normalization
-        self.power = power
-        storage = param_dtype if param_dtype is not None else dtype
-        self.compute_dtype = dtype
-        self.param_dtype = storage
-        factory = {"device": device, "dtype": storage}
-        self._setup_epsilon(epsilon, learnable_epsilon, storage, device)
-        self._setup_alpha(use_alpha, constant_alpha, factory)
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.o_proj = (
-            nn.Linear(embed_dim, embed_dim, bias=bias, **factory) if use_out_proj else None
-        )
+        self._normalize_qk = normalize_qk
+        self._spherical = False
 
     def forward(
         self,
@@ -1022,27 +743,4 @@ class RotaryYatAttention(_AttentionBase):
         """``x (B, L, E)`` -> ``(B, L, E)``, or unbatched ``(L, E)`` -> ``(L, E)``; ``mask``
         broadcastable to ``(B, H, L, L)``: boolean (True = attend) or floating (additive,
         -inf hides a key; softmax only)."""
-        unbatched, (x,) = _batch_inputs(("x",), x)
-        b, length, _ = x.shape
-        if position_offset + length > self.max_seq_len:
-            raise ValueError(
-                f"position_offset + seq_len = {position_offset + length} exceeds "
-                f"max_seq_len={self.max_seq_len}"
-            )
-        h = self.num_heads
-        q = _split_heads(self._linear(x, self.q_proj), h)
-        k = _split_heads(self._linear(x, self.k_proj), h)
-        v = _split_heads(self._linear(x, self.v_proj), h)
-        if self.normalize_qk:
-            q = F.normalize(q, p=2.0, dim=-1, eps=_QK_NORM_FLOOR)
-            k = F.normalize(k, p=2.0, dim=-1, eps=_QK_NORM_FLOOR)
-        positions = torch.arange(position_offset, position_offset + length, device=x.device)
-        q = nmn_array.rotary_embedding(q, positions, theta=self.theta)
-        k = nmn_array.rotary_embedding(k, positions, theta=self.theta)
-        if mask is not None:
-            mask = torch.broadcast_to(mask, (b, h, length, length))
-        out = _merge_heads(self._attend(q, k, v, mask, deterministic, False))
-        if self.o_proj is not None:
-            out = self._linear(out, self.o_proj)
-        out = _zero_keyless(out, mask)
-        return out.squeeze(0) if unbatched else out
+        return self._attend({"x": x}, mask, deterministic, position_offset)
