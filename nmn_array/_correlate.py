@@ -74,7 +74,7 @@ def window_sum(
         if is_tf(xp) and len(kernel) < 3:  # TF's CPU AvgPool3D has no float64 kernel
             return _tf_window_sum(x, kernel, stride, pads, channels_last)
     if native and (is_torch(xp) or is_tf(xp)):
-        g = x.shape[-1 if channels_last else 1]
+        g = _groups_of(x, -1 if channels_last else 1)
         ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **device_kw(xp, x))
         return correlate(
             xp,
@@ -141,11 +141,18 @@ def window_sum_transpose(
     native: bool = True,
 ) -> Any:
     """Transposed window sum of ``x (N, G, *sp)`` -> ``(N, G, *out)`` (all-ones kernel)."""
-    g = x.shape[1]
+    g = _groups_of(x, 1)
     ones = xp.ones((g, 1, *kernel), dtype=x.dtype, **device_kw(xp, x))
     return correlate_transpose(
         xp, x, ones, stride=stride, pads=pads, dilation=dilation, groups=g, native=native
     )
+
+
+def _groups_of(x: Any, axis: int) -> int:
+    """The channel count of ``x`` at ``axis`` (the group count of an all-ones kernel) as a
+    plain int: ``torch.jit.trace`` records sizes as tensors, and an all-ones kernel built from
+    one has a shape the TorchScript ONNX exporter cannot see (it refuses the convolution)."""
+    return int(x.shape[axis])
 
 
 def direct_kernel(xp: ModuleType, w: Any, groups: int) -> Any:

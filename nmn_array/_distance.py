@@ -88,7 +88,8 @@ def _rows_at(xp: ModuleType, w: Any, index: Any, *, in_out: bool) -> Any:
         # one unknown size (a symbolic TF batch) is left for reshape to infer
         return xp.reshape(picked, (*(-1 if s is None else s for s in lead), picked.shape[-1]))
     n, d = w.shape[-2], w.shape[-1]
-    banks = tuple(int(b) for b in index.shape[:-1])  # known: refine_distance checked it
+    # known (refine_distance checked it); symbolic sizes when torch exports
+    banks: tuple[Any, ...] = shape_of(index)[:-1]
     count = math.prod(banks)
     w_flat = xp.reshape(xp.broadcast_to(w, (*banks, n, d)), (count * n, d))
     offsets = xp.arange(count, dtype=index.dtype, **device_kw(xp, index)) * n

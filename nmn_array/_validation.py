@@ -7,6 +7,7 @@ so the checks run at call time under ``jax.jit``, ``tf.function`` and on lazy Da
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -15,12 +16,21 @@ from nmn_array._namespace import is_jax, is_numpy_scalar, is_tf, is_torch
 
 
 def shape_of(x: Any) -> tuple[int | None, ...]:
-    """Static shape as a tuple; unknown sizes (symbolic TF dims, Dask nan chunks) are None."""
-    dims: list[int | None] = []
+    """Static shape as a tuple; unknown sizes (symbolic TF dims, Dask nan chunks) are None.
+
+    A PyTorch size being recorded (a ``SymInt`` under ``torch.export``, a traced 0-d tensor
+    under ``torch.jit.trace``) is kept as it is: ``int()`` would fix the exported graph to the
+    example's size, so a dynamic batch axis would be lost.
+    """
+    torch = sys.modules.get("torch")
+    recorded = (torch.SymInt, torch.Tensor) if torch is not None else ()
+    dims: list[Any] = []
     for d in tuple(x.shape):
         d = getattr(d, "value", d)  # TF1-style Dimension objects
         if d is None or (isinstance(d, float) and math.isnan(d)):
             dims.append(None)
+        elif recorded and isinstance(d, recorded):
+            dims.append(d)
         else:
             dims.append(int(d))
     return tuple(dims)

@@ -18,6 +18,12 @@ non-differentiable outputs because that protocol saves intermediates only that w
 Higher-order derivatives (``create_graph=True``, Hessian-vector products, nested
 ``torch.func`` transforms) run the same closed-form backward out of place on ``n`` and ``q``
 recomputed from the graph-connected inputs, so autograd can differentiate it.
+
+Under a tracer or exporter (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``)
+the entry points below compute the same forward with plain out-of-place operators instead:
+a Python ``Function`` would be recorded as an opaque ``PythonOp`` that TorchScript cannot
+save and ONNX cannot express, while the plain operators give a graph any runtime can run
+(and differentiate, since it holds no custom backward).
 """
 
 from __future__ import annotations
@@ -233,10 +239,33 @@ def _saved(ctx, count: int):
     return saved[:count], optional
 
 
+def _exporting() -> bool:
+    """Whether a tracer or exporter is recording this call (see the module docstring)."""
+    return bool(
+        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    )
+
+
+def _plain_ratio(n, q, alpha):
+    """``alpha n^2 / q`` out of place: the Functions' forward for tracers and exporters."""
+    y = n * n / q
+    return y if alpha is None else y * alpha
+
+
 def yat_epilogue(dot, col, row, bias, alpha, epsilon):
     """Fused :func:`nmn_array._epilogue.yat_ratio` of :func:`expanded_distance`; the operands
     broadcast against ``dot`` (``row`` may be the float 1.0)."""
+    if _exporting():
+        return _plain_ratio(*_epilogue_n_q(dot, col, row, bias, epsilon), alpha)
     return _YatEpilogue.apply(dot, col, row, bias, alpha, epsilon)[0]
+
+
+def _scores(x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool, refine: bool):
+    """:class:`_YatScores`' ``y``, or its plain-operator forward under a tracer or exporter."""
+    if _exporting():
+        n, q = _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, inplace=False)
+        return _plain_ratio(n, q, alpha)
+    return _YatScores.apply(x, w, bias, alpha, epsilon, unit_x, unit_w, refine)[0]
 
 
 def _ones(a: torch.Tensor) -> torch.Tensor:
@@ -260,7 +289,7 @@ def yat_dense(x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, refine:
     the compute dtype; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as exactly 1."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y = _YatScores.apply(x2, w, bias, alpha, epsilon, unit_x, unit_w, refine)[0]
+    y = _scores(x2, w, bias, alpha, epsilon, unit_x, unit_w, refine)
     return y.reshape(*lead, w.shape[0])
 
 
@@ -270,7 +299,7 @@ def yat_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
     lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
     q = q.expand(*lead, *q.shape[-2:])
     k = k.expand(*lead, *k.shape[-2:])
-    return _YatScores.apply(q, k, None, alpha, epsilon, unit, unit, refine)[0]
+    return _scores(q, k, None, alpha, epsilon, unit, unit, refine)
 
 
 def masked_softmax(scores, visible):
