@@ -39,10 +39,11 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks import _common
 
 import nmn_array
-from nmn_array import soft_tanh, softer_sigmoid, softermax
+from nmn_array import soft_tanh, softer_sigmoid
 
 torch = _common.require("torch")
 # Any: the module is imported at run time and its classes are our base classes; mypy
@@ -66,6 +67,10 @@ __all__ = [
     "soft_tanh",
     "softer_sigmoid",
     "softermax",
+    "normalize_qk",
+    "yat_attention",
+    "yat_attention_normalized",
+    "yat_attention_weights",
 ]
 
 #: nmn's constant alpha, ``constant_alpha=True``.
@@ -91,11 +96,9 @@ class _YatParams(nn.Module):
         self.learnable_epsilon = bool(a.get("learnable_epsilon", False))
         self.register_parameter("epsilon_param", None)
         if self.learnable_epsilon:
-            # at least float32: softplus^-1 of a small epsilon is far outside float16's range
-            dtype = torch.float32 if storage in (torch.float16, torch.bfloat16, None) else storage
-            raw = torch.full(
-                (1,), _common.softplus_inverse(self.epsilon), dtype=dtype, device=a["device"]
-            )
+            # validated here (as nmn); stored in at least float32 (see _apply)
+            value, dtype = _common.learnable_epsilon(self.epsilon, storage)
+            raw = torch.full((1,), value, dtype=getattr(torch, dtype), device=a["device"])
             self.epsilon_param = nn.Parameter(raw)
         if weight is not None:
             self.weight = nn.Parameter(weight)
@@ -120,6 +123,18 @@ class _YatParams(nn.Module):
         self.constant_bias = a["constant_bias"]
         self.softplus_bias = bool(a["softplus_bias"] and self.bias is not None)
         self.scalar_bias = bool(a["scalar_bias"] and self.bias is not None)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # .half() / .to(torch.bfloat16) cast every parameter; the raw epsilon stays float32,
+        # as nmn keeps it (softplus^-1 of a small epsilon is far outside float16's range)
+        raw = self.__dict__["_parameters"].get("epsilon_param")
+        before = None if raw is None else raw.data
+        super()._apply(fn, recurse)
+        raw = self.epsilon_param
+        if before is not None and raw is not None and raw.dtype in (torch.float16, torch.bfloat16):
+            # the value from before the cast: rounding it through float16 would move epsilon
+            raw.data = before.to(device=raw.device, dtype=torch.float32)
+        return self
 
     def _bias_value(self) -> Any:
         if self._constant_bias_value is not None:
@@ -744,3 +759,114 @@ class RotaryYatAttention(_YatAttention):
         broadcastable to ``(B, H, L, L)``: boolean (True = attend) or floating (additive,
         -inf hides a key; softmax only)."""
         return self._attend({"x": x}, mask, deterministic, position_offset)
+
+
+# --------------------------------------------------------------------------------------
+# nmn.torch's functional attention: q, k, v (batch, length, heads, dim)
+# --------------------------------------------------------------------------------------
+def _torch_dropout(p: float, training: bool) -> _api.Dropout:
+    return _api.rate_dropout(torch.nn.functional.dropout, p, training, "dropout_p")
+
+
+def yat_attention_weights(
+    query: Tensor,
+    key: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    epsilon: float = 1e-5,
+    alpha: Tensor | None = None,
+    scale: float | None = None,
+    spherical: bool = False,
+) -> Tensor:
+    """Yat attention weights ``(batch, heads, Lq, Lk)`` of ``query (batch, Lq, heads, d)``
+    and ``key (batch, Lk, heads, d)``, as ``nmn.torch.yat_attention_weights`` 0.3.5.
+
+    ``mask`` is boolean (True = attend; a floating mask is additive), ``alpha`` and
+    ``scale`` multiply the scores (which are divided by ``sqrt(d)``), dropout applies when
+    ``training``. One call of :func:`nmn_array.yat_attention_weights`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = torch.randn(2, 5, 3, 4)
+    >>> yat_attention_weights(q, q).shape
+    torch.Size([2, 3, 5, 5])
+    """
+    return _api.attention_weights(
+        query, key, mask=mask, dropout=_torch_dropout(dropout_p, training), epsilon=epsilon,
+        alpha=alpha, scale=scale, spherical=spherical,
+    )  # fmt: skip
+
+
+def yat_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    epsilon: float = 1e-5,
+    alpha: Tensor | None = None,
+    scale: float | None = None,
+    spherical: bool = False,
+) -> Tensor:
+    """Yat attention of ``value (batch, Lk, heads, dv)``: output ``(batch, Lq, heads, dv)``;
+    the other arguments as :func:`yat_attention_weights`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = torch.randn(2, 5, 3, 4)
+    >>> yat_attention(q, q, q).shape
+    torch.Size([2, 5, 3, 4])
+    """
+    return _api.attention(
+        query, key, value, mask=mask, dropout=_torch_dropout(dropout_p, training),
+        epsilon=epsilon, alpha=alpha, scale=scale, spherical=spherical,
+    )  # fmt: skip
+
+
+def yat_attention_normalized(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    training: bool = True,
+    epsilon: float = 1e-5,
+    alpha: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """:func:`yat_attention` with ``spherical=True``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> q = torch.randn(2, 5, 3, 4)
+    >>> yat_attention_normalized(q, q, q).shape
+    torch.Size([2, 5, 3, 4])
+    """
+    return yat_attention(query, key, value, mask, dropout_p, training, epsilon, alpha, scale, True)
+
+
+normalize_qk = _api.normalize_qk
+
+
+def softermax(
+    x: Tensor, n: float = 1.0, epsilon: float = 1e-12, dim: int | None = -1, *, axis: Any = None
+) -> Tensor:
+    """:func:`nmn_array.softermax` with ``nmn.torch``'s signature: ``x^n / (epsilon + sum
+    x^n)`` along ``dim`` (all elements for ``None``); ``axis=`` is accepted as an alias.
+
+    Examples
+    --------
+    >>> import torch
+    >>> softermax(torch.ones(2, 2), dim=None).tolist()
+    [[0.25, 0.25], [0.25, 0.25]]
+    """
+    if axis is not None:
+        if dim not in (-1, axis):
+            raise TypeError(f"softermax got dim={dim!r} and axis={axis!r}: pass one of them")
+        dim = axis
+    return _common.softermax(x, n, epsilon, dim)

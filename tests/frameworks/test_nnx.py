@@ -555,5 +555,9 @@ def test_training_smoke():
 
 
 def test_squashers_reexported():
-    assert M.softermax is nmn_array.softermax and M.soft_tanh is nmn_array.soft_tanh
+    assert M.soft_tanh is nmn_array.soft_tanh
+    x = jnp.array([[1.0, 2.0], [3.0, 4.0]])  # softermax: nmn's signature over the core's
+    np.testing.assert_array_equal(
+        M.softermax(x, 2.0, 1e-9, 0), nmn_array.softermax(x, 2.0, epsilon=1e-9, axis=0)
+    )
     np.testing.assert_allclose(M.softer_sigmoid(jnp.array([1.0, 3.0])), [0.5, 0.75])

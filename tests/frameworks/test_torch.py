@@ -420,7 +420,11 @@ def test_training_smoke():
 
 
 def test_squashers_reexported():
-    assert ours.softermax is nmn_array.softermax
+    # softermax wraps nmn_array.softermax with nmn's signature (dim=, positional epsilon)
+    x = torch.rand(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(
+        ours.softermax(x, 2.0, 1e-9, 0), nmn_array.softermax(x, 2.0, epsilon=1e-9, axis=0)
+    )
     assert ours.softer_sigmoid is nmn_array.softer_sigmoid
     assert ours.soft_tanh is nmn_array.soft_tanh
     torch.testing.assert_close(

@@ -306,7 +306,12 @@ def test_conv_layouts_and_aliases():
         assert getattr(ours, name) is getattr(ours, name[:-1] + "D")
     for name in ("YatConvTranspose1d", "YatConvTranspose2d", "YatConvTranspose3d"):
         assert getattr(ours, name) is getattr(ours, name[:-1] + "D")
-    assert ours.softermax is __import__("nmn_array").softermax
+    # softermax wraps nmn_array.softermax with nmn's signature (positional epsilon, axis=None)
+    x = keras.ops.convert_to_tensor(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(ours.softermax(x, 2.0, 1e-9, 0)),
+        keras.ops.convert_to_numpy(__import__("nmn_array").softermax(x, 2.0, epsilon=1e-9, axis=0)),
+    )
 
 
 @pytest.mark.parametrize(
