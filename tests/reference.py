@@ -44,6 +44,7 @@ __all__ = [
     "softermax_ref",
     "softer_sigmoid_ref",
     "soft_tanh_ref",
+    "drop_connect_ref",
     "numerical_grad",
 ]
 
@@ -815,3 +816,31 @@ def numerical_grad(
             g[idx] = (up - down) / (2.0 * eps)
         grads.append(g)
     return grads
+
+
+def drop_connect_ref(
+    kernel: Any, keep: Any = None, *, rate: float = 0.0, mask: Any = None
+) -> np.ndarray:
+    """A kept weight scaled by ``1 / (1 - rate)``, a dropped one 0, then times ``mask``.
+
+    Parameters
+    ----------
+    kernel : array_like
+        Any shape.
+    keep : None or bool array_like of the kernel's shape
+        True where the weight is kept; None: every weight is kept, unscaled.
+    rate : float
+        The drop probability ``keep`` was drawn with.
+    mask : None or array_like of the kernel's shape
+        Multiplies the result.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    out = _f64(kernel)
+    if keep is not None:
+        out = np.asarray(keep, dtype=bool) * out / (1.0 - rate)
+    if mask is not None:
+        out = out * _f64(mask)
+    return out
