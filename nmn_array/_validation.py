@@ -129,6 +129,16 @@ def check_epsilon(
         raise TypeError(f"{name} must be a positive float or an array, got {epsilon!r}")
 
 
+def check_rate(rate: Any, name: str = "dropout_rate") -> float:
+    """A drop probability in ``[0, 1)`` (NaN, 1 and bools refused), as a Python float."""
+    rate = plain(rate)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {rate!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in the half-open interval [0, 1), got {rate!r}")
+    return float(rate)
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")

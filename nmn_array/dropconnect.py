@@ -14,15 +14,6 @@ from nmn_array import _validation as v
 from nmn_array._namespace import array_namespace, scalar_like
 
 
-def _check_rate(rate: Any) -> float:
-    rate = v.plain(rate)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(f"rate must be a number in [0, 1), got {rate!r}")
-    if not (0.0 <= rate < 1.0):  # also refuses NaN
-        raise ValueError(f"rate must be in the half-open interval [0, 1), got {rate!r}")
-    return float(rate)
-
-
 def _check_like_kernel(xp: Any, a: Any, name: str, kernel: Any, *, bool_only: bool) -> None:
     if tuple(a.shape) != tuple(kernel.shape):
         raise ValueError(
@@ -71,7 +62,7 @@ def drop_connect(kernel: Any, keep: Any = None, *, rate: float = 0.0, mask: Any 
     array([[1., 0.],
            [0., 4.]])
     """
-    rate = _check_rate(rate)
+    rate = v.check_rate(rate, "rate")
     xp = array_namespace(*(a for a in (kernel, keep, mask) if a is not None))
     v.check_float_array(xp, kernel, "kernel")
     if keep is not None:
