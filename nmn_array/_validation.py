@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from nmn_array._namespace import is_jax, is_numpy_scalar, is_tf, is_torch
+from nmn_array._native import saturating_cast
 
 
 def shape_of(x: Any) -> tuple[int | None, ...]:
@@ -175,9 +176,7 @@ def as_compute(xp: ModuleType, a: Any, dtype: Any) -> Any:
         return a
     # (the standard has no float16: only the autodiff libraries are asked for theirs)
     if (is_torch(xp) or is_jax(xp) or is_tf(xp)) and a.dtype == xp.float16:
-        from nmn_array._native.saturating_cast import upcast
-
-        return upcast(a, dtype)
+        return saturating_cast.upcast(xp, a, dtype)
     return xp.astype(a, dtype)
 
 
