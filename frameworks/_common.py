@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -573,3 +574,57 @@ def softermax(x: Any, n: float = 1.0, epsilon: float = 1e-12, axis: int | None =
         flat = core(xp.reshape(x, (-1,)), n, epsilon=epsilon)
         return xp.reshape(flat, tuple(x.shape))
     return core(x, n, epsilon=epsilon, axis=axis)
+
+
+class KernelBanks:
+    """Shared kernel banks (nmn's ``tie_kernel_bank``): the layers that name one bank and agree
+    on everything but their number of units use the first units of one kernel variable, so
+    their gradients add up in it.
+
+    ``attach`` makes the bank with the first layer (``make(size)``, ``size`` =
+    ``kernel_bank_size`` or the layer's units) and grows it for a later, larger layer with
+    ``grow(variable, old_size, new_size)``, which keeps the old units. A bank that has been
+    used in a forward pass (``mark_used``) no longer grows, as in nmn.torch: optimisers and
+    compiled steps hold its shape by then. Without ``grow`` (Keras variables cannot change
+    shape) a larger layer raises ValueError and the bank is unchanged.
+
+    >>> banks = KernelBanks()
+    >>> v = banks.attach(("default", 4), units=2, size=None, make=lambda n: [0.0] * n)
+    >>> banks.attach(("default", 4), units=3, size=None, make=list)
+    Traceback (most recent call last):
+    ...
+    ValueError: kernel bank ('default', 4) has 2 units and cannot grow to 3 (it has a fixed capacity); give the first layer kernel_bank_size=3 or more
+    """
+
+    def __init__(self) -> None:
+        self._banks: dict[Any, list[Any]] = {}  # key -> [variable, size, used]
+        self._lock = threading.Lock()
+
+    def attach(self, key: Any, *, units: int, size: int | None, make: Any, grow: Any = None) -> Any:
+        """The bank variable for ``key``, made or grown to hold ``units`` (see the class)."""
+        size = units if size is None else size
+        if size < units:
+            raise ValueError(f"kernel_bank_size ({size}) must be at least the units ({units})")
+        with self._lock:
+            bank = self._banks.get(key)
+            if bank is None:
+                bank = self._banks[key] = [make(size), size, False]
+            elif size > bank[1]:
+                if grow is None or bank[2]:
+                    why = "has a fixed capacity" if grow is None else "was used already"
+                    raise ValueError(
+                        f"kernel bank {key!r} has {bank[1]} units and cannot grow to {size} "
+                        f"(it {why}); give the first layer kernel_bank_size={size} or more"
+                    )
+                grow(bank[0], bank[1], size)
+                bank[1] = size
+            return bank[0]
+
+    def mark_used(self, key: Any) -> None:
+        """Record that a layer of bank ``key`` has run (the bank's size is final)."""
+        self._banks[key][2] = True
+
+    def clear(self) -> None:
+        """Forget every bank (their variables live on in the layers that hold them)."""
+        with self._lock:
+            self._banks.clear()
