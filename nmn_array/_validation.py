@@ -140,6 +140,16 @@ def check_rate(rate: Any, name: str = "dropout_rate") -> float:
     return float(rate)
 
 
+def check_floor(value: Any, name: str) -> float:
+    """A non-negative finite float (a clamp's lower bound)."""
+    value = plain(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a non-negative float, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a non-negative finite float, got {value!r}")
+    return float(value)
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")

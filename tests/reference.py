@@ -115,6 +115,7 @@ def yat_ref(
     epsilon: Any = 1e-5,
     spherical: bool = False,
     weight_normalized: bool = False,
+    distance_floor: float = 0.0,
 ) -> np.ndarray:
     """Naive yat product of every row of ``x`` with every neuron of ``w``.
 
@@ -137,6 +138,8 @@ def yat_ref(
         Normalise ``w`` with ``v / (|v| + 1e-8)`` (after the spherical normalisation when
         both are set); unless spherical, the distance is ``max(|x|^2 + 1 - 2 x.w, 0)``, i.e.
         ``|w|^2`` is taken as exactly 1, as nmn defines it.
+    distance_floor : float
+        The squared distance is at least this (nmn NNX's ``distance_floor``).
 
     Returns
     -------
@@ -179,7 +182,7 @@ def yat_ref(
             elif weight_normalized:
                 # |x|^2 + 1 - 2 x.w == |x - w|^2 + (1 - |w|^2)
                 dist += 1.0 - float(np.sum(wv * wv))
-            out[r, j] = _yat_value(dot, dist, float(b[j]), a, eps)
+            out[r, j] = _yat_value(dot, max(dist, distance_floor), float(b[j]), a, eps)
     out = out.reshape(x.shape[:-1] + (n,))
     return out[..., 0] if vector else out
 
