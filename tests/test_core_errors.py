@@ -152,6 +152,16 @@ WT = np.ones((3, 4, 3))
         (lambda: na.softermax(np.ones(3), axis=2), ValueError, ["axis", "2"]),
         (lambda: na.softer_sigmoid(np.arange(3)), TypeError, ["x", "int"]),
         (lambda: na.yat([1.0, 2.0], [1.0, 2.0]), TypeError, ["unsupported array type", "list"]),
+        (
+            lambda: na.yat(np.ones((2, 3)), np.ones((4, 3)), distance_floor=-0.5),
+            ValueError,
+            ["distance_floor", "-0.5"],
+        ),
+        (
+            lambda: na.yat(np.ones((2, 3)), np.ones((4, 3)), distance_floor=float("inf")),
+            ValueError,
+            ["distance_floor", "inf"],
+        ),
         (lambda: na.drop_connect(np.ones(3), rate=1.0), ValueError, ["rate", "[0, 1)", "1.0"]),
         (lambda: na.drop_connect(np.ones(3), rate=-0.1), ValueError, ["rate", "-0.1"]),
         (lambda: na.drop_connect(np.ones(3), rate=float("nan")), ValueError, ["rate", "nan"]),
