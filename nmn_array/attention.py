@@ -17,10 +17,12 @@ NORMALIZATIONS = ("softmax", "softermax", "l1")
 SOFTERMAX_EPSILON = 1e-12
 
 
-def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power):
-    alpha, epsilon, scale, power = _v.plain_all(alpha, epsilon, scale, power)
-    _v.check_known_sizes(q=q, k=k, v=v_, mask=mask, alpha=alpha, epsilon=epsilon, scale=scale)
-    xp = array_namespace(q, k, v_, mask, alpha, epsilon, scale)
+def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power, bias):
+    alpha, epsilon, scale, power, bias = _v.plain_all(alpha, epsilon, scale, power, bias)
+    _v.check_known_sizes(
+        q=q, k=k, v=v_, mask=mask, alpha=alpha, epsilon=epsilon, scale=scale, bias=bias
+    )
+    xp = array_namespace(q, k, v_, mask, alpha, epsilon, scale, bias)
     dtype = _v.compute_dtype(xp, q, "q")
     _v.check_float_array(xp, k, "k")
     _v.check_float_array(xp, v_, "v")
@@ -53,6 +55,13 @@ def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalizati
         if len(ms) < 2 or ms[-2] not in (1, lq, None) or ms[-1] not in (1, lk, None):
             raise ValueError(
                 f"mask must broadcast to (..., Lq, Lk) = (..., {lq}, {lk}), got shape {ms}"
+            )
+    if bias is not None and not isinstance(bias, (int, float)):
+        _v.check_float_array(xp, bias, "bias")
+        bs, lq, lk = _v.shape_of(bias), qs[-2], ks[-2]
+        if len(bs) >= 1 and (bs[-1] not in (1, lk) or (len(bs) >= 2 and bs[-2] not in (1, lq))):
+            raise ValueError(
+                f"bias must broadcast to (..., Lq, Lk) = (..., {lq}, {lk}), got shape {bs}"
             )
     if causal and (qs[-2] is None or ks[-2] is None):
         raise ValueError(f"causal=True needs static sequence lengths, got q {qs} and k {ks}")
@@ -140,10 +149,10 @@ def unit_heads(x: Any, *, floor: float = 1e-12) -> Any:
     return _v.cast_back(xp, out, x.dtype)
 
 
-def _scores(xp, q, k, factor, epsilon, spherical, native, refine):
+def _scores(xp, q, k, factor, epsilon, spherical, native, refine, bias=None):
     if spherical:
         q, k = _unit_rows(xp, q, epsilon), _unit_rows(xp, k, epsilon)
-    if native and is_torch(xp):
+    if native and is_torch(xp) and bias is None:
         from nmn_array._native.torch_yat import yat_scores
 
         return yat_scores(q, k, factor, epsilon, unit=spherical, refine=refine)
@@ -156,7 +165,7 @@ def _scores(xp, q, k, factor, epsilon, spherical, native, refine):
         dist = expanded_distance(dot, q_sq, k_sq)
     if refine:
         dist = refine_distance(xp, dist, q, k, unit_x=spherical, unit_w=spherical)
-    return yat_ratio(xp, dot, dist, alpha=factor, epsilon=epsilon)
+    return yat_ratio(xp, dot, dist, bias=bias, alpha=factor, epsilon=epsilon)
 
 
 def _is_additive(xp, mask) -> bool:
@@ -260,7 +269,7 @@ def _normalize(xp, scores, visible, normalization, epsilon, power, native):
 #: The keyword arguments both public functions pass on to :func:`_weights`, in order.
 _OPTIONS = (
     "mask", "causal", "alpha", "epsilon", "scale", "spherical", "normalization", "power",
-    "distance",
+    "distance", "bias",
 )  # fmt: skip
 
 
@@ -272,13 +281,14 @@ def _options(args: dict) -> tuple:
 def _weights(q, k, v_, options, native):
     """Validated attention weights; ``options`` are the keyword arguments of the public
     functions, in their order (mask ... distance)."""
-    mask, causal, alpha, epsilon, scale, spherical, normalization, power, distance = options
+    mask, causal, alpha, epsilon, scale, spherical, normalization, power, distance, bias = options
     xp, dtype, normalization, factor, epsilon = _check(
-        q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power
+        q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power, bias
     )
     refine = _v.lowered_choice(distance, "distance", DISTANCES) == "refined"
     qc, kc = _v.as_compute(xp, q, dtype), _v.as_compute(xp, k, dtype)
-    scores = _scores(xp, qc, kc, factor, epsilon, spherical, native, refine)
+    bc = _v.as_compute(xp, _v.plain(bias), dtype)
+    scores = _scores(xp, qc, kc, factor, epsilon, spherical, native, refine, bc)
     if 0 in _v.shape_of(scores)[:-1]:
         # empty batch or no queries: nothing to normalise (and Dask cannot reduce empty arrays)
         return xp, dtype, scores
@@ -299,11 +309,12 @@ def yat_attention_weights(
     normalization: str = "softmax",
     power: float = 1.0,
     distance: str = "refined",
+    bias: Any = None,
     _native: bool = True,
 ) -> Any:
     """Attention weights from yat scores.
 
-    ``score = alpha * scale * (q.k)^2 / (max(|q|^2 + |k|^2 - 2 q.k, 0) + epsilon)``,
+    ``score = alpha * scale * (q.k + bias)^2 / (max(|q|^2 + |k|^2 - 2 q.k, 0) + epsilon)``,
     normalised over the keys each query may see.
 
     Parameters
@@ -333,6 +344,9 @@ def yat_attention_weights(
     distance : {"refined", "expanded"}
         As in :func:`nmn_array.yat`: ``"refined"`` recomputes each query's distance to its
         nearest key directly, so ``q == k`` gets its exact score.
+    bias : None, float or floating array broadcastable to (..., Lq, Lk)
+        Added to ``q.k`` inside the square, not to the distance (the yat bias of the dense
+        layer, per score; nmn NNX's fused L1 attention has it). Default: none.
 
     Returns
     -------
@@ -363,6 +377,7 @@ def yat_attention(
     normalization: str = "softmax",
     power: float = 1.0,
     distance: str = "refined",
+    bias: Any = None,
     _native: bool = True,
 ) -> Any:
     """Yat attention: :func:`yat_attention_weights` applied to the values ``v (..., Lk, dv)``.

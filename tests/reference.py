@@ -568,6 +568,7 @@ def yat_attention_weights_ref(
     spherical: bool = False,
     normalization: str = "softmax",
     power: float = 1.0,
+    bias: Any = None,
 ) -> np.ndarray:
     """Naive yat attention weights, one (query, key) pair at a time.
 
@@ -593,6 +594,8 @@ def yat_attention_weights_ref(
         Over the visible keys of each query.
     power : float
         Exponent of "softermax".
+    bias : None, float or array_like broadcastable to (..., Lq, Lk)
+        Added to ``q.k`` inside the square.
 
     Returns
     -------
@@ -612,11 +615,15 @@ def yat_attention_weights_ref(
         raise ValueError(f"unknown normalization {normalization!r}")
 
     m = np.ones((lq, lk), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    full = np.broadcast_shapes(q.shape[:-2] + (lq, lk), k.shape[:-2] + (lq, lk), m.shape)
+    b = np.zeros((1, 1)) if bias is None else _f64(bias)
+    full = np.broadcast_shapes(
+        q.shape[:-2] + (lq, lk), k.shape[:-2] + (lq, lk), m.shape, b.shape
+    )
     lead = full[:-2]
     qb = np.broadcast_to(q, lead + (lq, d))
     kb = np.broadcast_to(k, lead + (lk, d))
     mb = np.broadcast_to(m, full)
+    bb = np.broadcast_to(b, full)
 
     out = np.zeros(full)
     for idx in np.ndindex(lead):
@@ -635,7 +642,8 @@ def yat_attention_weights_ref(
                 if spherical:
                     # 2 - 2 q.k == |q - k|^2 + (1 - |q|^2) + (1 - |k|^2)
                     dist += (1.0 - float(np.sum(qi * qi))) + (1.0 - float(np.sum(kj * kj)))
-                scores[j] = a * sc * dot**2 / (max(dist, 0.0) + eps)
+                num = dot + float(bb[idx + (i, j)])
+                scores[j] = a * sc * num**2 / (max(dist, 0.0) + eps)
             if not visible.any():
                 continue  # a query that sees no key keeps all-zero weights
             s = scores[visible]
