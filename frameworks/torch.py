@@ -26,8 +26,12 @@ docstring names the ones it takes):
 - ``positive_init``: ``abs()`` of the initial kernel. ``lazy`` / ``freeze_kernel``: freeze the
   kernel (``requires_grad = False``). ``kernel_init``, ``bias_init``, ``alpha_init``: in-place
   initialisers, as ``torch.nn.init`` functions.
-- ``use_dropconnect=True`` and ``tie_kernel_bank=True`` raise NotImplementedError
-  (Decision 13); ``drop_rate``, ``kernel_bank_size`` and ``kernel_bank_id`` are kept, unused.
+- ``use_dropconnect`` (convolutions): DropConnect while ``self.training and not
+  deterministic``; each weight is dropped with probability ``drop_rate`` (in ``[0, 1)``) and
+  the kept ones are scaled by ``1 / (1 - drop_rate)``, drawn with ``torch.bernoulli`` as nmn
+  draws, so that the same torch seed drops the same weights. ``mask``: a fixed kernel mask.
+- ``tie_kernel_bank=True`` raises NotImplementedError (Decision 13); ``kernel_bank_size`` and
+  ``kernel_bank_id`` are kept, unused.
 - Attention: ``embed_dim`` split into ``num_heads`` heads; ``dropout`` on the attention
   weights in training mode; ``use_out_proj``: an output projection; ``normalize_qk``:
   ``q / max(|q|, 1e-12)`` per head (Decision 2; before RoPE). Rotary: ``max_seq_len``
@@ -273,10 +277,8 @@ class _YatConv(_YatParams):
 
     def _setup(self, a: dict[str, Any]) -> None:
         """torch's weight, bias and geometry (and initialisers), then nmn's settings."""
-        tie, drop = a.get("tie_kernel_bank", False), a["use_dropconnect"]
-        _common.reject_unsupported_features(
-            type(self).__name__, use_dropconnect=drop, tie_kernel_bank=tie
-        )
+        tie = a.get("tie_kernel_bank", False)
+        _common.reject_unsupported_features(type(self).__name__, tie_kernel_bank=tie)
         storage = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
         # torch's per-channel bias is nmn's learnable bias unless that is a scalar
         # (Decision 4: constant_bias=False leaves it learnable)
@@ -287,7 +289,7 @@ class _YatConv(_YatParams):
         super().__init__(*size, bias=own, **kw, device=a["device"], dtype=storage)
         self.compute_dtype = a["dtype"]
         self.param_dtype = storage
-        self.use_dropconnect = False
+        self.use_dropconnect = bool(a["use_dropconnect"])
         self.drop_rate = _common.check_rate(a["drop_rate"], "drop_rate")
         self._setup_yat(a, storage)
         self._setup_bias(a, storage, (1,) if a["scalar_bias"] else None)
@@ -307,12 +309,20 @@ class _YatConv(_YatParams):
             )
         return (input.unsqueeze(0), True) if rank == nd + 1 else (input, False)
 
-    def _yat(self, input: Tensor, fn: Callable[..., Tensor], **options: Any) -> Tensor:
-        """``fn`` (yat_conv or yat_conv_transpose) of ``input`` with the masked kernel."""
+    def _yat(
+        self, input: Tensor, fn: Callable[..., Tensor], deterministic: bool, **options: Any
+    ) -> Tensor:
+        """``fn`` (yat_conv or yat_conv_transpose) of ``input`` with the kernel after
+        DropConnect (in training mode unless ``deterministic``) and the fixed mask."""
         x, unbatched = self._batched(input)
         x = x if self.compute_dtype is None else x.to(self.compute_dtype)
-        # a fixed kernel mask multiplies the weight (a parameter transform, as in nmn)
-        kernel = self.weight if self.mask is None else self.weight * self.mask
+        keep, rate = None, self.drop_rate
+        if self.training and not deterministic and self.use_dropconnect and rate > 0.0:
+            # drawn as nmn draws (Bernoulli(1 - rate) in the compute dtype, float32 at least),
+            # so that the same torch seed drops the same weights
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            keep = torch.bernoulli(torch.full_like(self.weight, 1.0 - rate, dtype=dtype)).bool()
+        kernel = nmn_array.drop_connect(self.weight, keep, rate=rate, mask=self.mask)
         options.update(stride=self.stride, dilation=self.dilation, groups=self.groups)
         y = fn(x, kernel, self._bias_value(), **options, **self._scalars())
         return y.squeeze(0) if unbatched else y
@@ -360,13 +370,10 @@ class _Conv(_YatConv):
 
     def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
         """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
-        -> ``(O, *out)``; ``deterministic`` is accepted for nmn compatibility (it only
-        switches DropConnect, which is not implemented)."""
+        -> ``(O, *out)``; ``deterministic=True`` turns DropConnect off in training mode."""
         padding, mode = _common.torch_conv_padding(self.padding, self.padding_mode)
-        options = {"padding": padding, "padding_mode": mode}
-        return self._yat(
-            input, nmn_array.yat_conv, **options, weight_normalized=self.weight_normalized
-        )
+        options = dict(padding=padding, padding_mode=mode, weight_normalized=self.weight_normalized)
+        return self._yat(input, nmn_array.yat_conv, deterministic, **options)
 
 
 class _ConvTranspose(_YatConv):
@@ -405,7 +412,8 @@ class _ConvTranspose(_YatConv):
     ) -> Tensor:
         """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
         -> ``(O, *out)``, with PyTorch's output sizes; ``output_size`` picks
-        ``output_padding`` as ``torch.nn.ConvTranspose*d`` does."""
+        ``output_padding`` as ``torch.nn.ConvTranspose*d`` does; ``deterministic`` as in
+        ``YatConv*D``."""
         self._batched(input)  # a wrong rank is reported first
         if self.padding_mode != "zeros":
             raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
@@ -414,7 +422,7 @@ class _ConvTranspose(_YatConv):
             geometry = (self.stride, self.padding, self.kernel_size, nd, self.dilation)
             out_pad = self._output_padding(input, output_size, *geometry)
         options = {"padding": self.padding, "output_padding": tuple(out_pad)}
-        return self._yat(input, nmn_array.yat_conv_transpose, **options)
+        return self._yat(input, nmn_array.yat_conv_transpose, deterministic, **options)
 
 
 _CONV_DOC = """{nd}-D yat convolution: a ``torch.nn.Conv{nd}d`` whose output is the yat product
