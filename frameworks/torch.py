@@ -576,8 +576,7 @@ class _YatAttention(_YatParams):
             for t, proj in zip(tensors, projections)
         )
         if self._normalize_qk:
-            # Decision 2: q / max(|q|, 1e-12), which is F.normalize's default
-            q, k = (F.normalize(t, p=2.0, dim=-1, eps=1e-12) for t in (q, k))
+            q, k = nmn_array.attention.unit_heads(q), nmn_array.attention.unit_heads(k)
         if offset is not None:
             if offset + lq > self.max_seq_len:
                 raise ValueError(
