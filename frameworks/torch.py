@@ -1,35 +1,58 @@
-"""PyTorch modules over the pure functions of ``nmn_array``.
+"""PyTorch modules over the pure functions of ``nmn_array``: drop-in replacements for
+``nmn.torch`` 0.3.5 (class names, constructor arguments, ``state_dict`` keys, shapes, layouts,
+initialisers; saved weights load with ``strict=True``). Each ``forward`` holds its parameters
+in the PyTorch way and makes one call of an ``nmn_array`` function; the few differences from
+``nmn`` are in ``docs/migration/torch.md``.
 
-Drop-in replacements for ``nmn.torch`` 0.3.5: the same class names, constructor arguments,
-``state_dict`` keys, shapes, layouts and initialisers, so ``from nmn.torch import YatNMN``
-can become ``from nmn_array.frameworks.torch import YatNMN`` and saved weights load with
-``strict=True``. Each ``forward`` holds its parameters in the PyTorch way and makes one
-call of an ``nmn_array`` function; the few differences from ``nmn`` are listed in
-``docs/migration/torch.md``.
+The layers' arguments mean the same everywhere (as in ``nmn.torch`` 0.3.5; each class
+docstring names the ones it takes):
 
-The arguments the layers share mean the same everywhere (as in ``nmn.torch`` 0.3.5):
-
-- ``bias``: a learnable bias. ``constant_bias``: a fixed bias instead (no parameter;
-  ``None`` or ``False``: no constant, Decision 4). ``softplus_bias``: the learnable bias
-  passes through softplus. ``scalar_bias``: one learnable bias of shape ``(1,)`` (zeros).
-- ``alpha`` / ``use_alpha``: a learnable output scale (shape ``(1,)``, initialised to 1).
-  ``constant_alpha``: ``True`` = sqrt(2), a float = that value; replaces the learnable one.
+- ``bias``: a learnable bias (YatNMN's starts U(-1/sqrt(in), 1/sqrt(in)); attention: of the
+  ``nn.Linear`` projections). ``constant_bias``: a fixed bias instead (no parameter; ``None``
+  or ``False``: no constant, Decision 4). ``softplus_bias``: the learnable bias passes
+  through softplus. ``scalar_bias``: one learnable bias of shape ``(1,)`` (zeros).
+- ``alpha`` / ``use_alpha``: a learnable output scale (shape ``(1,)``, initialised to 1;
+  attention: on the scores before normalisation, Decision 1). ``constant_alpha``: ``True`` =
+  sqrt(2), a float = that value; replaces the learnable one.
 - ``epsilon``: the positive constant of the denominator. ``learnable_epsilon``:
   ``epsilon = softplus(epsilon_param)``, stored in at least float32 (Decision 11).
-- ``dtype``: the computation dtype (default: the input's). ``param_dtype``: the storage
-  dtype (default ``dtype``). ``device``: where the parameters are made.
-- ``weight_normalized``: unit-norm neurons or filters (normalised once at construction and
-  in every forward). ``spherical``: inputs and neurons at unit length, distance ``2 - 2 x.w``.
-- ``use_dropconnect=True`` and ``tie_kernel_bank=True`` raise NotImplementedError
-  (Decision 13); ``drop_rate``, ``kernel_bank_size`` and ``kernel_bank_id`` are kept, unused.
+- ``dtype``: the computation dtype (default: the input's; YatEmbed: the table's).
+  ``param_dtype``: the storage dtype (default ``dtype``; YatNMN: float32). ``device``: where
+  the parameters are made.
+- ``weight_normalized``: unit-norm neurons, filters or rows (normalised once at construction;
+  dense and conv again in every forward). ``spherical``: inputs and neurons at unit length
+  (``v / (|v| + 1e-8)``, Decision 7; attention: ``v / sqrt(|v|^2 + epsilon)``), distance
+  ``2 - 2 x.w``.
+- ``positive_init``: ``abs()`` of the initial kernel. ``lazy`` / ``freeze_kernel``: freeze the
+  kernel (``requires_grad = False``). ``kernel_init``, ``bias_init``, ``alpha_init``: in-place
+  initialisers, as ``torch.nn.init`` functions.
+- ``use_dropconnect`` (convolutions): DropConnect while ``self.training and not
+  deterministic``; each weight is dropped with probability ``drop_rate`` (in ``[0, 1)``) and
+  the kept ones are scaled by ``1 / (1 - drop_rate)``, drawn with ``torch.bernoulli`` as nmn
+  draws, so that the same torch seed drops the same weights. ``mask``: a fixed kernel mask.
+- ``tie_kernel_bank=True`` raises NotImplementedError (Decision 13); ``kernel_bank_size`` and
+  ``kernel_bank_id`` are kept, unused.
+- Attention: ``embed_dim`` split into ``num_heads`` heads; ``dropout`` on the attention
+  weights in training mode; ``use_out_proj``: an output projection; ``normalize_qk``:
+  ``q / max(|q|, 1e-12)`` per head (Decision 2; before RoPE). Rotary: ``max_seq_len``
+  (largest ``position_offset + L``), ``theta`` (the RoPE base), ``normalization``
+  (``"softmax"``, ``"softermax"`` or ``"l1"``; ``use_softermax=True``: softermax), ``power``.
+
+The functional attention API (``yat_attention``, ``yat_attention_weights``,
+``yat_attention_normalized``, ``normalize_qk``) and ``softermax`` have ``nmn.torch``'s
+signatures and its ``(batch, length, heads, dim)`` layout.
 
 Examples
 --------
 >>> import torch
->>> from nmn_array.frameworks.torch import YatNMN
->>> layer = YatNMN(4, 3)
->>> tuple(layer(torch.ones(2, 4)).shape)
-(2, 3)
+>>> from nmn_array.frameworks import torch as yat
+>>> q = torch.randn(2, 5, 3, 4)
+>>> yat.yat_attention_weights(q, q).shape, yat.yat_attention(q, q, q).shape
+(torch.Size([2, 3, 5, 5]), torch.Size([2, 5, 3, 4]))
+>>> yat.yat_attention_normalized(q, q, q).shape
+torch.Size([2, 5, 3, 4])
+>>> yat.softermax(torch.ones(2, 2), dim=None).tolist()
+[[0.25, 0.25], [0.25, 0.25]]
 """
 
 from __future__ import annotations
@@ -75,8 +98,6 @@ __all__ = [
 
 #: nmn's constant alpha, ``constant_alpha=True``.
 DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
-# Decision 2: normalize_qk is q / max(|q|, 1e-12), which is F.normalize's default.
-_QK_NORM_FLOOR = 1e-12
 
 Tensor = Any  # torch.Tensor, kept loose so the docs build without torch
 
@@ -84,6 +105,8 @@ Tensor = Any  # torch.Tensor, kept loose so the docs build without torch
 class _YatParams(nn.Module):
     """Alpha, bias and epsilon as parameters or constants (the rules live in _common); the
     set-up methods read nmn's argument names from the constructor's ``locals()``, ``a``."""
+
+    DEFAULT_CONSTANT_ALPHA = DEFAULT_CONSTANT_ALPHA
 
     def _keep(self, a: dict[str, Any], names: str) -> None:
         """Keep the constructor arguments ``names`` (space-separated) as attributes."""
@@ -124,6 +147,15 @@ class _YatParams(nn.Module):
         self.softplus_bias = bool(a["softplus_bias"] and self.bias is not None)
         self.scalar_bias = bool(a["scalar_bias"] and self.bias is not None)
 
+    def _setup_kernel(self, a: dict[str, Any]) -> None:
+        """nmn's kernel-bank settings (kept, unused) and ``weight_normalized`` (the stored
+        weight is normalised once here, and again in every forward)."""
+        self._keep(a, "weight_normalized kernel_bank_size kernel_bank_id")
+        self.tie_kernel_bank = False
+        if self.weight_normalized:
+            with torch.no_grad():
+                self.weight.copy_(_common.unit_normalized(self.weight, 0))
+
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         # .half() / .to(torch.bfloat16) cast every parameter; the raw epsilon stays float32,
         # as nmn keeps it (softplus^-1 of a small epsilon is far outside float16's range)
@@ -151,35 +183,17 @@ class _YatParams(nn.Module):
 
 # --- Dense ---------------------------------------------------------------------------
 class YatNMN(_YatParams):
-    """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
-
-    Same constructor, parameters (``weight (out, in)``, ``bias``, ``alpha``,
-    ``epsilon_param``) and initialisers as ``nmn.torch.YatNMN`` 0.3.5.
-
-    Parameters
-    ----------
-    in_features, out_features : int
-    bias, constant_bias, softplus_bias, scalar_bias, alpha, constant_alpha, epsilon
-        As in the module docstring; a learnable bias starts U(-1/sqrt(in), 1/sqrt(in)).
-    learnable_epsilon, spherical, weight_normalized, dtype, param_dtype, device
-        As in the module docstring, except that ``param_dtype`` defaults to float32.
-    positive_init, lazy, freeze_kernel : bool
-        ``abs()`` of the initial kernel; freeze the kernel (``weight.requires_grad = False``).
-    tie_kernel_bank, kernel_bank_size, kernel_bank_id
-        Shared kernel banks are not implemented (Decision 13).
-    kernel_init, bias_init, alpha_init : callable or None
-        In-place initialisers, as ``torch.nn.init`` functions.
+    """Yat dense layer ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``, as
+    ``nmn.torch.YatNMN`` 0.3.5: parameters ``weight (out, in)``, ``bias``, ``alpha`` and
+    ``epsilon_param``; arguments ``in_features``, ``out_features`` and those of the module
+    docstring.
 
     Examples
     --------
-    >>> import torch
-    >>> from nmn_array.frameworks.torch import YatNMN
     >>> layer = YatNMN(4, 2, constant_alpha=True)
     >>> bool((layer(torch.randn(3, 4)) >= 0).all())
     True
     """
-
-    DEFAULT_CONSTANT_ALPHA = DEFAULT_CONSTANT_ALPHA
 
     def __init__(
         self,
@@ -210,20 +224,13 @@ class YatNMN(_YatParams):
     ) -> None:
         super().__init__()
         _common.reject_unsupported_features("YatNMN", tie_kernel_bank=tie_kernel_bank)
-        self._keep(
-            locals(),
-            "in_features out_features dtype param_dtype spherical positive_init "
-            "weight_normalized kernel_bank_size kernel_bank_id",
-        )
+        self._keep(locals(), "in_features out_features dtype param_dtype spherical positive_init")
         self.lazy = bool(lazy or freeze_kernel)
-        self.tie_kernel_bank = False
         weight = torch.empty((out_features, in_features), device=device, dtype=param_dtype)
         self._setup_yat(locals(), param_dtype, weight)
         self._setup_bias(locals(), param_dtype, (1,) if scalar_bias else (out_features,))
         self.reset_parameters(kernel_init, bias_init, alpha_init)
-        if weight_normalized:
-            with torch.no_grad():
-                self.weight.copy_(_common.unit_normalized(self.weight, 0))
+        self._setup_kernel(locals())
         self.weight.requires_grad_(not self.lazy)
 
     def reset_parameters(
@@ -271,10 +278,7 @@ class _YatConv(_YatParams):
     def _setup(self, a: dict[str, Any]) -> None:
         """torch's weight, bias and geometry (and initialisers), then nmn's settings."""
         tie = a.get("tie_kernel_bank", False)
-        drop = a["use_dropconnect"]
-        _common.reject_unsupported_features(
-            type(self).__name__, use_dropconnect=drop, tie_kernel_bank=tie
-        )
+        _common.reject_unsupported_features(type(self).__name__, tie_kernel_bank=tie)
         storage = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
         # torch's per-channel bias is nmn's learnable bias unless that is a scalar
         # (Decision 4: constant_bias=False leaves it learnable)
@@ -285,7 +289,7 @@ class _YatConv(_YatParams):
         super().__init__(*size, bias=own, **kw, device=a["device"], dtype=storage)
         self.compute_dtype = a["dtype"]
         self.param_dtype = storage
-        self.use_dropconnect = False
+        self.use_dropconnect = bool(a["use_dropconnect"])
         self.drop_rate = _common.check_rate(a["drop_rate"], "drop_rate")
         self._setup_yat(a, storage)
         self._setup_bias(a, storage, (1,) if a["scalar_bias"] else None)
@@ -305,12 +309,20 @@ class _YatConv(_YatParams):
             )
         return (input.unsqueeze(0), True) if rank == nd + 1 else (input, False)
 
-    def _yat(self, input: Tensor, fn: Callable[..., Tensor], **options: Any) -> Tensor:
-        """``fn`` (yat_conv or yat_conv_transpose) of ``input`` with the masked kernel."""
+    def _yat(
+        self, input: Tensor, fn: Callable[..., Tensor], deterministic: bool, **options: Any
+    ) -> Tensor:
+        """``fn`` (yat_conv or yat_conv_transpose) of ``input`` with the kernel after
+        DropConnect (in training mode unless ``deterministic``) and the fixed mask."""
         x, unbatched = self._batched(input)
         x = x if self.compute_dtype is None else x.to(self.compute_dtype)
-        # a fixed kernel mask multiplies the weight (a parameter transform, as in nmn)
-        kernel = self.weight if self.mask is None else self.weight * self.mask
+        keep, rate = None, self.drop_rate
+        if self.training and not deterministic and self.use_dropconnect and rate > 0.0:
+            # drawn as nmn draws (Bernoulli(1 - rate) in the compute dtype, float32 at least),
+            # so that the same torch seed drops the same weights
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            keep = torch.bernoulli(torch.full_like(self.weight, 1.0 - rate, dtype=dtype)).bool()
+        kernel = nmn_array.drop_connect(self.weight, keep, rate=rate, mask=self.mask)
         options.update(stride=self.stride, dilation=self.dilation, groups=self.groups)
         y = fn(x, kernel, self._bias_value(), **options, **self._scalars())
         return y.squeeze(0) if unbatched else y
@@ -354,21 +366,14 @@ class _Conv(_YatConv):
                 f"divisible by groups ({groups})"
             )
         self._setup(locals())
-        self._keep(locals(), "weight_normalized kernel_bank_size kernel_bank_id")
-        self.tie_kernel_bank = False
-        if weight_normalized:
-            with torch.no_grad():
-                self.weight.copy_(_common.unit_normalized(self.weight, 0))
+        self._setup_kernel(locals())
 
     def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
         """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
-        -> ``(O, *out)``; ``deterministic`` is accepted for nmn compatibility (it only
-        switches DropConnect, which is not implemented)."""
+        -> ``(O, *out)``; ``deterministic=True`` turns DropConnect off in training mode."""
         padding, mode = _common.torch_conv_padding(self.padding, self.padding_mode)
-        options = {"padding": padding, "padding_mode": mode}
-        return self._yat(
-            input, nmn_array.yat_conv, **options, weight_normalized=self.weight_normalized
-        )
+        options = dict(padding=padding, padding_mode=mode, weight_normalized=self.weight_normalized)
+        return self._yat(input, nmn_array.yat_conv, deterministic, **options)
 
 
 class _ConvTranspose(_YatConv):
@@ -407,7 +412,8 @@ class _ConvTranspose(_YatConv):
     ) -> Tensor:
         """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
         -> ``(O, *out)``, with PyTorch's output sizes; ``output_size`` picks
-        ``output_padding`` as ``torch.nn.ConvTranspose*d`` does."""
+        ``output_padding`` as ``torch.nn.ConvTranspose*d`` does; ``deterministic`` as in
+        ``YatConv*D``."""
         self._batched(input)  # a wrong rank is reported first
         if self.padding_mode != "zeros":
             raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
@@ -416,82 +422,62 @@ class _ConvTranspose(_YatConv):
             geometry = (self.stride, self.padding, self.kernel_size, nd, self.dilation)
             out_pad = self._output_padding(input, output_size, *geometry)
         options = {"padding": self.padding, "output_padding": tuple(out_pad)}
-        return self._yat(input, nmn_array.yat_conv_transpose, **options)
+        return self._yat(input, nmn_array.yat_conv_transpose, deterministic, **options)
 
 
-_CONV_DOC = """{nd}-D yat convolution, a ``torch.nn.Conv{nd}d`` whose output is the yat product
-of every patch with every filter: ``alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)``.
-
-Constructor, parameters (``weight (out, in/groups, *k)``, ``bias``, ``alpha``,
-``epsilon_param``), ``mask`` buffer and initialisers as ``nmn.torch.YatConv{nd}D`` 0.3.5:
-``torch.nn.Conv{nd}d``'s arguments, the shared ones of the module docstring (``bias`` to
-``kernel_bank_id``; ``dtype`` is the compute dtype) and a fixed kernel ``mask`` of the
-weight's shape that multiplies it.
+_CONV_DOC = """{nd}-D yat convolution: a ``torch.nn.Conv{nd}d`` whose output is the yat product
+``alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)`` of every patch with every
+filter, with the constructor, parameters (``weight (out, in/groups, *k)``, ``bias``, ``alpha``,
+``epsilon_param``), ``mask`` buffer (a fixed kernel mask of the weight's shape that multiplies
+it) and initialisers of ``nmn.torch.YatConv{nd}D`` 0.3.5. Arguments: ``torch.nn.Conv{nd}d``'s
+and those of the module docstring (``dtype`` is the compute dtype).
 
 Examples
 --------
->>> import torch
->>> from nmn_array.frameworks.torch import YatConv{nd}D
 >>> conv = YatConv{nd}D(2, 4, 3, padding=1)
 >>> tuple(conv(torch.randn((1, 2) + (5,) * {nd})).shape)
 {shape}
 """
-
-_CONV_T_DOC = """{nd}-D yat transposed convolution, a ``torch.nn.ConvTranspose{nd}d`` whose
-output is ``alpha * (s + b)^2 / (|patch|^2 + |w_o|^2 - 2 s + epsilon)`` with
-``s = conv_transpose(x, w)`` and ``|w_o|^2`` over all taps (Decision 9).
-
-Constructor, parameters (``weight (in, out/groups, *k)``, ``bias``, ``alpha``,
-``epsilon_param``) and output sizes (``output_padding``, ``output_size``) as
-``nmn.torch.YatConvTranspose{nd}D`` 0.3.5: ``torch.nn.ConvTranspose{nd}d``'s arguments plus
+_CONV_T_DOC = """{nd}-D yat transposed convolution: a ``torch.nn.ConvTranspose{nd}d`` whose
+output is ``alpha * (s + b)^2 / (|patch|^2 + |w_o|^2 - 2 s + epsilon)`` with ``s =
+conv_transpose(x, w)`` and ``|w_o|^2`` over all taps (Decision 9), with the constructor,
+parameters (``weight (in, out/groups, *k)``, ``bias``, ``alpha``, ``epsilon_param``), ``mask``
+buffer, initialisers and output sizes (``output_padding``, ``output_size``) of
+``nmn.torch.YatConvTranspose{nd}D`` 0.3.5. Arguments: ``torch.nn.ConvTranspose{nd}d``'s and
 those of :class:`YatConv{nd}D` that nmn has here (no ``weight_normalized``, no kernel banks).
 
 Examples
 --------
->>> import torch
->>> from nmn_array.frameworks.torch import YatConvTranspose{nd}D
 >>> conv = YatConvTranspose{nd}D(2, 4, 3, stride=2)
 >>> tuple(conv(torch.randn((1, 2) + (4,) * {nd})).shape)
 {shape}
 """
 
 
-def _conv_class(name: str, nd: int, transposed: bool) -> type:
-    """``name``: the shell (``_Conv`` or ``_ConvTranspose``) on torch's ``nd``-D class."""
+def _conv_class(nd: int, transposed: bool) -> type:
+    """The public ``nd``-D class: the shell on torch's ``nd``-D class, documented."""
     shell, doc, size = (_ConvTranspose, _CONV_T_DOC, 9) if transposed else (_Conv, _CONV_DOC, 5)
     base = getattr(nn, f"ConvTranspose{nd}d" if transposed else f"Conv{nd}d")
+    name = f"YatConvTranspose{nd}D" if transposed else f"YatConv{nd}D"
     doc = doc.format(nd=nd, shape=(1, 4) + (size,) * nd)
     return type(name, (shell, base), {"__doc__": doc, "__module__": __name__})
 
 
-YatConv1D = _conv_class("YatConv1D", 1, False)
-YatConv2D = _conv_class("YatConv2D", 2, False)
-YatConv3D = _conv_class("YatConv3D", 3, False)
-YatConvTranspose1D = _conv_class("YatConvTranspose1D", 1, True)
-YatConvTranspose2D = _conv_class("YatConvTranspose2D", 2, True)
-YatConvTranspose3D = _conv_class("YatConvTranspose3D", 3, True)
+YatConv1D, YatConv2D, YatConv3D = (_conv_class(nd, False) for nd in (1, 2, 3))
+YatConvTranspose1D, YatConvTranspose2D, YatConvTranspose3D = (
+    _conv_class(nd, True) for nd in (1, 2, 3)
+)
 
 
 # --- Embedding -----------------------------------------------------------------------
 class YatEmbed(_YatParams):
-    """Embedding table with a yat ``attend``, as ``nmn.torch.YatEmbed`` 0.3.5.
-
-    ``forward(ids)`` looks rows up; ``attend(query)`` gives
-    ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)`` for every row ``e_v`` (no bias).
-
-    Parameters
-    ----------
-    num_embeddings, features : int
-    use_alpha, constant_alpha, epsilon, device, dtype
-        As in the module docstring (``dtype``: that of the table).
-    spherical, weight_normalized : bool
-        Normalise query and rows in ``attend`` (``v / (|v| + 1e-8)``, Decision 7); normalise
-        the rows once at construction.
+    """Embedding table with a yat ``attend``, as ``nmn.torch.YatEmbed`` 0.3.5: ``forward(ids)``
+    looks rows up, ``attend(query)`` gives ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)`` for
+    every row ``e_v`` (no bias). Arguments: ``num_embeddings``, ``features`` and those of the
+    module docstring.
 
     Examples
     --------
-    >>> import torch
-    >>> from nmn_array.frameworks.torch import YatEmbed
     >>> emb = YatEmbed(10, 4)
     >>> tuple(emb(torch.tensor([1, 2])).shape), tuple(emb.attend(torch.randn(3, 4)).shape)
     ((2, 4), (3, 10))
@@ -535,6 +521,10 @@ class _YatAttention(_YatParams):
     def _setup(self, a: dict[str, Any], out_name: str) -> None:
         """``out_name``: nmn's ``out_proj``, or ``o_proj`` as in ``nmn.nnx``."""
         super().__init__()
+        self._normalize_qk, self._spherical = a["normalize_qk"], a.get("spherical", False)
+        # MultiHeadYatAttention has neither of these: nmn's softmax of the plain scores
+        normalization = "softermax" if a.get("use_softermax") else a.get("normalization", "softmax")
+        self.normalization, self.power = normalization, a.get("power", 1.0)
         embed_dim, num_heads = a["embed_dim"], a["num_heads"]
         if embed_dim % num_heads != 0:
             raise ValueError(
@@ -547,11 +537,9 @@ class _YatAttention(_YatParams):
         self.param_dtype = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
         self._setup_yat(a, self.param_dtype)
         factory = {"bias": a["bias"], "device": a["device"], "dtype": self.param_dtype}
-        self.q_proj, self.k_proj, self.v_proj = (
-            nn.Linear(embed_dim, embed_dim, **factory) for _ in "qkv"
-        )
-        out = nn.Linear(embed_dim, embed_dim, **factory) if a["use_out_proj"] else None
-        setattr(self, out_name, out)
+        linear = partial(nn.Linear, embed_dim, embed_dim, **factory)
+        self.q_proj, self.k_proj, self.v_proj = linear(), linear(), linear()  # in nmn's order
+        setattr(self, out_name, linear() if a["use_out_proj"] else None)
         self._out_name = out_name
 
     def _linear(self, x: Tensor, proj: Any) -> Tensor:
@@ -588,7 +576,7 @@ class _YatAttention(_YatParams):
             for t, proj in zip(tensors, projections)
         )
         if self._normalize_qk:
-            q, k = (F.normalize(t, p=2.0, dim=-1, eps=_QK_NORM_FLOOR) for t in (q, k))
+            q, k = nmn_array.attention.unit_heads(q), nmn_array.attention.unit_heads(k)
         if offset is not None:
             if offset + lq > self.max_seq_len:
                 raise ValueError(
@@ -617,35 +605,17 @@ class _YatAttention(_YatParams):
 
 
 class MultiHeadYatAttention(_YatAttention):
-    """Multi-head yat attention, as ``nmn.torch.MultiHeadYatAttention`` 0.3.5.
-
+    """Multi-head yat attention, as ``nmn.torch.MultiHeadYatAttention`` 0.3.5:
     ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v`` per head, with
     ``nn.Linear`` projections ``q_proj``, ``k_proj``, ``v_proj`` and optional ``out_proj``.
-
-    Parameters
-    ----------
-    embed_dim, num_heads : int
-    dropout : float
-        Dropout on the attention weights in training mode.
-    bias, use_out_proj : bool
-        Bias of the projections; an output projection.
-    use_alpha, constant_alpha, epsilon, device, dtype, param_dtype
-        As in the module docstring; alpha scales the scores before the softmax.
-    normalize_qk : bool
-        ``q / max(|q|, 1e-12)`` per head (Decision 2).
-    spherical : bool
-        Spherical yat scores (``v / sqrt(|v|^2 + epsilon)``, distance ``2 - 2 q.k``).
+    Arguments as in the module docstring.
 
     Examples
     --------
-    >>> import torch
-    >>> from nmn_array.frameworks.torch import MultiHeadYatAttention
     >>> attn = MultiHeadYatAttention(8, 2)
     >>> tuple(attn(torch.randn(2, 5, 8)).shape)
     (2, 5, 8)
     """
-
-    DEFAULT_CONSTANT_ALPHA = DEFAULT_CONSTANT_ALPHA
 
     def __init__(
         self,
@@ -664,10 +634,6 @@ class MultiHeadYatAttention(_YatAttention):
         param_dtype: Any = None,
     ) -> None:
         self._setup(locals(), "out_proj")
-        self.normalization = "softmax"
-        self.power = 1.0
-        self._normalize_qk = normalize_qk
-        self._spherical = spherical
 
     def forward(
         self,
@@ -693,25 +659,11 @@ class RotaryYatAttention(_YatAttention):
     nmn has no PyTorch rotary layer; this one mirrors ``nmn.nnx.RotaryYatAttention``
     (quadratic path) with PyTorch conventions: ``nn.Linear`` projections ``q_proj``,
     ``k_proj``, ``v_proj`` and optional ``o_proj`` (no bias by default), RoPE on q and k at
-    positions ``position_offset + t``, then yat attention.
-
-    Parameters
-    ----------
-    embed_dim, num_heads : int
-        ``embed_dim / num_heads`` must be even.
-    max_seq_len, theta
-        Largest ``position_offset + L`` accepted; the RoPE base.
-    dropout, bias, use_alpha, constant_alpha, normalize_qk, use_out_proj, epsilon
-        As in :class:`MultiHeadYatAttention` (alpha: Decision 1; normalize_qk before RoPE).
-    learnable_epsilon, device, dtype, param_dtype
-        As in the module docstring.
-    normalization, use_softermax, power
-        ``"softmax"``, ``"softermax"`` (or ``use_softermax=True``) or ``"l1"``; its power.
+    positions ``position_offset + t``, then yat attention. Arguments as in the module
+    docstring; ``embed_dim / num_heads`` must be even.
 
     Examples
     --------
-    >>> import torch
-    >>> from nmn_array.frameworks.torch import RotaryYatAttention
     >>> attn = RotaryYatAttention(8, 2, max_seq_len=16)
     >>> tuple(attn(torch.randn(2, 5, 8)).shape)
     (2, 5, 8)
@@ -742,10 +694,7 @@ class RotaryYatAttention(_YatAttention):
         if embed_dim % num_heads == 0 and (embed_dim // num_heads) % 2:
             raise ValueError(f"head_dim ({embed_dim // num_heads}) must be even for RoPE.")
         self._setup(locals(), "o_proj")
-        self._keep(locals(), "max_seq_len theta normalize_qk power")
-        self.normalization = "softermax" if use_softermax else normalization
-        self._normalize_qk = normalize_qk
-        self._spherical = False
+        self._keep(locals(), "max_seq_len theta normalize_qk")
 
     def forward(
         self,
@@ -761,9 +710,7 @@ class RotaryYatAttention(_YatAttention):
         return self._attend({"x": x}, mask, deterministic, position_offset)
 
 
-# --------------------------------------------------------------------------------------
-# nmn.torch's functional attention: q, k, v (batch, length, heads, dim)
-# --------------------------------------------------------------------------------------
+# --- nmn.torch's functional attention: q, k, v (batch, length, heads, dim) -------------
 def _torch_dropout(p: float, training: bool) -> _api.Dropout:
     return _api.rate_dropout(torch.nn.functional.dropout, p, training, "dropout_p")
 
@@ -780,19 +727,9 @@ def yat_attention_weights(
     spherical: bool = False,
 ) -> Tensor:
     """Yat attention weights ``(batch, heads, Lq, Lk)`` of ``query (batch, Lq, heads, d)``
-    and ``key (batch, Lk, heads, d)``, as ``nmn.torch.yat_attention_weights`` 0.3.5.
-
-    ``mask`` is boolean (True = attend; a floating mask is additive), ``alpha`` and
-    ``scale`` multiply the scores (which are divided by ``sqrt(d)``), dropout applies when
-    ``training``. One call of :func:`nmn_array.yat_attention_weights`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> q = torch.randn(2, 5, 3, 4)
-    >>> yat_attention_weights(q, q).shape
-    torch.Size([2, 3, 5, 5])
-    """
+    and ``key (batch, Lk, heads, d)``, as ``nmn.torch.yat_attention_weights`` 0.3.5: ``mask``
+    is boolean (True = attend; a floating mask is additive), ``alpha`` and ``scale`` multiply
+    the scores (divided by ``sqrt(d)``), dropout applies when ``training``."""
     return _api.attention_weights(
         query, key, mask=mask, dropout=_torch_dropout(dropout_p, training), epsilon=epsilon,
         alpha=alpha, scale=scale, spherical=spherical,
@@ -812,15 +749,7 @@ def yat_attention(
     spherical: bool = False,
 ) -> Tensor:
     """Yat attention of ``value (batch, Lk, heads, dv)``: output ``(batch, Lq, heads, dv)``;
-    the other arguments as :func:`yat_attention_weights`.
-
-    Examples
-    --------
-    >>> import torch
-    >>> q = torch.randn(2, 5, 3, 4)
-    >>> yat_attention(q, q, q).shape
-    torch.Size([2, 5, 3, 4])
-    """
+    the other arguments as :func:`yat_attention_weights`."""
     return _api.attention(
         query, key, value, mask=mask, dropout=_torch_dropout(dropout_p, training),
         epsilon=epsilon, alpha=alpha, scale=scale, spherical=spherical,
@@ -838,15 +767,7 @@ def yat_attention_normalized(
     alpha: Tensor | None = None,
     scale: float | None = None,
 ) -> Tensor:
-    """:func:`yat_attention` with ``spherical=True``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> q = torch.randn(2, 5, 3, 4)
-    >>> yat_attention_normalized(q, q, q).shape
-    torch.Size([2, 5, 3, 4])
-    """
+    """:func:`yat_attention` with ``spherical=True``."""
     return yat_attention(query, key, value, mask, dropout_p, training, epsilon, alpha, scale, True)
 
 
@@ -857,14 +778,7 @@ def softermax(
     x: Tensor, n: float = 1.0, epsilon: float = 1e-12, dim: int | None = -1, *, axis: Any = None
 ) -> Tensor:
     """:func:`nmn_array.softermax` with ``nmn.torch``'s signature: ``x^n / (epsilon + sum
-    x^n)`` along ``dim`` (all elements for ``None``); ``axis=`` is accepted as an alias.
-
-    Examples
-    --------
-    >>> import torch
-    >>> softermax(torch.ones(2, 2), dim=None).tolist()
-    [[0.25, 0.25], [0.25, 0.25]]
-    """
+    x^n)`` along ``dim`` (all elements for ``None``); ``axis=`` is accepted as an alias."""
     if axis is not None:
         if dim not in (-1, axis):
             raise TypeError(f"softermax got dim={dim!r} and axis={axis!r}: pass one of them")

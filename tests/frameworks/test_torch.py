@@ -123,12 +123,8 @@ def test_yatnmn_learnable_epsilon_init_and_grads():
 def test_decision_13_features_raise():
     with pytest.raises(NotImplementedError, match="kernel banks"):
         ours.YatNMN(4, 3, tie_kernel_bank=True)
-    with pytest.raises(NotImplementedError, match="DropConnect"):
-        ours.YatConv2D(2, 4, 3, use_dropconnect=True)
     with pytest.raises(NotImplementedError, match="kernel banks"):
         ours.YatConv1D(2, 4, 3, tie_kernel_bank=True)
-    with pytest.raises(NotImplementedError, match="DropConnect"):
-        ours.YatConvTranspose2D(2, 4, 3, use_dropconnect=True)
 
 
 # --------------------------------------------------------------------------------------
