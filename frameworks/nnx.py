@@ -14,15 +14,21 @@ name; the arguments the layers share mean the same in each:
 - ``epsilon``, ``learnable_epsilon``: epsilon, or a learnable ``epsilon_param`` holding
   its softplus inverse (Decision 11).
 - ``kernel_init``, ``positive_init`` (``abs()`` of the initial kernel),
-  ``weight_normalized`` (unit-length kernel rows, Decision 7), ``mask`` (a fixed factor).
+  ``weight_normalized`` (unit-length kernel rows, Decision 7), ``mask`` (a fixed factor of
+  the conv kernels, of its shape).
+- ``use_dropconnect``, ``drop_rate`` (dense and conv layers): DropConnect, each weight
+  dropped with probability ``drop_rate`` in ``[0, 1)`` and the kept ones scaled by
+  ``1 / (1 - drop_rate)``, in every call unless ``deterministic=True`` (default False, as
+  nmn); drawn from ``dropconnect_key``, a fork of ``rngs.dropout`` as nmn's, so one seed
+  gives nmn's draws; then the ``mask`` (:func:`nmn_array.drop_connect`).
 - ``dtype``, ``param_dtype``, ``promote_dtype``: the computation runs in the promoted
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
-- Decision 13, non-default values raise NotImplementedError: ``use_dropconnect``,
-  ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``, ``dot_general``,
-  ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or kept:
-  ``drop_rate``, ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``,
-  ``performer_*``, ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
+- Decision 13, non-default values raise NotImplementedError: ``use_dropconnect`` of
+  attention, ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``,
+  ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
+  kept: ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``, ``performer_*``,
+  ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
 
 The functions take nmn.nnx's ``q, k, v (*batch, length, heads, dim)``.
@@ -65,6 +71,7 @@ from nmn_array.frameworks._common import (
     unit_normalized,
 )
 
+import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid
 
 jax = require("jax")
@@ -175,9 +182,12 @@ class _Layer(nnx.Module):
         ``table`` (``kernel`` or ``embedding``) of ``shape`` if given, ``bias`` (layers with
         ``constant_bias``), ``alpha``, ``epsilon_param`` (``None`` when there is none)."""
         layer = type(self).__name__
+        # DropConnect is the dense and conv layers' (those with drop_rate), as in nmn; its
+        # use on MultiHeadAttention's projections is not implemented
+        dropconnect = "drop_rate" in args
         reject_unsupported_features(
             layer,
-            use_dropconnect=args.get("use_dropconnect", False),
+            use_dropconnect=args.get("use_dropconnect", False) and not dropconnect,
             tie_kernel_bank=args.get("tie_kernel_bank", False),
         )
         for name, (default, reason) in _UNSUPPORTED.items():
@@ -221,6 +231,8 @@ class _Layer(nnx.Module):
         self.learnable_epsilon, self.epsilon_param = bool(args["learnable_epsilon"]), nnx.data(None)
         if self.learnable_epsilon:
             self.epsilon_param = nnx.Param(_flax.raw_epsilon(self.epsilon, param_dtype))
+        if dropconnect:  # nmn's key: a fork of the dropout stream, after the variables
+            self.dropconnect_key = rngs.dropout.fork() if self.use_dropconnect else nnx.data(None)
 
     def _bias_array(self) -> Array | None:
         if self._constant_bias_value is not None:
@@ -237,6 +249,16 @@ class _Layer(nnx.Module):
         if self.learnable_epsilon and self.epsilon_param is not None:
             epsilon = _flax.softplus_epsilon(self.epsilon_param[...])
         return {"alpha": alpha, "epsilon": epsilon}
+
+    def _kernel(self, deterministic: bool) -> Array:
+        """The kernel after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
+        ``deterministic``; drawn as nmn draws it) and the fixed ``mask``."""
+        kernel, keep = self.kernel[...], None
+        if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
+            keep_prob = 1.0 - self.drop_rate
+            keep = jax.random.bernoulli(self.dropconnect_key(), keep_prob, kernel.shape)
+        mask = getattr(self, "mask", None)
+        return nmn_array.drop_connect(kernel, keep, rate=self.drop_rate, mask=mask)
 
     def _yat(self, x: Array, kernel: Array, bias: Array | None, **options: Any) -> Array:
         """:func:`nmn_array.yat` with the layer's scalars, ``spherical`` and ``precision``."""
@@ -305,11 +327,10 @@ class YatNMN(_Layer):
         self._setup(locals(), (in_features, out_features), normalize_axis=1)
 
     def __call__(self, inputs: Array, *, deterministic: bool = False) -> Array:
-        """``inputs (..., in_features)`` -> ``(..., out_features)``; ``deterministic`` only
-        switches DropConnect in nmn (not implemented here)."""
-        x, kernel, bias = self.promote_dtype(
-            (inputs, self.kernel[...], self._bias_array()), dtype=self.dtype
-        )
+        """``inputs (..., in_features)`` -> ``(..., out_features)``; ``deterministic`` turns
+        DropConnect off."""
+        kernel = self._kernel(deterministic)
+        x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
         # _w_in_out: the (in, out) kernel as stored, no transposes under XLA
         return self._yat(x, kernel, bias, weight_normalized=self.weight_normalized, _w_in_out=True)
 
@@ -323,10 +344,9 @@ class _Conv(_Layer):
     transposed = False
 
     def __call__(self, inputs: Array, *, deterministic: bool = False) -> Array:
-        """``inputs (*batch, *spatial, in_features)`` -> ``(*batch, *out, out_features)``."""
-        kernel = self.kernel[...]
-        if self.mask is not None:
-            kernel = kernel * self.mask
+        """``inputs (*batch, *spatial, in_features)`` -> ``(*batch, *out, out_features)``;
+        ``deterministic`` turns DropConnect off."""
+        kernel = self._kernel(deterministic)
         x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
         return _flax.conv(self, x, kernel, bias, **self._scalars())
 
