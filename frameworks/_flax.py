@@ -8,7 +8,7 @@ conversion of flax conventions (channels-last kernels, ``lax`` padding, head-spl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nmn_array.frameworks import _attention_api as _api
@@ -80,85 +80,54 @@ def yat(x: Array, kernel: Array, bias: Array | None, precision: Any, **options: 
 # --------------------------------------------------------------------------------------
 # Convolutions
 # --------------------------------------------------------------------------------------
-def conv_kernel_to_oihw(kernel: Array) -> Array:
-    """``(*k, in/groups, out)`` -> ``(out, in/groups, *k)`` (the pure function's layout)."""
-    nd = kernel.ndim - 2
-    return jnp.transpose(kernel, (nd + 1, nd, *range(nd)))
+def sizes(value: int | Sequence[int] | None, nd: int) -> tuple[int, ...]:
+    """A conv size argument (``None``: 1, an int, or one per dimension) as a tuple."""
+    value = 1 if value is None else value
+    return (value,) * nd if isinstance(value, int) else tuple(value)
 
 
-def conv_transpose_kernel_to_iohw(kernel: Array, transpose_kernel: bool = False) -> Array:
-    """A ``lax.conv_transpose`` kernel as the pure function's ``(in, out, *k)``.
-
-    Without ``transpose_kernel`` the kernel ``(*k, in, out)`` is used by ``lax.conv_transpose``
-    as a direct correlation over the zero-inserted input, which is PyTorch's transposed
-    convolution with the taps flipped; with it, ``(*k, out, in)`` is already PyTorch's
-    ``(in, out, *k)`` up to an axis permutation.
+def conv(layer: Any, inputs: Array, kernel: Array, bias: Array | None, **options: Any) -> Array:
+    """The yat (transposed) convolution of a flax conv ``layer``: its attributes ``transposed``,
+    ``strides``, ``padding`` (as ``lax.conv_general_dilated`` / ``lax.conv_transpose`` take
+    it), ``kernel_dilation``, ``input_dilation`` (only 1), ``feature_group_count``,
+    ``transpose_kernel``, ``precision``, ``weight_normalized`` (NNX and Linen name them
+    alike; absent ones take their defaults) applied to channels-last ``inputs (*batch,
+    *spatial, in)`` (any number of batch axes, or none) and a ``(*k, in, out)`` kernel
+    (``(*k, out, in)`` with ``transpose_kernel``); ``options``: alpha, epsilon.
     """
     nd = kernel.ndim - 2
-    if transpose_kernel:
-        return conv_kernel_to_oihw(kernel)
-    flipped = jnp.flip(kernel, axis=tuple(range(nd)))
-    return jnp.transpose(flipped, (nd, nd + 1, *range(nd)))
-
-
-def conv(
-    layer: str,
-    inputs: Array,
-    kernel: Array,
-    bias: Array | None,
-    *,
-    transposed: bool,
-    strides: tuple[int, ...],
-    padding: Any,
-    dilation: tuple[int, ...],
-    input_dilation: tuple[int, ...] = (),
-    groups: int = 1,
-    transpose_kernel: bool = False,
-    precision: Any = None,
-    **options: Any,
-) -> Array:
-    """A flax yat (transposed) convolution of channels-last ``inputs (*batch, *spatial, in)``
-    with a ``(*k, in, out)`` kernel (``(*k, out, in)`` with ``transpose_kernel``), any number
-    of batch axes (or none); ``padding`` as ``lax.conv_general_dilated`` /
-    ``lax.conv_transpose`` take it (mapped by ``_common``); ``options``: alpha, epsilon, ...
-    """
+    strides, dilation, input_dilation = (
+        sizes(getattr(layer, name, None), nd)
+        for name in ("strides", "kernel_dilation", "input_dilation")
+    )
     if any(d != 1 for d in input_dilation):
         raise NotImplementedError(
-            f"{layer}(input_dilation={input_dilation!r}) is not implemented in "
+            f"{type(layer).__name__}(input_dilation={input_dilation!r}) is not implemented in "
             "nmn_array: nmn_array.yat_conv has no input (lhs) dilation"
         )
-    nd = kernel.ndim - 2
+    options["weight_normalized"] = getattr(layer, "weight_normalized", False)
     # fold the leading batch axes (or none) into one
     batch = inputs.shape[: inputs.ndim - (nd + 1)]
     x = jnp.reshape(inputs, (-1, *inputs.shape[len(batch) :]))
-    size = kernel.shape[:nd]
-    with precision_scope(precision):
-        if transposed:
-            pads, extra = lax_conv_transpose_padding(padding, size, strides, dilation)
+    size, order = kernel.shape[:nd], (nd + 1, nd, *range(nd))  # (*k, a, b) -> (b, a, *k)
+    if layer.transposed and not getattr(layer, "transpose_kernel", False):
+        # lax.conv_transpose correlates the zero-inserted input with a (*k, in, out) kernel:
+        # PyTorch's (in, out, *k) transposed convolution with the taps flipped (with
+        # transpose_kernel, (*k, out, in) is PyTorch's layout up to a permutation)
+        kernel, order = jnp.flip(kernel, axis=tuple(range(nd))), (nd, nd + 1, *range(nd))
+    w = jnp.transpose(kernel, order)
+    options.update(stride=strides, dilation=dilation, data_format="channels_last")
+    with precision_scope(getattr(layer, "precision", None)):
+        if layer.transposed:
+            pads, extra = lax_conv_transpose_padding(layer.padding, size, strides, dilation)
             y = nmn_array.yat_conv_transpose(
-                x,
-                conv_transpose_kernel_to_iohw(kernel, transpose_kernel),
-                bias,
-                stride=strides,
-                padding=pads,
-                output_padding=extra,
-                dilation=dilation,
-                data_format="channels_last",
-                **options,
+                x, w, bias, padding=pads, output_padding=extra, **options
             )
         else:
-            pads, mode = lax_conv_padding(padding, size, dilation, strides, x.shape[1:-1])
+            pads, mode = lax_conv_padding(layer.padding, size, dilation, strides, x.shape[1:-1])
+            groups = getattr(layer, "feature_group_count", 1)
             y = nmn_array.yat_conv(
-                x,
-                conv_kernel_to_oihw(kernel),
-                bias,
-                stride=strides,
-                padding=pads,
-                dilation=dilation,
-                groups=groups,
-                padding_mode=mode,
-                data_format="channels_last",
-                **options,
+                x, w, bias, padding=pads, groups=groups, padding_mode=mode, **options
             )
     return jnp.reshape(y, tuple(batch) + y.shape[1:])
 

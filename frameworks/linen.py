@@ -1,13 +1,11 @@
-"""Flax Linen modules over the pure functions of ``nmn_array``.
+"""Flax Linen modules over the pure functions of ``nmn_array``, as ``nmn.linen`` 0.3.5.
 
-Drop-in replacements for ``nmn.linen`` 0.3.5: the same class names (and lower-case conv
-aliases), dataclass fields in the same order, parameter names, shapes, layouts and
-initialisers, so a ``params`` tree initialised or trained with ``nmn.linen`` applies to
-the same model built from these classes. Each ``__call__`` makes one ``nmn_array`` call on
-the raw arrays; rotary attention adds the two ``rotary_embedding`` calls for q and k. The
-differences from ``nmn`` are listed in ``docs/migration/linen.md``.
-
-The fields the layers share mean the same in each of them:
+The same class names (and lower-case conv aliases), dataclass fields in the same order,
+parameter names, shapes, layouts and initialisers, so a ``params`` tree of an ``nmn.linen``
+model applies to the same model built from these classes. Each ``__call__`` makes one
+``nmn_array`` call on the raw arrays (rotary attention adds RoPE for q and k); the
+differences from ``nmn`` are listed in ``docs/migration/linen.md``. The fields the layers
+share mean the same in each:
 
 - ``use_bias``, ``constant_bias``, ``bias_init``: a learnable bias (zeros) or a constant.
 - ``use_alpha``, ``constant_alpha``, ``alpha_init``: a learnable alpha (ones, shape (1,))
@@ -17,20 +15,27 @@ The fields the layers share mean the same in each of them:
 - ``kernel_init``; ``dtype``, ``param_dtype``: compute and parameter dtypes;
   ``precision``: applied as ``jax.default_matmul_precision``.
 
+The functions take nmn.linen's ``q, k, v (*batch, length, heads, dim)``.
+
 Examples
 --------
 >>> import jax, jax.numpy as jnp
->>> from nmn_array.frameworks.linen import YatNMN
->>> layer = YatNMN(features=3)
+>>> from nmn_array.frameworks import linen
+>>> layer = linen.YatNMN(features=3)
 >>> params = layer.init(jax.random.key(0), jnp.ones((2, 4)))
 >>> layer.apply(params, jnp.ones((2, 4))).shape
 (2, 3)
+>>> q = jnp.ones((2, 5, 3, 4))  # (batch, length, heads, dim)
+>>> linen.yat_attention_weights(q, q).shape, linen.yat_attention(q, q, q).shape
+((2, 3, 5, 5), (2, 5, 3, 4))
+>>> linen.yat_attention_normalized(q, q, q).shape
+(2, 5, 3, 4)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence  # noqa: F401 (conv field annotations name it)
 from typing import TYPE_CHECKING, Any
 
 from nmn_array.frameworks import _attention_api as _api
@@ -145,32 +150,31 @@ class _YatMixin(_ModuleBase):
         raw = _flax.raw_epsilon(self.epsilon, self.param_dtype)
         return _flax.softplus_epsilon(self.param("epsilon_param", lambda _: raw))
 
+    def _yat(self, x: Array, table: Array, bias: Array | None, alpha: Any, epsilon: Any) -> Array:
+        """:func:`nmn_array.yat` with the layer's ``spherical``, ``weight_normalized`` and
+        ``precision``."""
+        options = {"spherical": self.spherical, "weight_normalized": self.weight_normalized}
+        precision = getattr(self, "precision", None)
+        return _flax.yat(x, table, bias, precision, alpha=alpha, epsilon=epsilon, **options)
+
 
 class YatNMN(_YatMixin, nn.Module):
-    """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
+    """Yat dense layer ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``, as
+    ``nmn.linen.YatNMN`` 0.3.5.
 
-    Fields and parameters as ``nmn.linen.YatNMN`` 0.3.5: ``kernel (features, in)`` (one
-    neuron per row, xavier normal), ``bias`` (zeros), ``alpha`` (ones, (1,)),
-    ``epsilon_param``. ``positive_init`` takes ``abs()`` of the kernel in every call and
-    ``lazy`` / ``freeze_kernel`` stop its gradient, as nmn Linen does; ``spherical`` and
-    ``weight_normalized`` (unit-length rows) as :func:`nmn_array.yat`. The other fields
-    are described in the module docstring.
-
-    Attributes
-    ----------
-    features : int
-    dot_general, dot_general_cls
-        Only ``None`` (the product is computed by ``nmn_array.yat``).
-    return_weights : bool
-        Return ``(y, kernel)``.
+    ``features`` neurons; parameters ``kernel (features, in)`` (one neuron per row, xavier
+    normal), ``bias``, ``alpha``, ``epsilon_param``. ``positive_init`` takes ``abs()`` of
+    the kernel in every call and ``lazy`` / ``freeze_kernel`` stop its gradient, as nmn
+    Linen does; ``spherical``, ``weight_normalized`` (unit-length rows) as
+    :func:`nmn_array.yat`; ``dot_general``, ``dot_general_cls``: only ``None``;
+    ``return_weights``: return ``(y, kernel)``. The other fields: see the module docstring.
 
     Examples
     --------
     >>> import jax, jax.numpy as jnp
     >>> from nmn_array.frameworks.linen import YatNMN
     >>> m = YatNMN(features=2, constant_alpha=True)
-    >>> p = m.init(jax.random.key(0), jnp.ones((3, 4)))
-    >>> sorted(p["params"])
+    >>> sorted(m.init(jax.random.key(0), jnp.ones((3, 4)))["params"])
     ['bias', 'kernel']
     """
 
@@ -213,16 +217,7 @@ class YatNMN(_YatMixin, nn.Module):
             kernel = jnp.abs(kernel)
         alpha, bias, epsilon = self._alpha(self.constant_alpha), self._bias(), self._epsilon()
         x, kernel, bias = _promote((inputs, kernel, bias), dtype=self.dtype)
-        y = _flax.yat(
-            x,
-            kernel,
-            bias,
-            self.precision,
-            alpha=alpha,
-            epsilon=epsilon,
-            spherical=self.spherical,
-            weight_normalized=self.weight_normalized,
-        )
+        y = self._yat(x, kernel, bias, alpha, epsilon)
         return (y, kernel) if self.return_weights else y
 
 
@@ -246,63 +241,29 @@ class _ConvCall(_YatMixin, nn.Module):
         shape = tuple(self.kernel_size) + (channels // groups, self.features)
         kernel = self.param("kernel", _fp32_init(self.kernel_init), shape, self.param_dtype)
         x, kernel, bias = _promote((inputs, kernel, self._bias()), dtype=self.dtype)
-        return _flax.conv(
-            type(self).__name__,
-            x,
-            kernel,
-            bias,
-            transposed=self.transposed,
-            strides=tuple(self.strides),
-            padding=self.padding,
-            dilation=tuple(getattr(self, "kernel_dilation", (1,) * len(self.kernel_size))),
-            input_dilation=tuple(getattr(self, "input_dilation", ())),
-            groups=groups,
-            alpha=self._alpha(),
-            epsilon=self._epsilon(),
-        )
+        return _flax.conv(self, x, kernel, bias, alpha=self._alpha(), epsilon=self._epsilon())
 
 
-class _YatConv(_ConvCall):
-    """Yat convolution, channels last; subclasses fix the number of spatial dimensions."""
-
-    features: int
-    kernel_size: Sequence[int]
-    strides: Sequence[int] = (1,)
-    padding: Any = "VALID"
-    input_dilation: Sequence[int] = (1,)
-    kernel_dilation: Sequence[int] = (1,)
-    feature_group_count: int = 1
-    use_bias: bool = True
-    constant_bias: float | None = None
-    use_alpha: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.orthogonal()
-    bias_init: Any = nn.initializers.zeros_init()
-    alpha_init: Any = _ones
-    epsilon: float = 1e-5
-    learnable_epsilon: bool = False
-
-
-class _YatConvTranspose(_ConvCall):
-    """Yat transposed convolution, channels last, ``lax.conv_transpose`` output sizes."""
-
-    transposed = True
-
-    features: int
-    kernel_size: Sequence[int]
-    strides: Sequence[int] = (1,)
-    padding: Any = "VALID"
-    use_bias: bool = True
-    constant_bias: float | None = None
-    use_alpha: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Any = nn.initializers.orthogonal()
-    bias_init: Any = nn.initializers.zeros_init()
-    alpha_init: Any = _ones
-    epsilon: float = 1e-5
-    learnable_epsilon: bool = False
+#: The conv fields after ``features``, ``kernel_size``, in nmn's order: (annotation, default;
+#: ``None`` for sizes: ones). The transposed conv has no dilations and groups.
+_CONV_FIELDS: dict[str, tuple[str, Any]] = {
+    "strides": ("Sequence[int]", None),
+    "padding": ("Any", "VALID"),
+    "input_dilation": ("Sequence[int]", None),
+    "kernel_dilation": ("Sequence[int]", None),
+    "feature_group_count": ("int", 1),
+    "use_bias": ("bool", True),
+    "constant_bias": ("float | None", None),
+    "use_alpha": ("bool", True),
+    "dtype": ("Any", None),
+    "param_dtype": ("Any", jnp.float32),
+    "kernel_init": ("Any", nn.initializers.orthogonal()),
+    "bias_init": ("Any", nn.initializers.zeros_init()),
+    "alpha_init": ("Any", _ones),
+    "epsilon": ("float", 1e-5),
+    "learnable_epsilon": ("bool", False),
+}
+_DIRECT_ONLY = ("input_dilation", "kernel_dilation", "feature_group_count")
 
 
 _CONV_DOC = """{nd}-D yat {what} (channels last), as ``nmn.linen.{name}`` 0.3.5.
@@ -330,8 +291,6 @@ _ABOUT = (
 
 def _conv_class(nd: int, transposed: bool) -> type:
     name = f"YatConv{'Transpose' if transposed else ''}{nd}D"
-    ones = (1,) * nd
-    fields = ("strides",) if transposed else ("strides", "input_dilation", "kernel_dilation")
     doc = _CONV_DOC.format(
         nd=nd,
         name=name,
@@ -342,14 +301,17 @@ def _conv_class(nd: int, transposed: bool) -> type:
         s=(2,) * nd,
         shape=(1,) + (13 if transposed else 2,) * nd + (4,),
     )
+    fields = {k: v for k, v in _CONV_FIELDS.items() if not (transposed and k in _DIRECT_ONLY)}
+    annotations = {"features": "int", "kernel_size": "Sequence[int]"}
     namespace: dict[str, Any] = {
-        "__annotations__": dict.fromkeys(fields, "Sequence[int]"),
-        **dict.fromkeys(fields, ones),
+        "__annotations__": {**annotations, **{k: kind for k, (kind, _) in fields.items()}},
+        **{k: (1,) * nd if kind == "Sequence[int]" else v for k, (kind, v) in fields.items()},
+        "transposed": transposed,
         "__module__": __name__,
         "__qualname__": name,
         "__doc__": doc,
     }
-    return type(name, (_YatConvTranspose if transposed else _YatConv,), namespace)
+    return type(name, (_ConvCall,), namespace)
 
 
 YatConv1D, YatConv2D, YatConv3D = (_conv_class(nd, False) for nd in (1, 2, 3))
@@ -367,12 +329,10 @@ YatConvTranspose1d, YatConvTranspose2d, YatConvTranspose3d = (
 class YatEmbed(_YatMixin, nn.Module):
     """Embedding table with a yat ``attend``, as ``nmn.linen.YatEmbed`` 0.3.5.
 
-    ``__call__(ids)`` looks rows up; ``attend(query)`` is
-    ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)`` per row (no bias; ``spherical``: of
-    unit-length vectors). Parameters: ``embedding (num_embeddings, features)``
-    (``embedding_init``: variance scaling, fan in) and, created by ``attend``, ``alpha``.
-    With ``weight_normalized`` the rows are normalised in every call (lookup and attend), as
-    nmn Linen does. The other fields are described in the module docstring.
+    Parameters ``embedding (num_embeddings, features)`` (``embedding_init``: variance
+    scaling, fan in) and, created by ``attend``, ``alpha``. ``attend(query)`` is
+    ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)`` per row (``spherical``: of unit-length
+    vectors); ``weight_normalized`` normalises the rows in every call, as nmn Linen does.
 
     Examples
     --------
@@ -417,16 +377,7 @@ class YatEmbed(_YatMixin, nn.Module):
         table = self._table()
         alpha = self._alpha(self.constant_alpha)
         query, table = _promote((query, table), dtype=self.dtype)
-        return _flax.yat(
-            query,
-            table,
-            None,
-            None,
-            alpha=alpha,
-            epsilon=self.epsilon,
-            spherical=self.spherical,
-            weight_normalized=self.weight_normalized,
-        )
+        return self._yat(query, table, None, alpha, self.epsilon)
 
 
 class _AttentionMixin(_YatMixin):
@@ -472,19 +423,12 @@ class _AttentionMixin(_YatMixin):
 class MultiHeadAttention(_AttentionMixin, nn.Module):
     """Multi-head yat attention, as ``nmn.linen.MultiHeadAttention`` 0.3.5.
 
-    ``nn.Dense`` projections ``query``, ``key``, ``value``, ``out`` (kernels ``(in, out)``,
-    xavier normal) and per head
-    ``norm(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v``. ``spherical`` is honoured
-    and dropout (``dropout_rate``) draws from the ``'dropout'`` rng stream (Decision 5);
-    ``normalize_qk`` is ``q / max(|q|, 1e-12)`` (Decision 2). The other fields are
-    described in the module docstring.
-
-    Attributes
-    ----------
-    num_heads : int
-    qkv_features, out_features : int or None
-        Default: the input features.
-    normalization : {"softmax", "l1"}
+    ``nn.Dense`` projections ``query``, ``key``, ``value`` (``qkv_features``, default: the
+    input's), ``out`` (``out_features``, likewise), kernels ``(in, out)``, xavier normal;
+    then per head ``norm(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) sqrt(d))) v`` over
+    ``num_heads`` heads, ``normalization`` "softmax" or "l1". ``spherical`` is honoured and
+    dropout (``dropout_rate``) draws from the ``'dropout'`` rng stream (Decision 5);
+    ``normalize_qk`` is ``q / max(|q|, 1e-12)`` (Decision 2). Other fields: module docstring.
 
     Examples
     --------
@@ -557,20 +501,12 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
 
     nmn has no Linen rotary layer; this one mirrors ``nmn.nnx.RotaryYatAttention``
     (quadratic path) with Linen conventions: ``nn.Dense`` projections ``q_proj``, ``k_proj``,
-    ``v_proj`` and optional ``o_proj`` (``use_out_proj``; lecun normal, no bias by default);
-    RoPE (``theta``) on q and k at positions ``position_offset + t``; alpha scales the
-    scores before normalisation; dropout (``dropout_rate``) from the ``'dropout'`` rng
-    stream. The other fields are described in the module docstring.
-
-    Attributes
-    ----------
-    embed_dim, num_heads : int
-        ``embed_dim / num_heads`` must be even.
-    max_seq_len : int
-    normalize_qk : bool
-        ``q / max(|q|, 1e-12)`` per head before RoPE (Decision 2).
-    normalization, power
-        'softmax', 'softermax' or 'l1' of the scores raised to ``power``.
+    ``v_proj`` and optional ``o_proj`` (``use_out_proj``; lecun normal, no bias by default)
+    of ``embed_dim`` features, ``num_heads`` heads of even size; RoPE (``theta``) on q and k
+    at positions ``position_offset + t`` (up to ``max_seq_len``); ``normalization``
+    'softmax', 'softermax' or 'l1' of the scores raised to ``power``; dropout
+    (``dropout_rate``) from the ``'dropout'`` rng stream; ``normalize_qk``:
+    ``q / max(|q|, 1e-12)`` per head before RoPE (Decision 2). Other fields: module docstring.
 
     Examples
     --------
@@ -656,14 +592,8 @@ def yat_attention_weights(
     """Yat attention weights ``(*batch, heads, Lq, Lk)``, as ``nmn.linen.yat_attention_weights``
     0.3.5: ``query (*batch, Lq, heads, d)``, ``key (*batch, Lk, heads, d)``, ``mask``
     nonzero where a key is visible. Dropout (``deterministic=False``) needs ``dropout_rng``,
-    which nmn's signature lacks (nmn fails there with a TypeError).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> yat_attention_weights(q, q).shape
-    (2, 3, 5, 5)
+    which nmn's signature lacks (nmn fails there with a TypeError). Examples: in the module
+    docstring.
     """
     hook = _flax.weights_hook(
         _flax.dropout_key(dropout_rng, dropout_rate, deterministic), dropout_rate
@@ -689,13 +619,6 @@ def yat_attention(
 ) -> Array:
     """Yat attention of ``value (*batch, Lk, heads, dv)``: ``(*batch, Lq, heads, dv)``, as
     ``nmn.linen.yat_attention`` 0.3.5; the other arguments as :func:`yat_attention_weights`.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> yat_attention(q, q, q).shape
-    (2, 5, 3, 4)
     """
     return _flax.attend(
         query, key, value, _flax.flax_mask(mask), epsilon=epsilon, alpha=alpha,
@@ -716,15 +639,7 @@ def yat_attention_normalized(
     *,
     dropout_rng: Array | None = None,
 ) -> Array:
-    """:func:`yat_attention` with ``spherical=True``.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> yat_attention_normalized(q, q, q).shape
-    (2, 5, 3, 4)
-    """
+    """:func:`yat_attention` with ``spherical=True``."""
     return yat_attention(
         query, key, value, mask, dropout_rate, deterministic, epsilon, alpha, True,
         dropout_rng=dropout_rng,

@@ -14,22 +14,39 @@ name; the arguments the layers share mean the same in each:
 - ``epsilon``, ``learnable_epsilon``: epsilon, or a learnable ``epsilon_param`` holding
   its softplus inverse (Decision 11).
 - ``kernel_init``, ``positive_init`` (``abs()`` of the initial kernel),
-  ``weight_normalized`` (unit-length kernel rows, Decision 7), ``mask`` (a fixed factor).
+  ``weight_normalized`` (unit-length kernel rows, Decision 7), ``mask`` (a fixed factor of
+  the conv kernels, of its shape).
+- ``use_dropconnect``, ``drop_rate`` (dense and conv layers): DropConnect, each weight
+  dropped with probability ``drop_rate`` in ``[0, 1)`` and the kept ones scaled by
+  ``1 / (1 - drop_rate)``, in every call unless ``deterministic=True`` (default False, as
+  nmn); drawn from ``dropconnect_key``, a fork of ``rngs.dropout`` as nmn's, so one seed
+  gives nmn's draws; then the ``mask`` (:func:`nmn_array.drop_connect`).
 - ``dtype``, ``param_dtype``, ``promote_dtype``: the computation runs in the promoted
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
-- Decision 13, non-default values raise NotImplementedError: ``use_dropconnect``,
-  ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``, ``dot_general``,
-  ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or kept:
-  ``drop_rate``, ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``,
-  ``performer_*``, ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
+- Decision 13, non-default values raise NotImplementedError: ``use_dropconnect`` of
+  attention, ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``,
+  ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
+  kept: ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``, ``performer_*``,
+  ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
+
+The functions take nmn.nnx's ``q, k, v (*batch, length, heads, dim)``.
 
 Examples
 --------
+>>> import jax.numpy as jnp
 >>> from flax import nnx
->>> YatNMN(4, 3, rngs=nnx.Rngs(0))(jax.numpy.ones((2, 4))).shape
+>>> from nmn_array.frameworks import nnx as yat_nnx
+>>> yat_nnx.YatNMN(4, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 4))).shape
 (2, 3)
+>>> q = jnp.ones((2, 5, 3, 4))
+>>> yat_nnx.yat_attention_weights(q, q).shape, yat_nnx.yat_attention(q, q, q).shape
+((2, 3, 5, 5), (2, 5, 3, 4))
+>>> yat_nnx.yat_attention_normalized(q, q, q).shape, yat_nnx.dot_product_attention(q, q, q).shape
+((2, 5, 3, 4), (2, 5, 3, 4))
+>>> yat_nnx.causal_attention_mask(2).tolist()
+[[1.0, 0.0], [1.0, 1.0]]
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ from nmn_array.frameworks._common import (
     unit_normalized,
 )
 
+import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid
 
 jax = require("jax")
@@ -148,14 +166,6 @@ class FrozenParam(nnx.Variable):
     """
 
 
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
-    if value is None:
-        value = 1
-    if isinstance(value, int):
-        return (value,) * n
-    return tuple(value)
-
-
 class _Layer(nnx.Module):
     """The base of the layers: arguments kept as attributes, the yat variables."""
 
@@ -172,9 +182,12 @@ class _Layer(nnx.Module):
         ``table`` (``kernel`` or ``embedding``) of ``shape`` if given, ``bias`` (layers with
         ``constant_bias``), ``alpha``, ``epsilon_param`` (``None`` when there is none)."""
         layer = type(self).__name__
+        # DropConnect is the dense and conv layers' (those with drop_rate), as in nmn; its
+        # use on MultiHeadAttention's projections is not implemented
+        dropconnect = "drop_rate" in args
         reject_unsupported_features(
             layer,
-            use_dropconnect=args.get("use_dropconnect", False),
+            use_dropconnect=args.get("use_dropconnect", False) and not dropconnect,
             tie_kernel_bank=args.get("tie_kernel_bank", False),
         )
         for name, (default, reason) in _UNSUPPORTED.items():
@@ -218,9 +231,8 @@ class _Layer(nnx.Module):
         self.learnable_epsilon, self.epsilon_param = bool(args["learnable_epsilon"]), nnx.data(None)
         if self.learnable_epsilon:
             self.epsilon_param = nnx.Param(_flax.raw_epsilon(self.epsilon, param_dtype))
-
-    def _alpha_value(self) -> Any:
-        return self._constant_alpha_value if self.alpha is None else self.alpha[...]
+        if dropconnect:  # nmn's key: a fork of the dropout stream, after the variables
+            self.dropconnect_key = rngs.dropout.fork() if self.use_dropconnect else nnx.data(None)
 
     def _bias_array(self) -> Array | None:
         if self._constant_bias_value is not None:
@@ -230,10 +242,30 @@ class _Layer(nnx.Module):
         bias = self.bias[...]
         return jax.nn.softplus(bias) if self.softplus_bias else bias
 
-    def _epsilon_value(self) -> Any:
+    def _scalars(self) -> dict[str, Any]:
+        """The call's ``alpha`` and ``epsilon``: constants or from the variables."""
+        alpha = self._constant_alpha_value if self.alpha is None else self.alpha[...]
+        epsilon = self.epsilon
         if self.learnable_epsilon and self.epsilon_param is not None:
-            return _flax.softplus_epsilon(self.epsilon_param[...])
-        return self.epsilon
+            epsilon = _flax.softplus_epsilon(self.epsilon_param[...])
+        return {"alpha": alpha, "epsilon": epsilon}
+
+    def _kernel(self, deterministic: bool) -> Array:
+        """The kernel after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
+        ``deterministic``; drawn as nmn draws it) and the fixed ``mask``."""
+        kernel, keep = self.kernel[...], None
+        if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
+            keep_prob = 1.0 - self.drop_rate
+            keep = jax.random.bernoulli(self.dropconnect_key(), keep_prob, kernel.shape)
+        mask = getattr(self, "mask", None)
+        return nmn_array.drop_connect(kernel, keep, rate=self.drop_rate, mask=mask)
+
+    def _yat(self, x: Array, kernel: Array, bias: Array | None, **options: Any) -> Array:
+        """:func:`nmn_array.yat` with the layer's scalars, ``spherical`` and ``precision``."""
+        precision = getattr(self, "precision", None)
+        return _flax.yat(
+            x, kernel, bias, precision, spherical=self.spherical, **self._scalars(), **options
+        )
 
 
 class YatNMN(_Layer):
@@ -241,8 +273,8 @@ class YatNMN(_Layer):
 
     Variables: ``kernel (in_features, out_features)`` (xavier normal; a
     :class:`FrozenParam` with ``lazy``, which ``freeze_kernel`` overrides), ``bias``,
-    ``alpha``, ``epsilon_param``; ``spherical``: of unit-length vectors. The other
-    arguments are described in the module docstring.
+    ``alpha``, ``epsilon_param``; ``spherical``: of unit-length vectors. Other arguments:
+    the module docstring.
 
     Examples
     --------
@@ -295,22 +327,12 @@ class YatNMN(_Layer):
         self._setup(locals(), (in_features, out_features), normalize_axis=1)
 
     def __call__(self, inputs: Array, *, deterministic: bool = False) -> Array:
-        """``inputs (..., in_features)`` -> ``(..., out_features)``; ``deterministic`` only
-        switches DropConnect in nmn (not implemented here)."""
-        x, kernel, bias = self.promote_dtype(
-            (inputs, self.kernel[...], self._bias_array()), dtype=self.dtype
-        )
-        return _flax.yat(
-            x,
-            kernel,
-            bias,
-            self.precision,
-            alpha=self._alpha_value(),
-            epsilon=self._epsilon_value(),
-            spherical=self.spherical,
-            weight_normalized=self.weight_normalized,
-            _w_in_out=True,  # the (in, out) kernel as stored: no transposes under XLA
-        )
+        """``inputs (..., in_features)`` -> ``(..., out_features)``; ``deterministic`` turns
+        DropConnect off."""
+        kernel = self._kernel(deterministic)
+        x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
+        # _w_in_out: the (in, out) kernel as stored, no transposes under XLA
+        return self._yat(x, kernel, bias, weight_normalized=self.weight_normalized, _w_in_out=True)
 
 
 YatDense = YatNMN
@@ -322,42 +344,23 @@ class _Conv(_Layer):
     transposed = False
 
     def __call__(self, inputs: Array, *, deterministic: bool = False) -> Array:
-        """``inputs (*batch, *spatial, in_features)`` -> ``(*batch, *out, out_features)``."""
-        nd = len(self.kernel_size)
-        kernel = self.kernel[...]
-        if self.mask is not None:
-            kernel = kernel * self.mask
+        """``inputs (*batch, *spatial, in_features)`` -> ``(*batch, *out, out_features)``;
+        ``deterministic`` turns DropConnect off."""
+        kernel = self._kernel(deterministic)
         x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
-        return _flax.conv(
-            type(self).__name__,
-            x,
-            kernel,
-            bias,
-            transposed=self.transposed,
-            strides=_tuple(self.strides, nd),
-            padding=self.padding,
-            dilation=_tuple(self.kernel_dilation, nd),
-            input_dilation=_tuple(getattr(self, "input_dilation", 1), nd),
-            groups=getattr(self, "feature_group_count", 1),
-            transpose_kernel=getattr(self, "transpose_kernel", False),
-            precision=self.precision,
-            alpha=self._alpha_value(),
-            epsilon=self._epsilon_value(),
-            weight_normalized=getattr(self, "weight_normalized", False),
-        )
+        return _flax.conv(self, x, kernel, bias, **self._scalars())
 
 
 class YatConv(_Conv):
     """N-D yat convolution (channels last), as ``nmn.nnx.YatConv`` 0.3.5.
 
     ``y = alpha * (<patch, w_o> + b_o)^2 / (|patch - w_o|^2 + epsilon)`` over inputs
-    ``(*batch, *spatial, in)`` with any number of batch axes (or none). Variables:
-    ``kernel (*kernel_size, in/groups, out)`` (xavier normal), ``bias``, ``alpha``,
-    ``epsilon_param``. ``strides``, ``kernel_dilation``: ints or one per dimension;
-    ``padding``: 'SAME' (default), 'VALID', 'SAME_LOWER', 'CIRCULAR', 'REFLECT', 'CAUSAL'
-    (1-D), ints or (low, high) pairs; ``feature_group_count``: groups; ``input_dilation``:
-    only 1 (NotImplementedError otherwise). The other arguments are described in the
-    module docstring.
+    ``(*batch, *spatial, in)`` (any number of batch axes, or none). Variables: ``kernel
+    (*kernel_size, in/groups, out)`` (xavier normal), ``bias``, ``alpha``, ``epsilon_param``.
+    ``strides``, ``kernel_dilation``: ints or one per dimension; ``padding``: 'SAME'
+    (default), 'VALID', 'SAME_LOWER', 'CIRCULAR', 'REFLECT', 'CAUSAL' (1-D), ints or (low,
+    high) pairs; ``feature_group_count``: groups; ``input_dilation``: only 1. Other
+    arguments: the module docstring.
 
     Examples
     --------
@@ -419,11 +422,10 @@ class YatConvTranspose(_Conv):
     """N-D yat transposed convolution (channels last), as ``nmn.nnx.YatConvTranspose`` 0.3.5.
 
     Output sizes and padding as ``jax.lax.conv_transpose`` ('SAME': ``L * s``; 'VALID':
-    ``L * s + max(k_eff - s, 0)``; (low, high) pairs that PyTorch's padding can express, see
-    :func:`nmn_array.frameworks._common.lax_conv_transpose_padding`); ``|w_o|^2`` counts
-    all taps (Decision 9). Variables: ``kernel (*kernel_size, in, out)`` (``(*k, out, in)``
-    with ``transpose_kernel``, as ``lax.conv_transpose``), ``bias``, ``alpha``,
-    ``epsilon_param``. The other arguments are as :class:`YatConv` and the module docstring.
+    ``L * s + max(k_eff - s, 0)``; (low, high) pairs that PyTorch's padding can express);
+    ``|w_o|^2`` counts all taps (Decision 9). Variables: ``kernel (*kernel_size, in, out)``
+    (``(*k, out, in)`` with ``transpose_kernel``, as ``lax.conv_transpose``), ``bias``,
+    ``alpha``, ``epsilon_param``. Other arguments: :class:`YatConv`, the module docstring.
 
     Examples
     --------
@@ -486,8 +488,8 @@ class Embed(_Layer):
     Variables: ``embedding (num_embeddings, features)`` (``embedding_init``: variance
     scaling, fan in; rows normalised once with ``weight_normalized``), ``alpha``,
     ``epsilon_param``. ``attend(query)`` is ``alpha * (q.e_v)^2 / (|q - e_v|^2 + epsilon)``
-    for every row (``spherical``: of unit-length vectors) in the promoted dtype of the query
-    and the table (or ``dtype``). The other arguments are described in the module docstring.
+    for every row (``spherical``: of unit-length vectors). Other arguments: the module
+    docstring.
 
     Examples
     --------
@@ -532,18 +534,17 @@ class Embed(_Layer):
     def attend(self, query: Array) -> Array:
         """Yat similarity of ``query (..., features)`` with every row: ``(..., num_embeddings)``."""
         query, table = self.promote_dtype((query, self.embedding[...]), dtype=self.dtype)
-        return _flax.yat(
-            query,
-            table,
-            None,
-            None,
-            alpha=self._alpha_value(),
-            epsilon=self._epsilon_value(),
-            spherical=self.spherical,
-        )
+        return self._yat(query, table, None)
 
 
 YatEmbed = Embed
+
+
+def _sower(module: Any) -> Callable[[Array], Any] | None:
+    """Records attention weights on ``module`` as flax's functions do."""
+    if module is None:
+        return None
+    return functools.partial(module.sow, nnx.Intermediate, "attention_weights")
 
 
 def _raise_cache_full(index: Array, max_length: int) -> None:
@@ -664,13 +665,10 @@ class _Attention(_Layer):
             dropout_rng=rng,
             dropout_rate=self.dropout_rate,
             broadcast_dropout=self.broadcast_dropout,
-            sow=functools.partial(self.sow, nnx.Intermediate, "attention_weights")
-            if sow_weights
-            else None,
+            sow=_sower(self if sow_weights else None),
             precision=self.precision,
-            alpha=self._alpha_value(),
-            epsilon=self._epsilon_value(),
             power=self.power,
+            **self._scalars(),
             **options,
         )
 
@@ -789,15 +787,13 @@ class MultiHeadAttention(_Attention):
                 f"Incompatible input dimension, got {inputs_q.shape[-1]} "
                 f"but module expects {self.in_features}."
             )
-        if self.dropout_rate > 0.0:
-            deterministic = _first_from(
-                deterministic,
-                self.deterministic,
-                error_msg="No `deterministic` argument was provided to MultiHeadAttention "
-                "as either a __call__ argument, class attribute, or nnx.flag.",
-            )
-        else:
-            deterministic = True
+        # without dropout the call is deterministic whatever the flags say
+        deterministic = self.dropout_rate == 0.0 or _first_from(
+            deterministic,
+            self.deterministic,
+            error_msg="No `deterministic` argument was provided to MultiHeadAttention "
+            "as either a __call__ argument, class attribute, or nnx.flag.",
+        )
         attention: Callable[..., Array] = functools.partial(
             self._attend,
             deterministic=deterministic,
@@ -816,10 +812,9 @@ class MultiHeadAttention(_Attention):
                 dtype=self.dtype,
                 precision=self.precision,
                 module=self if sow_weights else None,
-                epsilon=self._epsilon_value(),
                 use_softermax=self.use_softermax,
                 power=self.power,
-                alpha=self._alpha_value(),
+                **self._scalars(),
             )
         return self._run(
             (self.query, self.key, self.value),
@@ -846,12 +841,11 @@ class RotaryYatAttention(_Attention):
 
     ``LinearGeneral`` projections ``q_proj``, ``k_proj``, ``v_proj`` and (``use_out_proj``)
     ``o_proj``, ``(E, E)`` kernels without bias by default; RoPE (interleaved pairs,
-    ``theta``) rotates q and k at positions ``position_offset + t`` (up to
-    ``max_seq_len``); then yat attention, normalised by ``normalization`` ('softmax',
-    'softermax' or 'l1'; ``use_softermax``; scores to ``power``). ``normalize_qk`` is
-    ``q / max(|q|, 1e-12)`` (Decision 2; nmn uses a LayerNorm). With ``decode=True``
-    (after :meth:`init_cache`) one token attends over the cache. The other arguments are
-    as :class:`MultiHeadAttention` and the module docstring (``performer_kind`` is checked).
+    ``theta``) of q and k at positions ``position_offset + t`` (up to ``max_seq_len``);
+    ``normalization`` 'softmax', 'softermax' (``use_softermax``) or 'l1' of the scores to
+    ``power``; ``normalize_qk``: ``q / max(|q|, 1e-12)`` (Decision 2; nmn: a LayerNorm);
+    ``decode=True`` (after :meth:`init_cache`): one token over the cache. Other arguments:
+    :class:`MultiHeadAttention`, the module docstring (``performer_kind`` is checked).
 
     Examples
     --------
@@ -974,21 +968,6 @@ class RotaryYatAttention(_Attention):
 # --------------------------------------------------------------------------------------
 # nmn.nnx's functional attention: q, k, v (*batch, length, heads, dim)
 # --------------------------------------------------------------------------------------
-def _sower(module: Any) -> Callable[[Array], Any] | None:
-    """Records attention weights on ``module`` as flax's functions do."""
-    if module is None:
-        return None
-    return functools.partial(module.sow, nnx.Intermediate, "attention_weights")
-
-
-def _functional_hook(
-    rng: Array | None, rate: float, broadcast: bool, deterministic: bool, module: Any
-) -> Callable[[Array], Array] | None:
-    return _flax.weights_hook(
-        _flax.dropout_key(rng, rate, deterministic), rate, broadcast, _sower(module)
-    )
-
-
 def yat_attention_weights(
     query: Array,
     key: Array,
@@ -1009,26 +988,19 @@ def yat_attention_weights(
     *,
     spherical: bool = False,
 ) -> Array:
-    """Yat attention weights ``(*batch, heads, Lq, Lk)``, as ``nmn.nnx.yat_attention_weights``
-    0.3.5: ``query (*batch, Lq, heads, d)``, ``key (*batch, Lk, heads, d)``.
+    """Yat attention weights ``(*batch, heads, Lq, Lk)`` of ``query (*batch, Lq, heads, d)``
+    and ``key (*batch, Lk, heads, d)``, as ``nmn.nnx.yat_attention_weights`` 0.3.5.
 
-    ``bias`` is added to the scores (softmax only), ``mask`` selects keys where it is
-    nonzero, ``alpha`` multiplies the scores, ``normalization`` is "softmax", "softermax"
-    (also ``use_softermax``, with ``power``) or "l1"; ``dtype`` promotes the inputs,
-    ``precision`` sets JAX's matmul precision, ``module`` records the weights
-    (``sow``) and dropout uses ``dropout_rng`` unless ``deterministic``. ``spherical``
-    selects :func:`yat_attention_normalized`'s score. One call of
-    :func:`nmn_array.yat_attention_weights`.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> yat_attention_weights(q, q, deterministic=True).shape
-    (2, 3, 5, 5)
+    ``bias`` is added to the scores (softmax only), ``mask`` selects keys where nonzero,
+    ``alpha`` multiplies the scores, ``normalization``: "softmax", "softermax" (also
+    ``use_softermax``; with ``power``) or "l1"; ``dtype`` promotes the inputs, ``precision``
+    sets JAX's matmul precision, ``module`` records the weights (``sow``), dropout uses
+    ``dropout_rng`` unless ``deterministic``; ``spherical``: the score of
+    :func:`yat_attention_normalized`.
     """
     query, key = _dtypes.promote_dtype((query, key), dtype=dtype)
-    hook = _functional_hook(dropout_rng, dropout_rate, broadcast_dropout, deterministic, module)
+    rng = _flax.dropout_key(dropout_rng, dropout_rate, deterministic)
+    hook = _flax.weights_hook(rng, dropout_rate, broadcast_dropout, _sower(module))
     with _flax.precision_scope(precision):
         return _api.attention_weights(
             query, key, mask=_flax.flax_mask(mask), bias=bias, dropout=hook, epsilon=epsilon,
@@ -1061,13 +1033,6 @@ def yat_attention(
     """Yat attention of ``value (*batch, Lk, heads, dv)``: output ``(*batch, Lq, heads,
     dv)``, as ``nmn.nnx.yat_attention`` 0.3.5; the other arguments as
     :func:`yat_attention_weights`.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> yat_attention(q, q, q, deterministic=True).shape
-    (2, 5, 3, 4)
     """
     query, key, value = _dtypes.promote_dtype((query, key, value), dtype=dtype)
     return _flax.attend(
@@ -1100,13 +1065,6 @@ def yat_attention_normalized(
 ) -> Array:
     """:func:`yat_attention` with the spherical score: q and k as ``v / sqrt(|v|^2 +
     epsilon)``, distance ``max(2 - 2 q.k, 0)``.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> yat_attention_normalized(q, q, q, deterministic=True).shape
-    (2, 5, 3, 4)
     """
     return yat_attention(
         query, key, value, bias, mask, broadcast_dropout, dropout_rng, dropout_rate,
@@ -1168,15 +1126,7 @@ def dot_product_attention(
     precision: Any = None,
     module: Any = None,
 ) -> Array:
-    """:func:`dot_product_attention_weights` applied to ``value (*batch, Lk, heads, dv)``.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> q = jnp.ones((2, 5, 3, 4))
-    >>> dot_product_attention(q, q, q, deterministic=True).shape
-    (2, 5, 3, 4)
-    """
+    """:func:`dot_product_attention_weights` applied to ``value (*batch, Lk, heads, dv)``."""
     query, key, value = _dtypes.promote_dtype((query, key, value), dtype=dtype)
     weights = dot_product_attention_weights(
         query, key, bias, mask, broadcast_dropout, dropout_rng, dropout_rate, deterministic,
@@ -1187,11 +1137,5 @@ def dot_product_attention(
 
 def causal_attention_mask(seq_len: int) -> Array:
     """A ``(seq_len, seq_len)`` float32 lower-triangular mask of ones (query i sees keys
-    j <= i), as ``nmn.nnx.causal_attention_mask``.
-
-    Examples
-    --------
-    >>> causal_attention_mask(2).tolist()
-    [[1.0, 0.0], [1.0, 1.0]]
-    """
+    j <= i), as ``nmn.nnx.causal_attention_mask``."""
     return jnp.tril(jnp.ones((seq_len, seq_len), dtype=jnp.float32))

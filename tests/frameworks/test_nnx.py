@@ -139,8 +139,6 @@ def test_yatnmn_variables_init_and_lazy():
 
 
 def test_yatnmn_unsupported_raise():
-    with pytest.raises(NotImplementedError, match="DropConnect"):
-        M.YatNMN(4, 3, use_dropconnect=True, rngs=nnx.Rngs(0))
     with pytest.raises(NotImplementedError, match="kernel banks"):
         M.YatNMN(4, 3, tie_kernel_bank=True, rngs=nnx.Rngs(0))
     for kw in (dict(fused=True), dict(compute_mode="bf16"), dict(distance_floor=1e-3)):
@@ -216,8 +214,6 @@ def test_conv_input_dilation_not_implemented():
     layer = M.YatConv(2, 3, (3,), input_dilation=2, rngs=nnx.Rngs(0))
     with pytest.raises(NotImplementedError, match="input"):
         layer(jnp.ones((1, 8, 2)))
-    with pytest.raises(NotImplementedError, match="DropConnect"):
-        M.YatConv(2, 3, (3,), use_dropconnect=True, rngs=nnx.Rngs(0))
 
 
 CONV_T = {
