@@ -616,9 +616,7 @@ def yat_attention_weights_ref(
 
     m = np.ones((lq, lk), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     b = np.zeros((1, 1)) if bias is None else _f64(bias)
-    full = np.broadcast_shapes(
-        q.shape[:-2] + (lq, lk), k.shape[:-2] + (lq, lk), m.shape, b.shape
-    )
+    full = np.broadcast_shapes(q.shape[:-2] + (lq, lk), k.shape[:-2] + (lq, lk), m.shape, b.shape)
     lead = full[:-2]
     qb = np.broadcast_to(q, lead + (lq, d))
     kb = np.broadcast_to(k, lead + (lk, d))
