@@ -287,16 +287,31 @@ def test_seeded_dense_banks_match_nmn(positive_init, weight_normalized, bank_id)
         _dense(6, bank_id, **kw)
 
 
+BIASES = {
+    "bias": {},
+    "no_bias": {"bias": False},
+    "scalar_bias": {"scalar_bias": True},
+    "constant_bias": {"constant_bias": 0.5},
+}
+
+
+@pytest.mark.parametrize("bias", list(BIASES))
 @pytest.mark.parametrize("name", CONVS)
-def test_seeded_conv_banks_match_nmn(name, bank_id):
+def test_seeded_conv_banks_match_nmn(name, bias, bank_id):
+    kw = BIASES[bias]
+
     def build(module):
-        return [_conv(name, n, bank_id, module=module, kernel_bank_size=6) for n in (2, 6, 4)]
+        sizes = (2, 6, 4)
+        return [_conv(name, n, bank_id, module=module, kernel_bank_size=6, **kw) for n in sizes]
 
     theirs, mine = _seeded(lambda: build(nmn_torch)), _seeded(lambda: build(ours))
     x = _x_conv(name)
     for t, m in zip(theirs, mine):
-        assert m.weight is mine[0].weight and tuple(m.bias.shape) == (_units(m),)
-        assert torch.equal(m.weight, t.weight) and torch.equal(m.bias, t.bias)
+        assert m.weight is mine[0].weight and torch.equal(m.weight, t.weight)
+        assert (m.bias is None) == (t.bias is None) == (bias in ("no_bias", "constant_bias"))
+        if m.bias is not None:
+            shape = (1,) if bias == "scalar_bias" else (_units(m),)
+            assert tuple(m.bias.shape) == shape and torch.equal(m.bias, t.bias)
         assert_parity(m(x), t(x), RTOL_F64, f"tied {name} {_units(m)} filters")
         # nmn's state_dict loads strictly into ours (and back)
         m.load_state_dict(t.state_dict(), strict=True)
