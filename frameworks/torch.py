@@ -30,8 +30,13 @@ docstring names the ones it takes):
   deterministic``; each weight is dropped with probability ``drop_rate`` (in ``[0, 1)``) and
   the kept ones are scaled by ``1 / (1 - drop_rate)``, drawn with ``torch.bernoulli`` as nmn
   draws, so that the same torch seed drops the same weights. ``mask``: a fixed kernel mask.
-- ``tie_kernel_bank=True`` raises NotImplementedError (Decision 13); ``kernel_bank_size`` and
-  ``kernel_bank_id`` are kept, unused.
+- ``tie_kernel_bank`` (YatNMN, YatConv1D/2D/3D): the layers that name one
+  ``kernel_bank_id`` and agree on the rest of the kernel's shape, its dtype and device (and,
+  dense, ``kernel_init`` and ``positive_init``) share one ``weight`` Parameter of the bank's
+  full shape (``kernel_bank_size`` units, at least the layer's); each uses its first
+  ``out_features`` / ``out_channels`` rows, so their gradients add up in it. A later, larger
+  layer grows the bank (the old rows kept) until one of its layers has run; ``.to()`` /
+  ``.half()`` of a tied layer raise RuntimeError, as in nmn.
 - Attention: ``embed_dim`` split into ``num_heads`` heads; ``dropout`` on the attention
   weights in training mode; ``use_out_proj``: an output projection; ``normalize_qk``:
   ``q / max(|q|, 1e-12)`` per head (Decision 2; before RoPE). Rotary: ``max_seq_len``
@@ -57,6 +62,7 @@ torch.Size([2, 5, 3, 4])
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -101,12 +107,16 @@ DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
 
 Tensor = Any  # torch.Tensor, kept loose so the docs build without torch
 
+#: The shared kernel banks of this module's layers (``tie_kernel_bank=True``).
+_BANKS = _common.KernelBanks()
+
 
 class _YatParams(nn.Module):
     """Alpha, bias and epsilon as parameters or constants (the rules live in _common); the
     set-up methods read nmn's argument names from the constructor's ``locals()``, ``a``."""
 
     DEFAULT_CONSTANT_ALPHA = DEFAULT_CONSTANT_ALPHA
+    tie_kernel_bank = False  # the layers with kernel banks set it per instance
 
     def _keep(self, a: dict[str, Any], names: str) -> None:
         """Keep the constructor arguments ``names`` (space-separated) as attributes."""
@@ -123,8 +133,8 @@ class _YatParams(nn.Module):
             value, dtype = _common.learnable_epsilon(self.epsilon, storage)
             raw = torch.full((1,), value, dtype=getattr(torch, dtype), device=a["device"])
             self.epsilon_param = nn.Parameter(raw)
-        if weight is not None:
-            self.weight = nn.Parameter(weight)
+        if weight is not None:  # a bank's Parameter is shared as it is
+            self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
         # YatNMN calls it alpha
         alpha = _common.alpha_config(bool(a.get("use_alpha", a.get("alpha"))), a["constant_alpha"])
         self._constant_alpha_value = alpha.value if alpha.mode == "constant" else None
@@ -147,16 +157,53 @@ class _YatParams(nn.Module):
         self.softplus_bias = bool(a["softplus_bias"] and self.bias is not None)
         self.scalar_bias = bool(a["scalar_bias"] and self.bias is not None)
 
-    def _setup_kernel(self, a: dict[str, Any]) -> None:
-        """nmn's kernel-bank settings (kept, unused) and ``weight_normalized`` (the stored
-        weight is normalised once here, and again in every forward)."""
-        self._keep(a, "weight_normalized kernel_bank_size kernel_bank_id")
-        self.tie_kernel_bank = False
-        if self.weight_normalized:
+    def _attach_bank(
+        self, a: dict[str, Any], key: tuple[Any, ...], units: int, make: Any, init: Any
+    ) -> tuple[Any, bool]:
+        """The bank Parameter of ``key`` for ``units`` rows (``make(size)`` makes it; a
+        growth fills the new rows with ``init``), and whether this layer made it."""
+        self._keep(a, "tie_kernel_bank kernel_bank_size kernel_bank_id")
+        self._bank_key, made = key, []
+
+        def new(size: int) -> Any:
+            made.append(size)
+            return make(size)
+
+        def grow(bank: Any, old: int, size: int) -> None:
+            grown = torch.empty((size, *bank.shape[1:]), dtype=bank.dtype, device=bank.device)
+            with torch.no_grad():
+                init(grown)
+                grown[:old] = bank.data
+            bank.data = grown  # in place: every layer holds this one Parameter
+
+        bank = _BANKS.attach(key, units=units, size=a["kernel_bank_size"], make=new, grow=grow)
+        return bank, bool(made)
+
+    def _kernel(self, units: int) -> Tensor:
+        """The layer's kernel: the first ``units`` rows of a bank (which is then used and
+        can no longer grow), or ``weight``."""
+        if not self.tie_kernel_bank:
+            return self.weight
+        with contextlib.suppress(KeyError):  # a cleared registry: the layer keeps its bank
+            _BANKS.mark_used(self._bank_key)
+        return self.weight[:units]
+
+    def _setup_kernel(self, a: dict[str, Any], made: bool = True) -> None:
+        """nmn's kernel-bank settings and ``weight_normalized``: the stored weight is
+        normalised once here (a bank by the layer that ``made`` it), and in every forward."""
+        self._keep(a, "weight_normalized kernel_bank_size kernel_bank_id tie_kernel_bank")
+        if self.weight_normalized and made:
             with torch.no_grad():
                 self.weight.copy_(_common.unit_normalized(self.weight, 0))
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        if getattr(self, "tie_kernel_bank", False):
+            # a cast or move would give this layer its own copy, silently untying it
+            raise RuntimeError(
+                f"{type(self).__name__}(tie_kernel_bank=True): device/dtype migration of a "
+                "tied kernel bank is not supported (as in nmn); construct the layers with "
+                "the target device= and dtype"
+            )
         # .half() / .to(torch.bfloat16) cast every parameter; the raw epsilon stays float32,
         # as nmn keeps it (softplus^-1 of a small epsilon is far outside float16's range)
         raw = self.__dict__["_parameters"].get("epsilon_param")
@@ -182,6 +229,13 @@ class _YatParams(nn.Module):
 
 
 # --- Dense ---------------------------------------------------------------------------
+def _init_rows(rows: Tensor, init: Callable[[Tensor], object], positive: bool) -> None:
+    """``kernel_init`` (and ``positive_init``) of the new rows of a grown bank, in place."""
+    init(rows)
+    if positive:
+        rows.abs_()
+
+
 class YatNMN(_YatParams):
     """Yat dense layer ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``, as
     ``nmn.torch.YatNMN`` 0.3.5: parameters ``weight (out, in)``, ``bias``, ``alpha`` and
@@ -223,14 +277,27 @@ class YatNMN(_YatParams):
         device: Any = None,
     ) -> None:
         super().__init__()
-        _common.reject_unsupported_features("YatNMN", tie_kernel_bank=tie_kernel_bank)
         self._keep(locals(), "in_features out_features dtype param_dtype spherical positive_init")
         self.lazy = bool(lazy or freeze_kernel)
-        weight = torch.empty((out_features, in_features), device=device, dtype=param_dtype)
+        factory = {"device": device, "dtype": param_dtype}
+        weight, made = torch.empty((out_features, in_features), **factory), True
+        if tie_kernel_bank:
+            init = kernel_init or nn.init.xavier_normal_
+            where = torch.empty((), device=device).device
+            key = ("YatNMN", kernel_bank_id, in_features, param_dtype, where, init, positive_init)
+            make = lambda n: nn.Parameter(torch.empty((n, in_features), **factory))  # noqa: E731
+            fill = partial(_init_rows, init=init, positive=positive_init)
+            weight, made = self._attach_bank(locals(), key, out_features, make, fill)
+            if not made and weight.requires_grad == self.lazy:
+                raise ValueError(
+                    f"YatNMN(tie_kernel_bank=True, lazy={self.lazy}): the layers of kernel "
+                    f"bank {kernel_bank_id!r} share one Parameter and must agree on "
+                    "lazy/freeze_kernel"
+                )
         self._setup_yat(locals(), param_dtype, weight)
         self._setup_bias(locals(), param_dtype, (1,) if scalar_bias else (out_features,))
-        self.reset_parameters(kernel_init, bias_init, alpha_init)
-        self._setup_kernel(locals())
+        self.reset_parameters(kernel_init, bias_init, alpha_init, initialize_kernel=made)
+        self._setup_kernel(locals(), made)
         self.weight.requires_grad_(not self.lazy)
 
     def reset_parameters(
@@ -238,12 +305,17 @@ class YatNMN(_YatParams):
         kernel_init: Callable[[Tensor], object] | None = None,
         bias_init: Callable[[Tensor], object] | None = None,
         alpha_init: Callable[[Tensor], object] | None = None,
+        *,
+        initialize_kernel: bool = True,
     ) -> None:
-        """Initialise ``weight`` (xavier normal), ``bias`` (U(+-1/sqrt(in))) and ``alpha`` (1)."""
+        """Initialise ``weight`` (xavier normal; not if ``initialize_kernel`` is False: a
+        layer that joins a kernel bank keeps it), ``bias`` (U(+-1/sqrt(in))) and ``alpha``
+        (1)."""
         bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
         with torch.no_grad():
-            (kernel_init or nn.init.xavier_normal_)(self.weight)
-            if self.positive_init:
+            if initialize_kernel:
+                (kernel_init or nn.init.xavier_normal_)(self.weight)
+            if initialize_kernel and self.positive_init:
                 self.weight.abs_()
             if self.bias is not None:
                 (bias_init or partial(nn.init.uniform_, a=-bound, b=bound))(self.bias)
@@ -254,7 +326,8 @@ class YatNMN(_YatParams):
         """``x (..., in_features)`` -> ``(..., out_features)``."""
         x = x if self.dtype is None else x.to(self.dtype)
         options = {"spherical": self.spherical, "weight_normalized": self.weight_normalized}
-        return nmn_array.yat(x, self.weight, self._bias_value(), **options, **self._scalars())
+        kernel = self._kernel(self.out_features)
+        return nmn_array.yat(x, kernel, self._bias_value(), **options, **self._scalars())
 
     def extra_repr(self) -> str:
         return (
@@ -276,24 +349,38 @@ class _YatConv(_YatParams):
     """What a yat convolution adds to its torch base class (nmn's settings, one call)."""
 
     def _setup(self, a: dict[str, Any]) -> None:
-        """torch's weight, bias and geometry (and initialisers), then nmn's settings."""
-        tie = a.get("tie_kernel_bank", False)
-        _common.reject_unsupported_features(type(self).__name__, tie_kernel_bank=tie)
+        """torch's weight, bias and geometry (and initialisers), then nmn's settings; a
+        tied layer's weight is its kernel bank (``made``: whether this layer made it)."""
+        tie, units = a.get("tie_kernel_bank", False), a["out_channels"]
         storage = a["dtype"] if a["param_dtype"] is None else a["param_dtype"]
         # torch's per-channel bias is nmn's learnable bias unless that is a scalar
         # (Decision 4: constant_bias=False leaves it learnable)
         bias_mode = _common.bias_config(a["bias"], a["constant_bias"]).mode
         own = bias_mode == "learnable" and not a["scalar_bias"]
         kw = {key: a[key] for key in _GEOMETRY if key in a}
-        size = (a["in_channels"], a["out_channels"], a["kernel_size"])
-        super().__init__(*size, bias=own, **kw, device=a["device"], dtype=storage)
+        # a tied layer's torch weight is made with the bank's size: the bank if it is first
+        rows = (a["kernel_bank_size"] or units) if tie else units
+        size = (a["in_channels"], rows, a["kernel_size"])
+        super().__init__(*size, bias=own and not tie, **kw, device=a["device"], dtype=storage)
+        self.out_channels, self._made_bank = units, True
+        if tie:
+            w = self.weight
+            shape = (a["in_channels"], tuple(self.kernel_size), self.groups)
+            key = (type(self).__name__, a["kernel_bank_id"], *shape, w.dtype, w.device)
+            # new filters as torch's Conv*d initialises its weight (kaiming uniform, a=sqrt 5)
+            init = partial(nn.init.kaiming_uniform_, a=math.sqrt(5))
+            self.weight, self._made_bank = self._attach_bank(a, key, units, lambda n: w, init)
+            if own:  # torch's Conv*d bias (U(+-1/sqrt(fan_in))) of the layer's own size
+                bound = 1.0 / math.sqrt(w[0].numel()) if w[0].numel() > 0 else 0.0
+                bias = torch.empty(units, device=a["device"], dtype=storage)
+                self.bias = nn.Parameter(nn.init.uniform_(bias, -bound, bound))
         self.compute_dtype = a["dtype"]
         self.param_dtype = storage
         self.use_dropconnect = bool(a["use_dropconnect"])
         self.drop_rate = _common.check_rate(a["drop_rate"], "drop_rate")
         self._setup_yat(a, storage)
         self._setup_bias(a, storage, (1,) if a["scalar_bias"] else None)
-        mask, shape = a["mask"], tuple(self.weight.shape)
+        mask, shape = a["mask"], tuple(self.weight[:units].shape if tie else self.weight.shape)
         if mask is not None and tuple(mask.shape) != shape:
             raise ValueError(f"mask must have the weight's shape {shape}, got {tuple(mask.shape)}")
         self.register_buffer("mask", mask)
@@ -316,13 +403,13 @@ class _YatConv(_YatParams):
         DropConnect (in training mode unless ``deterministic``) and the fixed mask."""
         x, unbatched = self._batched(input)
         x = x if self.compute_dtype is None else x.to(self.compute_dtype)
-        keep, rate = None, self.drop_rate
+        keep, rate, kernel = None, self.drop_rate, self._kernel(self.out_channels)
         if self.training and not deterministic and self.use_dropconnect and rate > 0.0:
             # drawn as nmn draws (Bernoulli(1 - rate) in the compute dtype, float32 at least),
             # so that the same torch seed drops the same weights
             dtype = torch.promote_types(x.dtype, torch.float32)
-            keep = torch.bernoulli(torch.full_like(self.weight, 1.0 - rate, dtype=dtype)).bool()
-        kernel = nmn_array.drop_connect(self.weight, keep, rate=rate, mask=self.mask)
+            keep = torch.bernoulli(torch.full_like(kernel, 1.0 - rate, dtype=dtype)).bool()
+        kernel = nmn_array.drop_connect(kernel, keep, rate=rate, mask=self.mask)
         options.update(stride=self.stride, dilation=self.dilation, groups=self.groups)
         y = fn(x, kernel, self._bias_value(), **options, **self._scalars())
         return y.squeeze(0) if unbatched else y
@@ -366,7 +453,7 @@ class _Conv(_YatConv):
                 f"divisible by groups ({groups})"
             )
         self._setup(locals())
-        self._setup_kernel(locals())
+        self._setup_kernel(locals(), self._made_bank)
 
     def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
         """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``

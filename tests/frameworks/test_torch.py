@@ -120,13 +120,6 @@ def test_yatnmn_learnable_epsilon_init_and_grads():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
-def test_decision_13_features_raise():
-    with pytest.raises(NotImplementedError, match="kernel banks"):
-        ours.YatNMN(4, 3, tie_kernel_bank=True)
-    with pytest.raises(NotImplementedError, match="kernel banks"):
-        ours.YatConv1D(2, 4, 3, tie_kernel_bank=True)
-
-
 # --------------------------------------------------------------------------------------
 # Convolutions
 # --------------------------------------------------------------------------------------
