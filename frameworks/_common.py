@@ -621,8 +621,11 @@ class KernelBanks:
             return bank[0]
 
     def mark_used(self, key: Any) -> None:
-        """Record that a layer of bank ``key`` has run (the bank's size is final)."""
-        self._banks[key][2] = True
+        """Record that a layer of bank ``key`` has run (its size is final); a key forgotten by
+        :meth:`clear` is ignored (its layers keep their variable)."""
+        bank = self._banks.get(key)
+        if bank is not None:
+            bank[2] = True
 
     def clear(self) -> None:
         """Forget every bank (their variables live on in the layers that hold them)."""

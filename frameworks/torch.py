@@ -62,7 +62,6 @@ torch.Size([2, 5, 3, 4])
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -184,8 +183,7 @@ class _YatParams(nn.Module):
         can no longer grow), or ``weight``."""
         if not self.tie_kernel_bank:
             return self.weight
-        with contextlib.suppress(KeyError):  # a cleared registry: the layer keeps its bank
-            _BANKS.mark_used(self._bank_key)
+        _BANKS.mark_used(self._bank_key)
         return self.weight[:units]
 
     def _setup_kernel(self, a: dict[str, Any], made: bool = True) -> None:
