@@ -1,7 +1,7 @@
 """Configuration shared by every framework module: no framework imports, no yat math.
 
-Each framework module turns constructor arguments into the same small records here, so
-the rules for alpha, bias, epsilon and padding are written once for all frameworks.
+The framework modules turn constructor arguments into the small records here, so the rules
+for alpha, bias, epsilon, rates and padding are written once for all frameworks.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import importlib.util
 import json
 import math
 import os
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
+
+# check_rate is re-exported: the modules validate their rates with the core's rule
+from nmn_array._validation import check_rate as check_rate
+from nmn_array._validation import plain
 
 SQRT2 = math.sqrt(2.0)
-
-# Which pip extra provides each framework, for the error a user sees when it is missing.
+# the pip extra that provides each framework, for the error a user sees when it is missing
 _EXTRAS = {
     "torch": "torch",
     "jax": "nnx",
@@ -29,13 +31,9 @@ _EXTRAS = {
 
 
 def unit_normalized(a: Any, keep_axis: int) -> Any:
-    """``a`` with each slice along ``keep_axis`` scaled to unit length, ``v / (|v| + 1e-8)``.
+    """``a`` with each slice along ``keep_axis`` scaled to unit length, ``v / (|v| + 1e-8)``:
+    nmn's ``weight_normalized`` re-parameterisation of a stored kernel (Decision 7).
 
-    nmn's ``weight_normalized`` re-parameterisation of a stored kernel or table (Decision 7),
-    computed by :func:`nmn_array.dense.normalize` on the framework's own array.
-
-    Examples
-    --------
     >>> import numpy as np
     >>> unit_normalized(np.array([[3.0, 0.0], [4.0, 1.0]]), 1).round(6).tolist()
     [[0.6, 0.0], [0.8, 1.0]]
@@ -48,13 +46,9 @@ def unit_normalized(a: Any, keep_axis: int) -> Any:
 
 
 def mask_visibility(mask: Any) -> Any:
-    """Boolean of the keys an attention ``mask`` lets each query see, under the one mask rule
-    of :func:`nmn_array.yat_attention`: a boolean mask is its own visibility (True = attend),
-    a floating mask is additive and hides exactly its -inf entries; other dtypes raise
-    TypeError. The modules zero the output of a query that sees no key with it.
+    """The keys an attention ``mask`` lets each query see, by :func:`nmn_array.yat_attention`'s
+    rule (boolean: True = attend; floating: additive, -inf hides; other dtypes: TypeError).
 
-    Examples
-    --------
     >>> import numpy as np
     >>> mask_visibility(np.array([0.0, -np.inf, -3.0])).tolist()
     [True, False, True]
@@ -66,15 +60,8 @@ def mask_visibility(mask: Any) -> Any:
 
 
 def restrict_mask(mask: Any, allowed: Any) -> Any:
-    """``mask`` (boolean, additive or None) further limited to the keys the boolean ``allowed``
-    lets through, keeping its kind (an additive mask gets -inf where ``allowed`` is False).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> restrict_mask(np.array([0.0, -1.0]), np.array([True, False])).tolist()
-    [0.0, -inf]
-    """
+    """``mask`` (boolean, additive or None) limited to the keys the boolean ``allowed`` lets
+    through, keeping its kind (an additive mask gets -inf where ``allowed`` is False)."""
     from nmn_array._namespace import array_namespace
     from nmn_array.attention import _restrict
 
@@ -82,39 +69,28 @@ def restrict_mask(mask: Any, allowed: Any) -> Any:
 
 
 def combine_masks(a: Any, b: Any) -> Any:
-    """Two attention masks applied together: boolean ones are and-ed, additive ones added,
-    and a boolean one limits an additive one (see :func:`restrict_mask`).
+    """Two attention masks together: boolean ones and-ed, additive ones added, and a boolean
+    one limits an additive one (:func:`restrict_mask`).
 
-    Examples
-    --------
     >>> import numpy as np
     >>> combine_masks(np.array([0.0, -1.0]), np.array([False, True])).tolist()
     [-inf, -1.0]
     """
     from nmn_array._namespace import array_namespace
-    from nmn_array.attention import _is_additive, _restrict
+    from nmn_array.attention import _is_additive
 
     xp = array_namespace(a, b)
     if not _is_additive(xp, b):
-        return _restrict(xp, a, b)
+        return restrict_mask(a, b)
     if not _is_additive(xp, a):
-        return _restrict(xp, b, a)
+        return restrict_mask(b, a)
     return a + b
 
 
-def require(module: str) -> ModuleType:
-    """Import ``module``, or raise an ImportError that says why it failed.
-
-    "not installed" (and the extra to install) only when the top-level package is absent;
-    when it is installed but fails to import (Keras without its backend, a broken install,
-    a too old version), the message carries the original error, and for Keras the backend
-    in use (``KERAS_BACKEND``).
-
-    Examples
-    --------
-    >>> require("math").sqrt(4.0)
-    2.0
-    """
+def require(module: str) -> Any:
+    """Import ``module``, or raise an ImportError that says why it failed: "not installed"
+    (with the extra to install) only when the top-level package is absent, else the original
+    error (and for Keras the backend in use, ``KERAS_BACKEND``)."""
     top = module.split(".")[0]
     try:
         return importlib.import_module(module)
@@ -152,74 +128,59 @@ def _keras_backend() -> str:
         return "tensorflow"
 
 
-@dataclass(frozen=True)
-class AlphaConfig:
-    """How a layer scales its output.
-
-    ``mode`` is ``"learnable"`` (a parameter of shape ``(1,)`` initialised to ``init``),
-    ``"constant"`` (the float ``value``) or ``"none"``.
-    """
+class AlphaConfig(NamedTuple):
+    """``mode``: "learnable" (a parameter of shape (1,) initialised to 1), "constant" (the
+    float ``value``) or "none"."""
 
     mode: str
     value: float | None = None
-    init: float = 1.0
+
+
+class BiasConfig(NamedTuple):
+    """``mode``: "learnable", "constant" (the float ``value``) or "none"."""
+
+    mode: str
+    value: float | None = None
+
+
+def _constant(value: Any, name: str, what: str) -> float | None:
+    """nmn's ``constant_alpha`` / ``constant_bias`` number; None or False: no constant."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    return float(value)
 
 
 def alpha_config(use_alpha: bool = True, constant_alpha: Any = None) -> AlphaConfig:
-    """Resolve nmn's ``use_alpha`` / ``constant_alpha`` pair.
+    """nmn's ``use_alpha`` / ``constant_alpha`` pair: ``constant_alpha=True`` is sqrt(2), a
+    number is that number, None or False a learnable alpha if ``use_alpha`` else none.
 
-    ``constant_alpha=True`` means sqrt(2); a number means that number; ``None`` or ``False``
-    means "no constant": a learnable alpha if ``use_alpha`` else none.
-
-    Examples
-    --------
-    >>> alpha_config(True, None).mode
-    'learnable'
-    >>> round(alpha_config(True, True).value, 6)
-    1.414214
-    >>> alpha_config(False, None).mode
-    'none'
+    >>> alpha_config(True, None).mode, round(alpha_config(True, True).value, 6)
+    ('learnable', 1.414214)
     """
     if constant_alpha is True:
         return AlphaConfig("constant", SQRT2)
-    if constant_alpha is not None and constant_alpha is not False:
-        if isinstance(constant_alpha, bool) or not isinstance(constant_alpha, (int, float)):
-            raise TypeError(
-                f"constant_alpha must be None, a bool or a number, got {constant_alpha!r}"
-            )
-        return AlphaConfig("constant", float(constant_alpha))
+    value = _constant(constant_alpha, "constant_alpha", "None, a bool or a number")
+    if value is not None:
+        return AlphaConfig("constant", value)
     return AlphaConfig("learnable") if use_alpha else AlphaConfig("none")
 
 
-@dataclass(frozen=True)
-class BiasConfig:
-    """``mode`` is ``"learnable"``, ``"constant"`` (float ``value``) or ``"none"``."""
-
-    mode: str
-    value: float | None = None
-
-
 def bias_config(use_bias: bool = True, constant_bias: Any = None) -> BiasConfig:
-    """Resolve nmn's ``use_bias`` / ``constant_bias`` pair (Decision 4: False = no constant).
+    """nmn's ``use_bias`` / ``constant_bias`` pair (Decision 4: False = no constant).
 
-    Examples
-    --------
-    >>> bias_config(True, 0.5)
-    BiasConfig(mode='constant', value=0.5)
-    >>> bias_config(True, False).mode
-    'learnable'
+    >>> bias_config(True, 0.5), bias_config(True, False).mode
+    (BiasConfig(mode='constant', value=0.5), 'learnable')
     """
-    if constant_bias is not None and constant_bias is not False:
-        if isinstance(constant_bias, bool) or not isinstance(constant_bias, (int, float)):
-            raise TypeError(f"constant_bias must be None or a number, got {constant_bias!r}")
-        return BiasConfig("constant", float(constant_bias))
+    value = _constant(constant_bias, "constant_bias", "None or a number")
+    if value is not None:
+        return BiasConfig("constant", value)
     return BiasConfig("learnable") if use_bias else BiasConfig("none")
 
 
 def check_epsilon(epsilon: float) -> float:
     """Validate a layer's epsilon (a positive finite float; a NumPy scalar is a float)."""
-    from nmn_array._validation import plain
-
     epsilon = plain(epsilon)
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
         raise TypeError(f"epsilon must be a positive float, got {epsilon!r}")
@@ -231,17 +192,14 @@ def check_epsilon(epsilon: float) -> float:
 def softplus_inverse(epsilon: float) -> float:
     """The raw value whose softplus is ``epsilon`` (Decision 11), stable for small epsilon.
 
-    Examples
-    --------
-    >>> eps = 1e-5
-    >>> abs(math.log1p(math.exp(softplus_inverse(eps))) - eps) < 1e-18
+    >>> abs(math.log1p(math.exp(softplus_inverse(1e-5))) - 1e-5) < 1e-18
     True
     """
     epsilon = check_epsilon(epsilon)
     return epsilon + math.log(-math.expm1(-epsilon))
 
 
-#: Largest finite value and smallest normal of the floating dtypes a parameter can have.
+#: Smallest normal and largest finite value of the floating dtypes a parameter can have.
 _FLOAT_RANGES = {
     "float16": (6.103515625e-05, 65504.0),
     "bfloat16": (1.1754943508222875e-38, 3.3895313892515355e38),
@@ -251,13 +209,7 @@ _FLOAT_RANGES = {
 
 
 def dtype_name(dtype: Any) -> str:
-    """The name of a floating dtype of any framework (``None`` is float32), e.g. "float64".
-
-    Examples
-    --------
-    >>> dtype_name("float64"), dtype_name(None)
-    ('float64', 'float32')
-    """
+    """The name of a floating dtype of any framework (``None`` is float32), e.g. "float64"."""
     if dtype is None:
         return "float32"
     name = getattr(dtype, "name", None)  # NumPy, TensorFlow and Keras dtypes
@@ -270,16 +222,11 @@ def dtype_name(dtype: Any) -> str:
 
 
 def learnable_epsilon(epsilon: float, dtype: Any) -> tuple[float, str]:
-    """The raw value of a learnable epsilon (``epsilon = softplus(raw)``, Decision 11) and
-    the dtype it is stored in: float32 for float16/bfloat16 layers (as nmn: the raw value of
-    a small epsilon is far outside float16's range), else the layer's dtype.
+    """The raw value of a learnable epsilon (``epsilon = softplus(raw)``, Decision 11) and the
+    dtype it is stored in: float32 for float16/bfloat16 layers (as nmn: softplus^-1 of a small
+    epsilon is far outside float16's range), else the layer's dtype. An epsilon the storage
+    dtype cannot hold as a normal number raises ValueError here, not an inf at the first call.
 
-    An epsilon the storage dtype cannot hold as a normal number (below its smallest normal,
-    where softplus underflows to 0, or above its largest value) raises ValueError here,
-    instead of an inf or an unrelated error at the first call.
-
-    Examples
-    --------
     >>> raw, storage = learnable_epsilon(1e-5, "float16")
     >>> storage, round(raw, 4)
     ('float32', -11.5129)
@@ -301,26 +248,14 @@ def learnable_epsilon(epsilon: float, dtype: Any) -> tuple[float, str]:
 
 
 def known_size(size: int | None, what: str) -> int:
-    """``size`` as an int; a ValueError naming ``what`` when it is unknown (None) at build time.
-
-    Examples
-    --------
-    >>> known_size(4, "the last axis of the input")
-    4
-    """
+    """``size`` as an int; a ValueError naming ``what`` when it is unknown (None) at build."""
     if size is None:
         raise ValueError(f"{what} must have a known size to build the layer, got None")
     return int(size)
 
 
 def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    """Expand an int to ``n`` ints, or check that a sequence has ``n`` of them.
-
-    Examples
-    --------
-    >>> ntuple(3, 2, "kernel_size")
-    (3, 3)
-    """
+    """An int expanded to ``n`` ints, or a sequence checked to hold ``n`` ints."""
     message = f"{name} must be an int or {n} ints, got {value!r}"
     if isinstance(value, bool):  # an int to isinstance, but never a size
         raise ValueError(message)
@@ -332,9 +267,6 @@ def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     return values
 
 
-# --------------------------------------------------------------------------------------
-# Keras / TensorFlow helpers (appended by the Keras/TF modules)
-# --------------------------------------------------------------------------------------
 def reject_unsupported_features(
     layer: str,
     *,
@@ -342,15 +274,10 @@ def reject_unsupported_features(
     tie_kernel_bank: bool = False,
     kernel_bank: Any = None,
 ) -> None:
-    """Raise NotImplementedError when a Decision-13 feature (DropConnect, kernel banks) is on.
+    """NotImplementedError when DropConnect or a kernel bank is asked of a layer that lacks it
+    (Decision 13). The arguments are accepted so that nmn configurations load; settings nmn
+    ignores while the feature is off (``drop_rate``, ``kernel_bank_size``, ...) pass.
 
-    The arguments are accepted so that nmn configurations load; settings that nmn itself
-    ignores while the feature is off (``drop_rate``, ``kernel_bank_size``, ``kernel_bank_id``)
-    are not checked here.
-
-    Examples
-    --------
-    >>> reject_unsupported_features("YatConv2D")
     >>> reject_unsupported_features("YatConv2D", use_dropconnect=True)
     Traceback (most recent call last):
     ...
@@ -368,16 +295,35 @@ def reject_unsupported_features(
         )
 
 
+def reject_nondefault(layer: str, reason: str, **settings: Any) -> None:
+    """NotImplementedError for the first accepted-but-unsupported argument (``name=(value,
+    default)``) that is not its default, with ``reason`` saying why it is missing.
+
+    >>> reject_nondefault("YatNMN", "fused kernels are Decision 13", fused=(True, False))
+    Traceback (most recent call last):
+    ...
+    NotImplementedError: YatNMN(fused=True) is not implemented in nmn_array: fused kernels are Decision 13
+    """
+    for name, (value, default) in settings.items():
+        if value is default:
+            continue
+        try:
+            same = bool(value == default)
+        except Exception:  # arrays and other objects without a boolean equality
+            same = False
+        if not same:
+            raise NotImplementedError(
+                f"{layer}({name}={value!r}) is not implemented in nmn_array: {reason}"
+            )
+
+
 def conv_output_length(
     size: int | None, kernel: int, stride: int, dilation: int, padding: str
 ) -> int | None:
-    """Output length of a direct convolution for Keras/TF ``padding`` strings.
+    """Output length of a direct convolution for Keras/TF ``padding`` strings: ``"valid"``
+    ``floor((size - dilation*(kernel-1) - 1) / stride) + 1``, ``"same"`` and ``"causal"``
+    ``ceil(size / stride)``; an unknown size (None) stays None.
 
-    ``"valid"``: ``floor((size - dilation*(kernel-1) - 1) / stride) + 1``; ``"same"`` and
-    ``"causal"``: ``ceil(size / stride)``. ``None`` (unknown size) stays ``None``.
-
-    Examples
-    --------
     >>> conv_output_length(10, 3, 2, 1, "valid"), conv_output_length(10, 3, 2, 1, "same")
     (4, 5)
     """
@@ -409,8 +355,6 @@ def transpose_conv_pads(
     ``output_padding``: Keras' rule (``valid``: ``(L-1)*s + k_eff + output_padding``;
     ``same``: ``(L-1)*s + k_eff % 2 + output_padding``).
 
-    Examples
-    --------
     >>> transpose_conv_pads(3, 2, 1, "same"), transpose_conv_pads(3, 2, 1, "valid")
     ((2, 1), (2, 2))
     """
@@ -442,8 +386,6 @@ def transpose_conv_call_args(
     dim ``i`` are to be dropped from the result (only for Keras' ``'same'`` with an explicit
     ``output_padding``, where the high side gets less padding than the low side).
 
-    Examples
-    --------
     >>> transpose_conv_call_args((3,), (2,), (1,), "same", None)
     ('same', (0,), (0,))
     >>> transpose_conv_call_args((3,), (2,), (1,), "valid", (1,))
@@ -468,51 +410,6 @@ def transpose_conv_call_args(
     return tuple(pads), tuple(extra), tuple(crops)
 
 
-# --------------------------------------------------------------------------------------
-# PyTorch / Flax NNX / Flax Linen helpers (appended by the torch/nnx/linen modules)
-# --------------------------------------------------------------------------------------
-def reject_nondefault(layer: str, reason: str, **settings: Any) -> None:
-    """Raise NotImplementedError when an accepted-but-unsupported argument is not its default.
-
-    ``settings`` maps an argument name to ``(value, default)``; the first argument whose
-    value differs from its default is reported, with ``reason`` saying why it is missing.
-
-    Examples
-    --------
-    >>> reject_nondefault("YatNMN", "fused kernels are Decision 13", fused=(False, False))
-    >>> reject_nondefault("YatNMN", "fused kernels are Decision 13", fused=(True, False))
-    Traceback (most recent call last):
-    ...
-    NotImplementedError: YatNMN(fused=True) is not implemented in nmn_array: fused kernels are Decision 13
-    """
-    for name, (value, default) in settings.items():
-        if value is default:
-            continue
-        try:
-            same = bool(value == default)
-        except Exception:  # arrays and other objects without a boolean equality
-            same = False
-        if not same:
-            raise NotImplementedError(
-                f"{layer}({name}={value!r}) is not implemented in nmn_array: {reason}"
-            )
-
-
-def check_rate(rate: float, name: str = "dropout_rate") -> float:
-    """A dropout-like probability in ``[0, 1)``.
-
-    Examples
-    --------
-    >>> check_rate(0.1)
-    0.1
-    """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
-        raise TypeError(f"{name} must be a float in [0, 1), got {rate!r}")
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be in the half-open interval [0, 1), got {rate!r}")
-    return float(rate)
-
-
 def torch_conv_padding(padding: Any, padding_mode: str) -> tuple[Any, str]:
     """``torch.nn.Conv*d`` padding as ``nmn_array.yat_conv`` ``(padding, padding_mode)``.
 
@@ -520,13 +417,6 @@ def torch_conv_padding(padding: Any, padding_mode: str) -> tuple[Any, str]:
     ``'valid'`` is no padding and ``'same'`` (stride 1 only, checked by PyTorch) splits
     ``dilation * (k - 1)`` with the odd extra on the high side, which is the XLA rule at
     stride 1. A non-zero ``padding_mode`` pads with that mode before a valid correlation.
-
-    Examples
-    --------
-    >>> torch_conv_padding((1, 2), "circular")
-    ((1, 2), 'circular')
-    >>> torch_conv_padding("same", "zeros")
-    ('same', 'zeros')
     """
     modes = ("zeros", "reflect", "replicate", "circular")
     if not isinstance(padding_mode, str) or padding_mode not in modes:
@@ -579,8 +469,6 @@ def lax_conv_padding(
 
     Strings are case-insensitive. ``k_eff = dilation * (k - 1) + 1``.
 
-    Examples
-    --------
     >>> lax_conv_padding("CIRCULAR", (4,), (1,))
     (((1, 2),), 'circular')
     >>> lax_conv_padding("SAME", (3, 3), (1, 1))
@@ -635,8 +523,6 @@ def lax_conv_transpose_padding(
     ``'CIRCULAR'`` (which sums the outputs of wrapped positions after the non-linearity,
     reference §13.5) is not implemented.
 
-    Examples
-    --------
     >>> lax_conv_transpose_padding("SAME", (3,), (2,), (1,))
     ('same', (0,))
     >>> lax_conv_transpose_padding([(2, 3)], (3,), (2,), (1,))
@@ -676,8 +562,6 @@ def softermax(x: Any, n: float = 1.0, epsilon: float = 1e-12, axis: int | None =
     """:func:`nmn_array.softermax` with nmn's signature: ``epsilon`` may be positional and
     ``axis=None`` normalises over all elements (as ``nmn.<framework>.softermax``).
 
-    Examples
-    --------
     >>> import numpy as np
     >>> softermax(np.array([[1.0, 1.0], [1.0, 1.0]]), 1.0, 1e-12, None).round(6).tolist()
     [[0.25, 0.25], [0.25, 0.25]]
@@ -690,3 +574,57 @@ def softermax(x: Any, n: float = 1.0, epsilon: float = 1e-12, axis: int | None =
         flat = core(xp.reshape(x, (-1,)), n, epsilon=epsilon)
         return xp.reshape(flat, tuple(x.shape))
     return core(x, n, epsilon=epsilon, axis=axis)
+
+
+class KernelBanks:
+    """Shared kernel banks (nmn's ``tie_kernel_bank``): the layers that name one bank and agree
+    on everything but their number of units use the first units of one kernel variable, so
+    their gradients add up in it.
+
+    ``attach`` makes the bank with the first layer (``make(size)``, ``size`` =
+    ``kernel_bank_size`` or the layer's units) and grows it for a later, larger layer with
+    ``grow(variable, old_size, new_size)``, which keeps the old units. A bank that has been
+    used in a forward pass (``mark_used``) no longer grows, as in nmn.torch: optimisers and
+    compiled steps hold its shape by then. Without ``grow`` (Keras variables cannot change
+    shape) a larger layer raises ValueError and the bank is unchanged.
+
+    >>> banks = KernelBanks()
+    >>> v = banks.attach(("default", 4), units=2, size=None, make=lambda n: [0.0] * n)
+    >>> banks.attach(("default", 4), units=3, size=None, make=list)
+    Traceback (most recent call last):
+    ...
+    ValueError: kernel bank ('default', 4) has 2 units and cannot grow to 3 (it has a fixed capacity); give the first layer kernel_bank_size=3 or more
+    """
+
+    def __init__(self) -> None:
+        self._banks: dict[Any, list[Any]] = {}  # key -> [variable, size, used]
+        self._lock = threading.Lock()
+
+    def attach(self, key: Any, *, units: int, size: int | None, make: Any, grow: Any = None) -> Any:
+        """The bank variable for ``key``, made or grown to hold ``units`` (see the class)."""
+        size = units if size is None else size
+        if size < units:
+            raise ValueError(f"kernel_bank_size ({size}) must be at least the units ({units})")
+        with self._lock:
+            bank = self._banks.get(key)
+            if bank is None:
+                bank = self._banks[key] = [make(size), size, False]
+            elif size > bank[1]:
+                if grow is None or bank[2]:
+                    why = "has a fixed capacity" if grow is None else "was used already"
+                    raise ValueError(
+                        f"kernel bank {key!r} has {bank[1]} units and cannot grow to {size} "
+                        f"(it {why}); give the first layer kernel_bank_size={size} or more"
+                    )
+                grow(bank[0], bank[1], size)
+                bank[1] = size
+            return bank[0]
+
+    def mark_used(self, key: Any) -> None:
+        """Record that a layer of bank ``key`` has run (the bank's size is final)."""
+        self._banks[key][2] = True
+
+    def clear(self) -> None:
+        """Forget every bank (their variables live on in the layers that hold them)."""
+        with self._lock:
+            self._banks.clear()

@@ -11,6 +11,7 @@ array-api-strict) and returns that library's array, with the input's dtype and d
 from nmn_array.attention import yat_attention, yat_attention_weights
 from nmn_array.conv import yat_conv, yat_conv_transpose
 from nmn_array.dense import yat
+from nmn_array.dropconnect import drop_connect
 from nmn_array.rotary import rotary_embedding
 from nmn_array.squashers import soft_tanh, softer_sigmoid, softermax
 
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 # AutoGraph's marker for "call unconverted" (what tf.autograph.experimental.do_not_convert
 # sets), placed here without importing TensorFlow.
 for _public in (
+    drop_connect,
     rotary_embedding,
     soft_tanh,
     softer_sigmoid,
@@ -36,6 +38,7 @@ for _public in (
 del _public
 
 __all__ = [
+    "drop_connect",
     "rotary_embedding",
     "soft_tanh",
     "softer_sigmoid",

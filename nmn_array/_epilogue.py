@@ -19,12 +19,13 @@ def yat_ratio(
     bias: Any = None,
     alpha: Any = None,
     epsilon: Any = 1e-5,
+    floor: float = 0.0,
 ) -> Any:
-    """``alpha * (dot + bias)^2 / (max(dist, 0) + epsilon)``; ``dist`` may be negative from
+    """``alpha * (dot + bias)^2 / (max(dist, floor) + epsilon)``; ``dist`` may be negative from
     cancellation in the expanded form, hence the clamp."""
     num = dot if bias is None else dot + bias
     num = num * num
-    den = xp.clip(dist, min=0.0) + epsilon
+    den = xp.clip(dist, min=floor) + epsilon
     out = num / den
     return out if alpha is None else out * alpha
 

@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from nmn_array._namespace import is_jax, is_numpy_scalar, is_tf, is_torch
+from nmn_array._native import saturating_cast
 
 
 def shape_of(x: Any) -> tuple[int | None, ...]:
@@ -129,6 +130,26 @@ def check_epsilon(
         raise TypeError(f"{name} must be a positive float or an array, got {epsilon!r}")
 
 
+def check_rate(rate: Any, name: str = "dropout_rate") -> float:
+    """A drop probability in ``[0, 1)`` (NaN, 1 and bools refused), as a Python float."""
+    rate = plain(rate)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise TypeError(f"{name} must be a float in [0, 1), got {rate!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in the half-open interval [0, 1), got {rate!r}")
+    return float(rate)
+
+
+def check_floor(value: Any, name: str) -> float:
+    """A non-negative finite float (a clamp's lower bound)."""
+    value = plain(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a non-negative float, got {value!r}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a non-negative finite float, got {value!r}")
+    return float(value)
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -165,9 +186,7 @@ def as_compute(xp: ModuleType, a: Any, dtype: Any) -> Any:
         return a
     # (the standard has no float16: only the autodiff libraries are asked for theirs)
     if (is_torch(xp) or is_jax(xp) or is_tf(xp)) and a.dtype == xp.float16:
-        from nmn_array._native.saturating_cast import upcast
-
-        return upcast(a, dtype)
+        return saturating_cast.upcast(xp, a, dtype)
     return xp.astype(a, dtype)
 
 

@@ -9,7 +9,7 @@ from nmn_array import _validation as _v
 from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
 from nmn_array._namespace import array_namespace, device_kw, is_torch, scalar_like
-from nmn_array.dense import DISTANCES
+from nmn_array.dense import DISTANCES, safe_norm
 from nmn_array.squashers import softermax_impl
 
 NORMALIZATIONS = ("softmax", "softermax", "l1")
@@ -104,6 +104,40 @@ def normalize_qk(q: Any, k: Any, *, epsilon: Any = 1e-6) -> tuple[Any, Any]:
     return tuple(
         _v.cast_back(xp, _unit_rows(xp, _v.as_compute(xp, t, dtype), eps), t.dtype) for t in (q, k)
     )
+
+
+def unit_heads(x: Any, *, floor: float = 1e-12) -> Any:
+    """``x / max(|x|, floor)`` along the last axis: the multi-head modules' ``normalize_qk``
+    of each head's queries and keys (Decision 2; ``torch.nn.functional.normalize``'s rule).
+
+    The norm's derivative is taken as 0 at ``x = 0``, so a zero head has finite gradients.
+
+    Parameters
+    ----------
+    x : array of shape (..., d)
+    floor : float > 0
+        The smallest norm divided by.
+
+    Returns
+    -------
+    array, the shape and dtype of ``x``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nmn_array.attention import unit_heads
+    >>> unit_heads(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    floor = _v.plain(floor)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
+        raise ValueError(f"floor must be a positive float, got {floor!r}")
+    xp = array_namespace(x)
+    dtype = _v.compute_dtype(xp, x)
+    xc = _v.as_compute(xp, x, dtype)
+    norm = safe_norm(xp, xc)
+    out = xc / xp.maximum(norm, scalar_like(xp, float(floor), norm))
+    return _v.cast_back(xp, out, x.dtype)
 
 
 def _scores(xp, q, k, factor, epsilon, spherical, native, refine):

@@ -42,6 +42,7 @@ def yat(
     spherical: bool = False,
     weight_normalized: bool = False,
     distance: str = "refined",
+    distance_floor: float = 0.0,
     _native: bool = True,
     _w_in_out: bool = False,
 ) -> Any:
@@ -75,6 +76,10 @@ def yat(
         to a neuron. ``"refined"`` (the default) also recomputes, for each input, the
         distance to its nearest neuron directly: accurate near collisions for one extra pass
         (docs/math.md, "Accuracy"). Like ``torch.cdist``'s ``compute_mode``.
+    distance_floor : float >= 0
+        The clamp of the squared distance, ``max(distance, distance_floor)``: a positive
+        floor bounds the response near a neuron by ``(x.w + bias)^2 / (floor + epsilon)``
+        (nmn NNX's ``distance_floor``). Default 0.
 
     Returns
     -------
@@ -98,6 +103,7 @@ def yat(
     v.check_bool(spherical, "spherical")
     v.check_bool(weight_normalized, "weight_normalized")
     refine = v.lowered_choice(distance, "distance", DISTANCES) == "refined"
+    floor = v.check_floor(distance_floor, "distance_floor")
     xs, ws = v.shape_of(x), v.shape_of(w)
     # _w_in_out: a framework's (d, n) kernel, used as it is stored; XLA otherwise materialises
     # the transposes to and from (n, d) in every step.
@@ -132,11 +138,11 @@ def yat(
         wc = xp.reshape(wc, (1, ws[0]))
     # d = 0 (empty vectors: y = alpha * b^2 / epsilon) takes the standard path, which handles
     # empty axes on every library; the fused torch kernel does not.
-    native = _native and ws[-1] != 0
+    native = _native and ws[-1] != 0 and floor == 0.0  # the fused kernel clamps at 0
     if in_out and native and is_torch(xp):
         wc, in_out = xp.matrix_transpose(wc), False  # a free view; the fused path wants (n, d)
     out = _yat_dense(
-        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, native, in_out, refine
+        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, native, in_out, refine, floor
     )
     if vector:
         out = out[..., 0]
@@ -144,7 +150,7 @@ def yat(
 
 
 def _yat_dense(
-    xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native, in_out, refine
+    xp, x, w, bias, alpha, epsilon, spherical, weight_normalized, native, in_out, refine, floor
 ):
     feature_axis = 0 if in_out else -1
     if spherical:
@@ -158,12 +164,33 @@ def _yat_dense(
 
         return yat_dense(x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w, refine=refine)
     return plain_yat_dense(
-        xp, x, w, bias, alpha, epsilon, unit_x=unit_x, unit_w=unit_w, in_out=in_out, refine=refine
+        xp,
+        x,
+        w,
+        bias,
+        alpha,
+        epsilon,
+        unit_x=unit_x,
+        unit_w=unit_w,
+        in_out=in_out,
+        refine=refine,
+        floor=floor,
     )
 
 
 def plain_yat_dense(
-    xp, x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, in_out=False, refine=True
+    xp,
+    x,
+    w,
+    bias,
+    alpha,
+    epsilon,
+    *,
+    unit_x: bool,
+    unit_w: bool,
+    in_out=False,
+    refine=True,
+    floor=0.0,
 ):
     """The standard-only dense yat; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as 1
     (spherical mode's distance ``2 - 2 x.w`` is the expanded one with both norms 1);
@@ -174,4 +201,4 @@ def plain_yat_dense(
     dist = expanded_distance(dot, x_sq, w_sq)
     if refine:
         dist = refine_distance(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
-    return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon)
+    return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon, floor=floor)

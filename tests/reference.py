@@ -44,6 +44,7 @@ __all__ = [
     "softermax_ref",
     "softer_sigmoid_ref",
     "soft_tanh_ref",
+    "drop_connect_ref",
     "numerical_grad",
 ]
 
@@ -114,6 +115,7 @@ def yat_ref(
     epsilon: Any = 1e-5,
     spherical: bool = False,
     weight_normalized: bool = False,
+    distance_floor: float = 0.0,
 ) -> np.ndarray:
     """Naive yat product of every row of ``x`` with every neuron of ``w``.
 
@@ -136,6 +138,8 @@ def yat_ref(
         Normalise ``w`` with ``v / (|v| + 1e-8)`` (after the spherical normalisation when
         both are set); unless spherical, the distance is ``max(|x|^2 + 1 - 2 x.w, 0)``, i.e.
         ``|w|^2`` is taken as exactly 1, as nmn defines it.
+    distance_floor : float
+        The squared distance is at least this (nmn NNX's ``distance_floor``).
 
     Returns
     -------
@@ -178,7 +182,7 @@ def yat_ref(
             elif weight_normalized:
                 # |x|^2 + 1 - 2 x.w == |x - w|^2 + (1 - |w|^2)
                 dist += 1.0 - float(np.sum(wv * wv))
-            out[r, j] = _yat_value(dot, dist, float(b[j]), a, eps)
+            out[r, j] = _yat_value(dot, max(dist, distance_floor), float(b[j]), a, eps)
     out = out.reshape(x.shape[:-1] + (n,))
     return out[..., 0] if vector else out
 
@@ -815,3 +819,31 @@ def numerical_grad(
             g[idx] = (up - down) / (2.0 * eps)
         grads.append(g)
     return grads
+
+
+def drop_connect_ref(
+    kernel: Any, keep: Any = None, *, rate: float = 0.0, mask: Any = None
+) -> np.ndarray:
+    """A kept weight scaled by ``1 / (1 - rate)``, a dropped one 0, then times ``mask``.
+
+    Parameters
+    ----------
+    kernel : array_like
+        Any shape.
+    keep : None or bool array_like of the kernel's shape
+        True where the weight is kept; None: every weight is kept, unscaled.
+    rate : float
+        The drop probability ``keep`` was drawn with.
+    mask : None or array_like of the kernel's shape
+        Multiplies the result.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    out = _f64(kernel)
+    if keep is not None:
+        out = np.asarray(keep, dtype=bool) * out / (1.0 - rate)
+    if mask is not None:
+        out = out * _f64(mask)
+    return out

@@ -152,6 +152,41 @@ WT = np.ones((3, 4, 3))
         (lambda: na.softermax(np.ones(3), axis=2), ValueError, ["axis", "2"]),
         (lambda: na.softer_sigmoid(np.arange(3)), TypeError, ["x", "int"]),
         (lambda: na.yat([1.0, 2.0], [1.0, 2.0]), TypeError, ["unsupported array type", "list"]),
+        (
+            lambda: na.yat(np.ones((2, 3)), np.ones((4, 3)), distance_floor=-0.5),
+            ValueError,
+            ["distance_floor", "-0.5"],
+        ),
+        (
+            lambda: na.yat(np.ones((2, 3)), np.ones((4, 3)), distance_floor=float("inf")),
+            ValueError,
+            ["distance_floor", "inf"],
+        ),
+        (lambda: na.drop_connect(np.ones(3), rate=1.0), ValueError, ["rate", "[0, 1)", "1.0"]),
+        (lambda: na.drop_connect(np.ones(3), rate=-0.1), ValueError, ["rate", "-0.1"]),
+        (lambda: na.drop_connect(np.ones(3), rate=float("nan")), ValueError, ["rate", "nan"]),
+        (lambda: na.drop_connect(np.ones(3), rate=True), TypeError, ["rate", "True"]),
+        (
+            lambda: na.drop_connect(np.ones((2, 3)), np.ones((3, 2), dtype=bool), rate=0.5),
+            ValueError,
+            ["keep", "(2, 3)", "(3, 2)"],
+        ),
+        (
+            lambda: na.drop_connect(np.ones((2, 3)), np.ones((2, 3)), rate=0.5),
+            TypeError,
+            ["keep", "boolean", "float64"],
+        ),
+        (
+            lambda: na.drop_connect(np.ones((2, 3)), mask=np.ones(3)),
+            ValueError,
+            ["mask", "(2, 3)", "(3,)"],
+        ),
+        (
+            lambda: na.drop_connect(np.ones((2, 3)), mask=np.ones((2, 3), dtype=np.int64)),
+            TypeError,
+            ["mask", "int64"],
+        ),
+        (lambda: na.drop_connect(np.arange(3), mask=np.ones(3)), TypeError, ["kernel", "int"]),
     ],
 )
 def test_bad_input_raises_clear_error(call, exc, words):

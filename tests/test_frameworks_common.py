@@ -72,3 +72,31 @@ def test_learnable_epsilon_round_trips_through_softplus(epsilon, dtype, storage)
     # softplus of the stored raw value, in float64 (log1p(exp(r)) overflows for huge r)
     back = stored + math.log1p(math.exp(-stored)) if stored > 0 else math.log1p(math.exp(stored))
     assert math.isclose(back, epsilon, rel_tol=1e-4 if storage == "float32" else 1e-12)
+
+
+def test_kernel_banks_make_share_grow_and_refuse():
+    from nmn_array.frameworks._common import KernelBanks
+
+    banks, grown = KernelBanks(), []
+
+    def grow(variable, old, new):
+        grown.append((old, new))
+        variable.extend([None] * (new - old))
+
+    first = banks.attach("a", units=2, size=None, make=lambda n: [0] * n, grow=grow)
+    assert banks.attach("a", units=1, size=None, make=list, grow=grow) is first  # shared
+    assert banks.attach("a", units=3, size=4, make=list, grow=grow) is first
+    assert grown == [(2, 4)] and len(first) == 4
+    assert banks.attach("b", units=3, size=None, make=lambda n: [1] * n) == [1, 1, 1]
+    banks.mark_used("a")
+    with pytest.raises(ValueError, match=r"has 4 units and cannot grow to 5 \(it was used"):
+        banks.attach("a", units=5, size=None, make=list, grow=grow)
+    with pytest.raises(ValueError, match="fixed capacity.*kernel_bank_size=4"):
+        banks.attach("b", units=4, size=None, make=list)
+    with pytest.raises(
+        ValueError, match=r"kernel_bank_size \(2\) must be at least the units \(3\)"
+    ):
+        banks.attach("c", units=3, size=2, make=list)
+    assert len(first) == 4 and grown == [(2, 4)]  # refused requests change nothing
+    banks.clear()
+    assert banks.attach("a", units=1, size=None, make=lambda n: ["new"] * n) == ["new"]

@@ -10,7 +10,7 @@ Examples
 --------
 >>> import torch
 >>> x = torch.tensor([1.0], dtype=torch.float16, requires_grad=True)
->>> (upcast(x, torch.float32) * 1e6).sum().backward()
+>>> (upcast(torch, x, torch.float32) * 1e6).sum().backward()
 >>> x.grad.item()
 65504.0
 """
@@ -18,7 +18,10 @@ Examples
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
+
+from nmn_array._namespace import is_jax, is_tf, is_torch
 
 #: float16's largest finite value (bfloat16 has float32's range and needs no clipping)
 FLOAT16_MAX = 65504.0
@@ -77,7 +80,8 @@ def _jax_upcast(dtype: Any) -> Any:
     return upcast
 
 
-def _tf_upcast(a: Any, dtype: Any) -> Any:
+@functools.cache
+def _tf_upcast(dtype: Any) -> Any:
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -87,22 +91,19 @@ def _tf_upcast(a: Any, dtype: Any) -> Any:
 
         return tf.cast(t, dtype), grad
 
-    return upcast(tf.convert_to_tensor(a))
+    return upcast
 
 
-def upcast(a: Any, dtype: Any) -> Any:
-    """``a`` (float16) as ``dtype`` (float32 or wider) with a saturating gradient."""
-    from nmn_array._namespace import is_tf_array
-
-    module = type(a).__module__
-    if module.startswith("torch"):
-        import torch
-
+def upcast(xp: Any, a: Any, dtype: Any) -> Any:
+    """``a`` (float16, an array of the autodiff namespace ``xp``) as ``dtype`` (float32 or
+    wider) with a saturating gradient."""
+    if is_torch(xp):
+        torch = sys.modules["torch"]
         if not (torch.is_grad_enabled() and a.requires_grad) or _torch_tracing(torch):
             return a.to(dtype)
         return _torch_upcast()(a, dtype)
-    if module.startswith(("jax", "jaxlib")):
+    if is_jax(xp):
         return _jax_upcast(dtype)(a)
-    if is_tf_array(a):
-        return _tf_upcast(a, dtype)
+    if is_tf(xp):
+        return _tf_upcast(dtype)(sys.modules["tensorflow"].convert_to_tensor(a))
     raise TypeError(f"no saturating cast for arrays of type {type(a).__name__}")

@@ -95,6 +95,7 @@ FAMILIES = (
     "softer_sigmoid",
     "soft_tanh",
     "embed",
+    "dropconnect",
 )
 
 #: Tolerance policies the harness implements (see docs/testing.md).

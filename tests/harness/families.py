@@ -22,6 +22,7 @@ ROLES = {
     "softermax": ("x", None),
     "softer_sigmoid": ("x", None),
     "soft_tanh": ("x", None),
+    "dropconnect": ("kernel", None),
 }
 
 
