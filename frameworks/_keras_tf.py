@@ -113,9 +113,9 @@ class YatParams:
 
     def _dense(self, inputs: Any, kernel: Any, w_in_out: bool = False) -> Any:
         """The one ``nmn_array.yat`` call of a dense layer (``w_in_out``: kernel (in, out))."""
-        w, options = self._read(kernel), {"spherical": self.spherical, "_w_in_out": w_in_out}
+        options: dict[str, Any] = {"spherical": self.spherical, "_w_in_out": w_in_out}
         options.update(weight_normalized=self.weight_normalized, **self._scalars())
-        return nmn_array.yat(inputs, w, self._bias_arg(), **options)
+        return nmn_array.yat(inputs, self._read(kernel), self._bias_arg(), **options)
 
     def _attend_table(self, query: Any, table: Any) -> Any:
         """Yat logits of ``query`` against every row of an embedding ``table``."""
@@ -131,6 +131,7 @@ class YatConvShell(YatParams):
     // groups, filters)``, transposed ``(*kernel_size, filters, channels)``."""
 
     rank: int = 0
+    filters: int
     transposed: bool = False
     output_padding: tuple[int, ...] | None = None
     kernel: Any = None
