@@ -137,6 +137,7 @@ class YatConvShell(YatParams):
     kernel: Any = None
     padding: str
     weight_normalized = False  # nmn.tf's convolutions have no weight_normalized argument
+    drop_rate = 0.0  # nor DropConnect
     _channels_first = False
 
     def _init_conv(self, s: dict[str, Any], allowed: Sequence[str] = ("valid", "same")) -> str:
@@ -164,12 +165,15 @@ class YatConvShell(YatParams):
             return (*self.kernel_size, self.filters, channels)
         return (*self.kernel_size, channels // self.groups, self.filters)
 
-    def _conv(self, inputs: Any) -> Any:
-        n = self.rank
+    def _conv(self, inputs: Any, keep: Any = None) -> Any:
+        """The layer's output; ``keep``: the DropConnect draw (None: no DropConnect)."""
+        n, kernel = self.rank, self._read(self.kernel)
+        if keep is not None:
+            kernel = nmn_array.drop_connect(kernel, keep, rate=self.drop_rate)
         # (*k, a, b) -> (b, a, *k): conv (*k, in/g, O) -> (O, in/g, *k), transposed
         # (*k, O, in) -> (in, O, *k). No spatial flip: TensorFlow's and Keras' conv_transpose
         # is the exact gradient of their cross-correlation.
-        w = self._ops.transpose(self._read(self.kernel), (n + 1, n, *range(n)))
+        w = self._ops.transpose(kernel, (n + 1, n, *range(n)))
         fmt = "channels_first" if self._channels_first else "channels_last"
         common: dict[str, Any] = dict(stride=self.strides, dilation=self.dilation_rate)
         common.update(data_format=fmt, weight_normalized=self.weight_normalized, **self._scalars())

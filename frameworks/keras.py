@@ -19,9 +19,13 @@ backend's own arrays and makes one ``nmn_array`` call; differences from nmn are 
   spatial axis; ``groups``: grouped convolution; ``padding``: ``"valid"``, ``"same"`` (XLA's
   rule for any stride) or, for ``YatConv1D``, ``"causal"``; ``data_format``:
   ``"channels_last"`` (also for None, as in nmn) or ``"channels_first"``.
-- ``use_dropconnect``, ``drop_rate``, ``tie_kernel_bank``, ``kernel_bank_size``,
-  ``kernel_bank_id``, ``kernel_bank``: accepted so that nmn configurations load; turning
-  DropConnect or kernel banks on raises ``NotImplementedError`` (Decision 13).
+- ``use_dropconnect``, ``drop_rate`` (in ``[0, 1)``): with ``training=True``, each kernel
+  weight is dropped with probability ``drop_rate`` and the kept ones divided by ``1 -
+  drop_rate`` (``nmn_array.drop_connect``), before weight normalisation. Drawn from a
+  ``keras.random.SeedGenerator`` of the layer (nmn: Keras' unseeded global draw), seeded by
+  ``keras.utils.set_random_seed`` before the layer is made.
+- ``tie_kernel_bank``, ``kernel_bank_size``, ``kernel_bank_id``, ``kernel_bank``: accepted so
+  that nmn configurations load; turning kernel banks on raises ``NotImplementedError``.
 - ``kernel_initializer`` (``"glorot_normal"``; ``"orthogonal"`` for convolutions),
   ``bias_initializer``, ``embedding_initializer``, ``*_regularizer``, ``*_constraint``: as
   for ``keras.layers.Dense`` / ``Conv2D``; other keyword arguments go to ``keras.layers.Layer``.
@@ -73,9 +77,9 @@ from nmn_array.frameworks._keras_tf import (
 
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
+from nmn_array._validation import check_rate
 
-# Any: mypy takes a base class from an Any-typed name, not from a module object.
-keras: Any = require("keras")
+keras: Any = require("keras")  # Any-typed, so that mypy takes its classes as bases
 ops = keras.ops
 
 __all__ = PUBLIC
@@ -227,12 +231,9 @@ class _YatConvBase(YatConvShell, _Layer):
 
     def _setup(self, s: dict[str, Any]) -> None:
         name = type(self).__name__
-        # Decision 13: DropConnect and kernel banks are not in this release.
+        # Decision 13: kernel banks are not in this release.
         reject_unsupported_features(
-            name,
-            use_dropconnect=s["use_dropconnect"],
-            tie_kernel_bank=s["tie_kernel_bank"],
-            kernel_bank=s["kernel_bank"],
+            name, tie_kernel_bank=s["tie_kernel_bank"], kernel_bank=s["kernel_bank"]
         )
         direct_1d = self.rank == 1 and not self.transposed
         self.padding = self._init_conv(
@@ -250,10 +251,14 @@ class _YatConvBase(YatConvShell, _Layer):
         self._channels_first = self.data_format == "channels_first"
         if s.get("output_padding") is not None:
             self.output_padding = ntuple(s["output_padding"], self.rank, "output_padding")
-        # accepted so that nmn configurations load; nmn ignores them while the features are off
-        for key in ("use_dropconnect", "drop_rate", "tie_kernel_bank", "kernel_bank_size"):
-            setattr(self, key, s[key])
+        # accepted so that nmn configurations load; nmn ignores them while the bank is off
+        self.tie_kernel_bank, self.kernel_bank_size = s["tie_kernel_bank"], s["kernel_bank_size"]
         self.kernel_bank_id, self.kernel_bank = s["kernel_bank_id"], None
+        self.use_dropconnect = s["use_dropconnect"]
+        self.drop_rate = check_rate(s["drop_rate"], "drop_rate")
+        # DropConnect draws from a generator of the layer, so that it also works under jax.jit
+        active = bool(self.use_dropconnect) and self.drop_rate > 0
+        self._seed_generator = keras.random.SeedGenerator() if active else None
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
         self.supports_masking = True
 
@@ -275,7 +280,12 @@ class _YatConvBase(YatConvShell, _Layer):
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={axis: input_dim})
 
     def call(self, inputs: Any, training: Any = None) -> Any:
-        return self._conv(inputs)
+        if not training or self._seed_generator is None:
+            return self._conv(inputs)
+        # nmn's draw: each weight is kept with probability 1 - drop_rate
+        shape, dtype, seed = tuple(self.kernel.shape), self.kernel.dtype, self._seed_generator
+        keep = keras.random.uniform(shape, dtype=dtype, seed=seed) < 1.0 - self.drop_rate
+        return self._conv(inputs, keep)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
         shape = tuple(input_shape)

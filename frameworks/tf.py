@@ -56,8 +56,7 @@ from nmn_array.frameworks._keras_tf import (
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
 
-# Any: mypy takes a base class from an Any-typed name, not from a module object.
-tf: Any = require("tensorflow")
+tf: Any = require("tensorflow")  # Any-typed, so that mypy takes its classes as bases
 
 __all__ = PUBLIC
 
