@@ -1,11 +1,9 @@
-"""What the Keras layers and the TensorFlow modules share, written once for both.
-
-Mixins for the yat parameters (bias, alpha, epsilon), the convolutions and the attention.
-A framework class supplies ``_ops`` (``keras.ops``, or the stand-in in ``tf.py`` with the
-same names), ``_read(variable)`` (the backend's own array), ``_new_weight(name, shape,
-fill, dtype=None, **options)`` and ``_param_dtype()`` (the dtype of its variables). The ``_init_*`` methods read the
-constructor's arguments by name from ``settings(locals())``. No framework is imported here
-and there is no yat arithmetic: that lives in ``nmn_array``.
+"""What the Keras layers and the TensorFlow modules share: mixins for the yat parameters
+(bias, alpha, epsilon), the convolutions and the attention. A framework class supplies
+``_ops`` (``keras.ops``, or tf.py's stand-in), ``_read(variable)`` (the backend's array),
+``_new_weight(name, shape, fill, dtype=None, **options)`` and ``_param_dtype()``; the
+``_init_*`` methods read the constructor's arguments from ``settings(locals())``. No
+framework is imported here and no yat arithmetic is done: that lives in ``nmn_array``.
 """
 
 from __future__ import annotations
@@ -26,32 +24,13 @@ from nmn_array.frameworks._common import (
 import nmn_array
 
 # The public names of keras.py and tf.py (the same classes in both).
-PUBLIC = [
-    "MultiHeadYatAttention",
-    "YatConv1D",
-    "YatConv1d",
-    "YatConv2D",
-    "YatConv2d",
-    "YatConv3D",
-    "YatConv3d",
-    "YatConvTranspose1D",
-    "YatConvTranspose1d",
-    "YatConvTranspose2D",
-    "YatConvTranspose2d",
-    "YatConvTranspose3D",
-    "YatConvTranspose3d",
-    "YatDense",
-    "YatEmbed",
-    "YatNMN",
-    "soft_tanh",
-    "softer_sigmoid",
-    "softermax",
-    "normalize_qk",
-    "yat_attention",
-    "yat_attention_normalized",
-    "yat_attention_weights",
-]
+PUBLIC = [f"YatConv{kind}{n}{d}" for kind in ("", "Transpose") for n in (1, 2, 3) for d in "Dd"]
+PUBLIC += ["MultiHeadYatAttention", "YatDense", "YatEmbed", "YatNMN", "normalize_qk"]
+PUBLIC += ["soft_tanh", "softer_sigmoid", "softermax", "yat_attention"]
+PUBLIC += ["yat_attention_normalized", "yat_attention_weights"]
 
+# The yat layers' boolean settings, recorded as given (``_init_yat``).
+_FLAGS = ("learnable_epsilon", "spherical", "weight_normalized", "positive_init", "return_weights")
 # Decision 2: normalize_qk is q / max(|q|, 1e-12).
 QK_NORM_FLOOR = 1e-12
 
@@ -61,25 +40,13 @@ def settings(local_vars: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in local_vars.items() if k not in ("self", "kwargs", "__class__")}
 
 
-def declare(base: type, rank: int, module: str, example: str, **fields: Any) -> Any:
+def declare(base: type, rank: int, module: str) -> Any:
     """The public ``rank``-D class of the convolution ``base`` (``_YatConvND`` gives
-    ``YatConv{rank}D``), its docstring the base's plus ``example`` formatted with ``name``
-    and ``fields``."""
+    ``YatConv{rank}D``), its docstring the base's."""
     name = f"{base.__name__[1:-2]}{rank}D"
-    doc = f"{rank}-D {base.__doc__}".rstrip() + example.format(name=name, **fields)
+    doc = f"{rank}-D {base.__doc__}"
     namespace = {"rank": rank, "__doc__": doc, "__module__": module, "__qualname__": name}
     return type(name, (base,), namespace)
-
-
-def is_low_precision(dtype: Any) -> bool:
-    """float16 or bfloat16, for a Keras dtype string or a ``tf.DType`` alike.
-
-    Examples
-    --------
-    >>> is_low_precision("bfloat16"), is_low_precision("float32")
-    (True, False)
-    """
-    return "float16" in str(dtype)
 
 
 class YatParams:
@@ -107,7 +74,10 @@ class YatParams:
         self.use_alpha = self._alpha_cfg.mode != "none"
         self.constant_alpha = s.get("constant_alpha")
         self.epsilon = check_epsilon(s["epsilon"])
-        for flag in ("learnable_epsilon", "spherical", "weight_normalized"):
+        for key in ("units", "features", "filters", "num_embeddings"):  # the layer's widths
+            if key in s:
+                setattr(self, key, int(s[key]))
+        for flag in _FLAGS:
             if flag in s:
                 setattr(self, flag, bool(s[flag]))
         if s.get("learnable_epsilon"):
@@ -129,71 +99,50 @@ class YatParams:
             setattr(self, attribute, self._new_weight("alpha", (1,), 1.0))
 
     def _bias_arg(self) -> Any:
-        if self._bias_cfg.mode == "constant":
-            return self._bias_cfg.value
-        return self._read(self.bias)
+        return self._bias_cfg.value if self._bias_cfg.mode == "constant" else self._read(self.bias)
 
     def _alpha_arg(self, variable: Any = None) -> Any:
-        if self._alpha_cfg.mode == "constant":
-            return self._alpha_cfg.value
-        return self._read(self.alpha if variable is None else variable)
+        variable = self.alpha if variable is None else variable
+        return self._alpha_cfg.value if self._alpha_cfg.mode == "constant" else self._read(variable)
 
-    def _epsilon_arg(self) -> Any:
-        if self.epsilon_param is None:
-            return self.epsilon
-        return self._ops.softplus(self._read(self.epsilon_param))
+    def _scalars(self) -> dict[str, Any]:
+        """``alpha`` and ``epsilon`` (``softplus(epsilon_param)`` when it learns) to call with."""
+        eps = self.epsilon_param
+        epsilon = self.epsilon if eps is None else self._ops.softplus(self._read(eps))
+        return {"alpha": self._alpha_arg(), "epsilon": epsilon}
 
     def _dense(self, inputs: Any, kernel: Any, w_in_out: bool = False) -> Any:
         """The one ``nmn_array.yat`` call of a dense layer (``w_in_out``: kernel (in, out))."""
-        return nmn_array.yat(
-            inputs,
-            self._read(kernel),
-            self._bias_arg(),
-            alpha=self._alpha_arg(),
-            epsilon=self._epsilon_arg(),
-            spherical=self.spherical,
-            weight_normalized=self.weight_normalized,
-            _w_in_out=w_in_out,
-        )
-
-    def _init_embed(self, s: dict[str, Any]) -> None:
-        self.num_embeddings = int(s["num_embeddings"])
-        self.features = int(s["features"])
-        self._init_yat(s)
+        options: dict[str, Any] = {"spherical": self.spherical, "_w_in_out": w_in_out}
+        options.update(weight_normalized=self.weight_normalized, **self._scalars())
+        return nmn_array.yat(inputs, self._read(kernel), self._bias_arg(), **options)
 
     def _attend_table(self, query: Any, table: Any) -> Any:
         """Yat logits of ``query`` against every row of an embedding ``table``."""
         # Decision 8: the distance is clamped at 0 in every mode; attend has no bias.
         return nmn_array.yat(
-            query,
-            self._read(table),
-            None,
-            alpha=self._alpha_arg(),
-            epsilon=self.epsilon,
-            spherical=self.spherical,
+            query, self._read(table), None, spherical=self.spherical, **self._scalars()
         )
 
 
 class YatConvShell(YatParams):
-    """Mixin: geometry, kernel layout and the one ``nmn_array`` call of the convolutions.
-
-    ``rank`` is the number of spatial axes. Kernels are stored channels-last, as Keras and
-    nmn store them: ``(*kernel_size, channels // groups, filters)``, transposed
-    ``(*kernel_size, filters, channels)``.
-    """
+    """Mixin: geometry, kernel layout and the one ``nmn_array`` call of the convolutions of
+    ``rank`` spatial axes. Kernels are stored as in Keras and nmn: ``(*kernel_size, channels
+    // groups, filters)``, transposed ``(*kernel_size, filters, channels)``."""
 
     rank: int = 0
+    filters: int
     transposed: bool = False
     output_padding: tuple[int, ...] | None = None
     kernel: Any = None
     padding: str
     weight_normalized = False  # nmn.tf's convolutions have no weight_normalized argument
+    drop_rate = 0.0  # nor DropConnect
     _channels_first = False
 
     def _init_conv(self, s: dict[str, Any], allowed: Sequence[str] = ("valid", "same")) -> str:
         """Record the geometry and the yat settings; return ``padding`` in lower case."""
         n, name = self.rank, type(self).__name__
-        self.filters = int(s["filters"])
         self.kernel_size = ntuple(s["kernel_size"], n, "kernel_size")
         self.strides = ntuple(s["strides"], n, "strides")
         self.dilation_rate = ntuple(s.get("dilation_rate", 1), n, "dilation_rate")
@@ -208,30 +157,26 @@ class YatConvShell(YatParams):
 
     def _check_divisible(self, what: str, size: int) -> None:
         if size % self.groups:
-            raise ValueError(
-                f"The number of {what} ({size}) must be divisible by the number of groups "
-                f"({self.groups})."
-            )
+            groups = f"the number of groups ({self.groups})"
+            raise ValueError(f"The number of {what} ({size}) must be divisible by {groups}.")
 
     def _kernel_shape(self, channels: int) -> tuple[int, ...]:
         if self.transposed:
             return (*self.kernel_size, self.filters, channels)
         return (*self.kernel_size, channels // self.groups, self.filters)
 
-    def _conv(self, inputs: Any) -> Any:
-        n = self.rank
+    def _conv(self, inputs: Any, keep: Any = None) -> Any:
+        """The layer's output; ``keep``: the DropConnect draw (None: no DropConnect)."""
+        n, kernel = self.rank, self._read(self.kernel)
+        if keep is not None:
+            kernel = nmn_array.drop_connect(kernel, keep, rate=self.drop_rate)
         # (*k, a, b) -> (b, a, *k): conv (*k, in/g, O) -> (O, in/g, *k), transposed
         # (*k, O, in) -> (in, O, *k). No spatial flip: TensorFlow's and Keras' conv_transpose
         # is the exact gradient of their cross-correlation.
-        w = self._ops.transpose(self._read(self.kernel), (n + 1, n, *range(n)))
-        common = dict(
-            stride=self.strides,
-            dilation=self.dilation_rate,
-            data_format="channels_first" if self._channels_first else "channels_last",
-            alpha=self._alpha_arg(),
-            epsilon=self._epsilon_arg(),
-            weight_normalized=self.weight_normalized,
-        )
+        w = self._ops.transpose(kernel, (n + 1, n, *range(n)))
+        fmt = "channels_first" if self._channels_first else "channels_last"
+        common: dict[str, Any] = dict(stride=self.strides, dilation=self.dilation_rate)
+        common.update(data_format=fmt, weight_normalized=self.weight_normalized, **self._scalars())
         padding = self.padding.lower()
         if not self.transposed:
             b = self._bias_arg()
@@ -243,10 +188,9 @@ class YatConvShell(YatParams):
             inputs, w, self._bias_arg(), padding=padding, output_padding=extra, **common
         )
         if any(crops):
-            # Keras' 'same' with an explicit output_padding can put less padding on the high
-            # side than on the low side, which the torch-style (padding, output_padding) pair
-            # cannot express; the extra trailing positions are dropped (each output position
-            # is computed independently, so the rest are exact).
+            # Keras' 'same' with an output_padding can pad less on the high side than on the
+            # low side, which (padding, output_padding) cannot express: the extra trailing
+            # positions are dropped (each output position is computed on its own).
             first = 2 if self._channels_first else 1
             index = [slice(None)] * (n + 2)
             for i, crop in enumerate(crops):
@@ -270,8 +214,7 @@ class YatAttentionShell(YatParams):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.embed_dim = int(embed_dim)
-        self.num_heads = int(num_heads)
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
         self.head_dim = self.embed_dim // self.num_heads
         self.use_bias = bool(s["use_bias"])
         self._init_yat({k: v for k, v in s.items() if k not in ("use_bias", "spherical")})
@@ -315,8 +258,7 @@ class YatAttentionShell(YatParams):
         o = self._ops
         q, k, v = self._heads(query, "q"), self._heads(key, "k"), self._heads(value, "v")
         if self._normalize_qk:
-            q = o.normalize(q, axis=-1, order=2, epsilon=QK_NORM_FLOOR)
-            k = o.normalize(k, axis=-1, order=2, epsilon=QK_NORM_FLOOR)
+            q, k = (o.normalize(t, axis=-1, order=2, epsilon=QK_NORM_FLOOR) for t in (q, k))
         if mask is not None:
             full = (o.shape(q)[0], self.num_heads, o.shape(q)[2], o.shape(k)[2])
             mask = o.broadcast_to(mask, full)

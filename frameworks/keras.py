@@ -1,50 +1,54 @@
 """Keras 3 layers (any backend: jax, torch, tensorflow) over the pure functions of ``nmn_array``.
 
-Drop-in replacements for ``nmn.keras`` 0.3.5: the same class names, constructor arguments,
-weight names, shapes and layouts, so ``from nmn.keras import YatNMN`` can become
-``from nmn_array.frameworks.keras import YatNMN`` and saved weights still load. Every
-``call`` unwraps its variables to the backend's own arrays (jax arrays, torch tensors or
-``tf.Tensor``) and makes exactly one ``nmn_array`` call; the few places that differ from
-``nmn`` are listed in ``docs/migration/keras.md``.
-
-The constructor arguments, as in ``nmn.keras`` (each layer takes those in its signature):
+Drop-in replacements for ``nmn.keras`` 0.3.5 (class names, arguments, weight names, shapes
+and layouts), so saved nmn weights load. Every ``call`` unwraps its variables to the
+backend's own arrays and makes one ``nmn_array`` call; differences from nmn are listed in
+``docs/migration/keras.md``. The constructor arguments, as in ``nmn.keras``:
 
 - ``units`` (dense), ``filters`` (convolutions): the number of neurons / filters.
-- ``use_bias`` / ``constant_bias``: a learnable bias ``(units,)`` / ``(filters,)`` added to
-  the dot product inside the square, or a fixed float instead of it. In attention,
-  ``use_bias`` gives the q/k/v/out projections biases.
-- ``use_alpha`` / ``constant_alpha``: a learnable output scale ``alpha`` ``(1,)``
-  (initialised to 1), or a constant (``True`` means sqrt(2); no alpha weight is made).
-- ``epsilon``: added to the squared distance; ``learnable_epsilon`` learns it as
-  ``softplus(epsilon_param)``.
+- ``use_bias`` / ``constant_bias``: a learnable bias ``(units,)`` / ``(filters,)`` inside the
+  square, or a fixed float instead; in attention, biases of the q/k/v/out projections.
+- ``use_alpha`` / ``constant_alpha``: a learnable output scale ``alpha`` ``(1,)`` (ones), or a
+  constant (``True`` means sqrt(2)). ``epsilon``: added to the squared distance;
+  ``learnable_epsilon`` learns it as ``softplus(epsilon_param)``.
 - ``spherical``: normalise inputs and neurons to unit length (distance ``2 - 2 x.w``);
   ``weight_normalized``: normalise the neurons (once at build and in every call).
 - ``positive_init``: ``abs`` of the initial kernel; ``lazy`` / ``freeze_kernel``: freeze the
   kernel (``trainable=False``; bias, alpha and epsilon still train).
 - ``kernel_size``, ``strides``, ``dilation_rate``, ``output_padding``: ints or one int per
-  spatial axis; ``groups``: grouped convolution; ``padding``: ``"valid"``, ``"same"`` (the
-  XLA/TensorFlow rule for any stride) or, for ``YatConv1D``, ``"causal"``; ``data_format``:
+  spatial axis; ``groups``: grouped convolution; ``padding``: ``"valid"``, ``"same"`` (XLA's
+  rule for any stride) or, for ``YatConv1D``, ``"causal"``; ``data_format``:
   ``"channels_last"`` (also for None, as in nmn) or ``"channels_first"``.
-- ``use_dropconnect``, ``drop_rate``, ``tie_kernel_bank``, ``kernel_bank_size``,
-  ``kernel_bank_id``, ``kernel_bank``: accepted so that nmn configurations load; turning
-  DropConnect or kernel banks on raises ``NotImplementedError`` (Decision 13).
-- ``kernel_initializer`` (``"glorot_normal"`` for dense and attention, ``"orthogonal"`` for
-  convolutions), ``bias_initializer``, ``embedding_initializer``, ``*_regularizer``,
-  ``*_constraint``: as for ``keras.layers.Dense`` / ``Conv2D``; other keyword arguments go to
-  ``keras.layers.Layer``.
+- ``use_dropconnect``, ``drop_rate`` (in ``[0, 1)``): with ``training=True``, each kernel
+  weight is dropped with probability ``drop_rate`` and the kept ones divided by ``1 -
+  drop_rate`` (``nmn_array.drop_connect``), before weight normalisation. Drawn from a
+  ``keras.random.SeedGenerator`` of the layer (nmn: Keras' unseeded global draw), seeded by
+  ``keras.utils.set_random_seed`` before the layer is made.
+- ``tie_kernel_bank``, ``kernel_bank_size``, ``kernel_bank_id``, ``kernel_bank``: accepted so
+  that nmn configurations load; turning kernel banks on raises ``NotImplementedError``.
+- ``kernel_initializer`` (``"glorot_normal"``; ``"orthogonal"`` for convolutions),
+  ``bias_initializer``, ``embedding_initializer``, ``*_regularizer``, ``*_constraint``: as
+  for ``keras.layers.Dense`` / ``Conv2D``; other keyword arguments go to ``keras.layers.Layer``.
 
 Examples
 --------
 >>> import numpy as np
->>> from nmn_array.frameworks.keras import YatNMN
->>> layer = YatNMN(3)
->>> tuple(layer(np.ones((2, 5), dtype="float32")).shape)
-(2, 3)
+>>> from nmn_array.frameworks.keras import YatConv1D, YatConvTranspose2D, YatNMN
+>>> layer = YatNMN(4, constant_alpha=True)
+>>> y = layer(np.random.default_rng(0).normal(size=(2, 3)).astype("float32"))
+>>> tuple(y.shape), [w.path.split("/")[-1] for w in layer.weights]
+((2, 4), ['kernel', 'bias'])
+>>> tuple(YatConv1D(4, 3, padding="causal")(np.ones((2, 10, 3), dtype="float32")).shape)
+(2, 10, 4)
+>>> up = YatConvTranspose2D(2, 3, strides=2, padding="same", data_format="channels_first")
+>>> tuple(up(np.ones((1, 3, 4, 4), dtype="float32")).shape)
+(1, 2, 8, 8)
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,16 +72,14 @@ from nmn_array.frameworks._keras_tf import (
     YatConvShell,
     YatParams,
     declare,
-    is_low_precision,
     settings,
 )
 
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
+from nmn_array._validation import check_rate
 
-# Any: the module is imported at run time and its classes are our base classes; mypy
-# takes a base class from an Any-typed name, not from a plain module object.
-keras: Any = require("keras")
+keras: Any = require("keras")  # Any-typed, so that mypy takes its classes as bases
 ops = keras.ops
 
 __all__ = PUBLIC
@@ -90,28 +92,23 @@ _KERAS_KINDS = ("initializer", "regularizer", "constraint")
 def _raw(value: Any) -> Any:
     """A Keras variable or tensor as the backend's own array (None passes through).
 
-    ``Variable.value`` reads a variable through Keras (honouring autocast and, on JAX, the
-    stateless scope that ``model.fit`` traces in), giving a jax array, a torch tensor that
-    still carries autograd, or (TensorFlow) a ``tf.Variable`` whose read a GradientTape
-    watches.
+    ``Variable.value`` reads through Keras (autocast; on JAX the stateless scope of
+    ``model.fit``): a jax array, a torch tensor with autograd, or a ``tf.Variable``.
     """
-    if value is None:
-        return None
     if isinstance(value, keras.Variable):
         value = value.value
-    if keras.backend.backend() == "tensorflow":
-        # A Keras variable's value is a tf.Variable there; read it into a tf.Tensor.
-        import tensorflow as tf
-
-        return tf.convert_to_tensor(value)
-    return ops.convert_to_tensor(value)
+    if value is None or keras.backend.backend() != "tensorflow":
+        return None if value is None else ops.convert_to_tensor(value)
+    # A Keras variable's value is a tf.Variable there; read it into a tf.Tensor.
+    return sys.modules["tensorflow"].convert_to_tensor(value)
 
 
 def _fp32_safe(initializer: Any) -> Any:
     """Initialise 16-bit variables through float32 (orthogonal init needs a QR in float32)."""
 
     def initialize(shape, dtype=None):
-        if dtype is not None and is_low_precision(keras.backend.standardize_dtype(dtype)):
+        # float16 or bfloat16
+        if dtype is not None and "float16" in keras.backend.standardize_dtype(dtype):
             return ops.cast(initializer(shape, dtype="float32"), dtype)
         return initializer(shape, dtype=dtype)
 
@@ -119,19 +116,14 @@ def _fp32_safe(initializer: Any) -> Any:
 
 
 class _Layer(YatParams, keras.layers.Layer):
-    """A yat Keras layer whose settings are attributes named as its constructor's arguments.
-
-    ``get_config`` is derived from the constructor's signature (Keras objects serialised),
-    so every argument is stored once; ``_CONFIG_ATTRS`` names attributes spelt otherwise.
-    """
+    """A yat Keras layer whose settings are attributes named as its constructor's arguments,
+    from which ``get_config`` is derived (``_CONFIG_ATTRS``: attributes spelt otherwise)."""
 
     _ops = ops
     _read = staticmethod(_raw)
     _CONFIG_ATTRS: dict[str, str] = {}
 
-    def _new_weight(
-        self, name: str, shape: tuple, fill: float, dtype: str | None = None, **kw
-    ) -> Any:
+    def _new_weight(self, name: str, shape: tuple, fill: float, dtype: Any = None, **kw) -> Any:
         if dtype is not None:
             # from NumPy, exact: Keras' Constant goes through float32 (a float64 epsilon
             # would lose digits, 2**-1022 would become 0)
@@ -143,41 +135,32 @@ class _Layer(YatParams, keras.layers.Layer):
     def _param_dtype(self) -> str:
         return keras.backend.standardize_dtype(self.variable_dtype)
 
-    def _store(self, s: dict[str, Any]) -> None:
-        """Record the initializers, regularizers and constraints among the arguments ``s``."""
+    def _init_yat(self, s: dict[str, Any]) -> None:
+        super()._init_yat(s)
+        # the initializers, regularizers and constraints among the arguments, as objects
         for name, value in s.items():
             if name.endswith(_KERAS_KINDS):
                 setattr(self, name, getattr(keras, name.rsplit("_", 1)[1] + "s").get(value))
 
-    def _build_kernel(
-        self, shape: tuple, n_out: int, filter_axis: int, init: Any, **kw: Any
-    ) -> None:
+    def _keras_objects(self, weight: str) -> dict[str, Any]:
+        """``{"initializer": self.<weight>_initializer, "regularizer": ..., "constraint": ...}``"""
+        return {kind: getattr(self, f"{weight}_{kind}") for kind in _KERAS_KINDS}
+
+    def _build_kernel(self, shape: tuple, n_out: int, axis: int, init: Any, **kw: Any) -> None:
         """The kernel and the yat weights; nmn's build-time abs and weight normalisation."""
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=shape,
-            initializer=init,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-            **kw,
-        )
-        self._build_yat(
-            n_out,
-            initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
-            constraint=self.bias_constraint,
-        )
+        kernel = dict(self._keras_objects("kernel"), initializer=init)
+        self.kernel = self.add_weight(name="kernel", shape=shape, **kernel, **kw)
+        self._build_yat(n_out, **self._keras_objects("bias"))
         if getattr(self, "positive_init", False):
             self.kernel.assign(ops.abs(_raw(self.kernel)))
         if self.weight_normalized:
             # Decision 7: nmn normalises the stored kernel once at build.
-            self.kernel.assign(unit_normalized(_raw(self.kernel), filter_axis))
+            self.kernel.assign(unit_normalized(_raw(self.kernel), axis))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        for name in list(inspect.signature(type(self).__init__).parameters)[1:]:
-            if name == "kwargs":
-                continue
+        # every constructor argument but self and **kwargs
+        for name in list(inspect.signature(type(self).__init__).parameters)[1:-1]:
             value = getattr(self, self._CONFIG_ATTRS.get(name, name))
             kind = name.rsplit("_", 1)[-1]
             config[name] = (
@@ -191,18 +174,8 @@ class _Layer(YatParams, keras.layers.Layer):
 class YatNMN(_Layer):
     """Yat dense layer: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
-    Activation-free (the yat product is itself non-linear). The kernel has nmn.keras's
-    layout ``(input_dim, units)`` (one neuron per column). The arguments are described in
-    the module docstring.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from nmn_array.frameworks.keras import YatNMN
-    >>> layer = YatNMN(4, constant_alpha=True)
-    >>> y = layer(np.random.default_rng(0).normal(size=(2, 3)).astype("float32"))
-    >>> tuple(y.shape), [w.path.split("/")[-1] for w in layer.weights]
-    ((2, 4), ['kernel', 'bias'])
+    Kernel ``(input_dim, units)`` (nmn.keras's layout); arguments and an example: the module
+    docstring.
     """
 
     def __init__(
@@ -230,21 +203,16 @@ class YatNMN(_Layer):
     ) -> None:
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self._init_yat(settings(locals()))
-        self._store(settings(locals()))
-        self.units = int(units)
-        self.positive_init = bool(positive_init)
         # nmn: freeze_kernel is an alias of lazy; either one freezes the kernel.
         self.lazy = self.freeze_kernel = bool(lazy or freeze_kernel)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
 
     def build(self, input_shape: Sequence[int | None]) -> None:
-        input_dim = input_shape[-1]
-        if input_dim is None:
-            raise ValueError(f"the last axis of the input must be known, got {input_shape}")
-        shape = (int(input_dim), self.units)
+        input_dim = known_size(input_shape[-1], "the last axis of the input")
+        shape = (input_dim, self.units)
         self._build_kernel(shape, self.units, 1, self.kernel_initializer, trainable=not self.lazy)
-        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: int(input_dim)})
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def call(self, inputs: Any) -> Any:
         # the (input_dim, units) kernel as stored: no transposes
@@ -263,12 +231,9 @@ class _YatConvBase(YatConvShell, _Layer):
 
     def _setup(self, s: dict[str, Any]) -> None:
         name = type(self).__name__
-        # Decision 13: DropConnect and kernel banks are not in this release.
+        # Decision 13: kernel banks are not in this release.
         reject_unsupported_features(
-            name,
-            use_dropconnect=s["use_dropconnect"],
-            tie_kernel_bank=s["tie_kernel_bank"],
-            kernel_bank=s["kernel_bank"],
+            name, tie_kernel_bank=s["tie_kernel_bank"], kernel_bank=s["kernel_bank"]
         )
         direct_1d = self.rank == 1 and not self.transposed
         self.padding = self._init_conv(
@@ -286,11 +251,14 @@ class _YatConvBase(YatConvShell, _Layer):
         self._channels_first = self.data_format == "channels_first"
         if s.get("output_padding") is not None:
             self.output_padding = ntuple(s["output_padding"], self.rank, "output_padding")
-        # accepted so that nmn configurations load; nmn ignores them while the features are off
-        for key in ("use_dropconnect", "drop_rate", "tie_kernel_bank", "kernel_bank_size"):
-            setattr(self, key, s[key])
+        # accepted so that nmn configurations load; nmn ignores them while the bank is off
+        self.tie_kernel_bank, self.kernel_bank_size = s["tie_kernel_bank"], s["kernel_bank_size"]
         self.kernel_bank_id, self.kernel_bank = s["kernel_bank_id"], None
-        self._store(s)
+        self.use_dropconnect = s["use_dropconnect"]
+        self.drop_rate = check_rate(s["drop_rate"], "drop_rate")
+        # DropConnect draws from a generator of the layer, so that it also works under jax.jit
+        active = bool(self.use_dropconnect) and self.drop_rate > 0
+        self._seed_generator = keras.random.SeedGenerator() if active else None
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
         self.supports_masking = True
 
@@ -312,16 +280,20 @@ class _YatConvBase(YatConvShell, _Layer):
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={axis: input_dim})
 
     def call(self, inputs: Any, training: Any = None) -> Any:
-        return self._conv(inputs)
+        if not training or self._seed_generator is None:
+            return self._conv(inputs)
+        # nmn's draw: each weight is kept with probability 1 - drop_rate
+        shape, dtype, seed = tuple(self.kernel.shape), self.kernel.dtype, self._seed_generator
+        keep = keras.random.uniform(shape, dtype=dtype, seed=seed) < 1.0 - self.drop_rate
+        return self._conv(inputs, keep)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
         shape = tuple(input_shape)
         spatial = shape[2:] if self._channels_first else shape[1:-1]
         extras = self.output_padding or (None,) * self.rank
         out: list[int | None] = []
-        for size, k, s, d, extra in zip(
-            spatial, self.kernel_size, self.strides, self.dilation_rate, extras
-        ):
+        geometry = zip(spatial, self.kernel_size, self.strides, self.dilation_rate, extras)
+        for size, k, s, d, extra in geometry:
             if not self.transposed:
                 out.append(conv_output_length(size, k, s, d, self.padding))
                 continue
@@ -336,9 +308,8 @@ class _YatConvND(_YatConvBase):
     """yat convolution: the yat product of every input patch with every filter.
 
     Input ``(batch, *spatial, channels)``, or ``(batch, channels, *spatial)`` with
-    ``data_format="channels_first"``. Weights: kernel ``(*kernel_size, channels // groups,
-    filters)``, bias ``(filters,)``, alpha ``(1,)``. The arguments are described in the
-    module docstring.
+    ``data_format="channels_first"``; kernel ``(*kernel_size, channels // groups, filters)``,
+    bias ``(filters,)``, alpha ``(1,)``. Arguments and examples: the module docstring.
     """
 
     def __init__(
@@ -380,10 +351,10 @@ class _YatConvTransposeND(_YatConvBase):
 
     Input as for the convolutions; kernel ``(*kernel_size, filters, channels)``, bias
     ``(filters,)``, alpha ``(1,)``. ``padding="valid"`` gives ``(L - 1) * s + max(k_eff, s)``
-    and ``"same"`` gives ``L * s``, split low/high as ``jax.lax.conv_transpose`` does; an
-    explicit ``output_padding`` (smaller than ``max(strides, dilation_rate)``) gives
-    ``(L - 1) * s + k_eff + output_padding`` ("valid") or ``(L - 1) * s + k_eff % 2 +
-    output_padding`` ("same"). ``|w|^2`` counts every tap of a filter (Decision 9).
+    and ``"same"`` ``L * s``, split as ``jax.lax.conv_transpose``; an ``output_padding`` (<
+    ``max(strides, dilation_rate)``) gives ``(L - 1) * s + k_eff + output_padding`` ("valid")
+    or ``(L - 1) * s + k_eff % 2 + output_padding`` ("same"). ``|w|^2`` counts every tap of a
+    filter (Decision 9). Arguments and examples: the module docstring.
     """
 
     transposed = True
@@ -422,38 +393,12 @@ class _YatConvTransposeND(_YatConvBase):
         self._setup(settings(locals()))
 
 
-_EXAMPLE = """
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from nmn_array.frameworks.keras import {name}
-    >>> layer = {name}({args})
-    >>> tuple(layer(np.ones({shape}, dtype="float32")).shape)
-    {out}
-    """
-
-
-def _declare(base: type, rank: int, args: str, shape: tuple, out: tuple) -> Any:
-    return _register(declare(base, rank, __name__, _EXAMPLE, args=args, shape=shape, out=out))
-
-
-YatConv1D = YatConv1d = _declare(_YatConvND, 1, '4, 3, padding="causal"', (2, 10, 3), (2, 10, 4))
-YatConv2D = YatConv2d = _declare(
-    _YatConvND, 2, '4, 3, strides=2, padding="same", groups=2', (2, 9, 9, 6), (2, 5, 5, 4)
-)
-YatConv3D = YatConv3d = _declare(
-    _YatConvND, 3, '2, 2, data_format="channels_first"', (1, 3, 4, 4, 4), (1, 2, 3, 3, 3)
-)
-YatConvTranspose1D = YatConvTranspose1d = _declare(
-    _YatConvTransposeND, 1, '4, 3, strides=2, padding="same"', (2, 5, 3), (2, 10, 4)
-)
-YatConvTranspose2D = YatConvTranspose2d = _declare(
-    _YatConvTransposeND, 2, "2, 3, strides=2", (1, 4, 4, 3), (1, 9, 9, 2)
-)
-YatConvTranspose3D = YatConvTranspose3d = _declare(
-    _YatConvTransposeND, 3, '2, 2, strides=2, padding="same"', (1, 2, 2, 2, 3), (1, 4, 4, 4, 2)
-)
+YatConv1D = YatConv1d = _register(declare(_YatConvND, 1, __name__))
+YatConv2D = YatConv2d = _register(declare(_YatConvND, 2, __name__))
+YatConv3D = YatConv3d = _register(declare(_YatConvND, 3, __name__))
+YatConvTranspose1D = YatConvTranspose1d = _register(declare(_YatConvTransposeND, 1, __name__))
+YatConvTranspose2D = YatConvTranspose2d = _register(declare(_YatConvTransposeND, 2, __name__))
+YatConvTranspose3D = YatConvTranspose3d = _register(declare(_YatConvTransposeND, 3, __name__))
 
 
 # --- embedding -----------------------------------------------------------------------
@@ -490,16 +435,11 @@ class YatEmbed(_Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._init_embed(settings(locals()))
-        self._store(settings(locals()))
+        self._init_yat(settings(locals()))
 
     def build(self, input_shape: Any = None) -> None:
-        self.embedding = self.add_weight(
-            name="embedding",
-            shape=(self.num_embeddings, self.features),
-            initializer=self.embedding_initializer,
-            trainable=True,
-        )
+        shape, init = (self.num_embeddings, self.features), self.embedding_initializer
+        self.embedding = self.add_weight(name="embedding", shape=shape, initializer=init)
         if self.weight_normalized:
             self.embedding.assign(unit_normalized(_raw(self.embedding), 0))
         self._build_alpha()
@@ -513,9 +453,8 @@ class YatEmbed(_Layer):
     def attend(self, query: Any) -> Any:
         """Yat logits of ``query (..., features)`` against the table: ``(..., num_embeddings)``.
 
-        Runs as a call of this layer (``self(query, attend=True)``), so in a functional model
-        it is a second node of the same layer: the weights stay tied through saving and
-        loading, and symbolic calls get their shape without running any math.
+        A call of this layer (``self(query, attend=True)``): in a functional model a second
+        node of the same layer, so the weights stay tied through saving and loading.
         """
         return self(query, attend=True)
 
@@ -530,23 +469,20 @@ class YatEmbed(_Layer):
 class MultiHeadYatAttention(YatAttentionShell, _Layer):
     """Multi-head attention whose scores are yat products of queries and keys.
 
-    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head,
-    with ordinary (linear) projections: ``q_kernel``, ``k_kernel``, ``v_kernel`` ``(input_dim,
-    embed_dim)``, ``out_kernel`` ``(embed_dim, embed_dim)``, biases ``q_bias`` ... ``out_bias``
-    ``(embed_dim,)``, and ``alpha`` ``(1,)``. ``dropout`` applies to the attention weights
-    (with ``training=True``); ``use_alpha`` / ``constant_alpha`` multiply the scores before
-    the softmax (Decision 1); ``normalize_qk`` L2-normalises each head's q and k as
-    ``q / max(|q|, 1e-12)`` (Decision 2); ``spherical`` normalises them as
-    ``v / sqrt(|v|^2 + epsilon)`` inside the score; other arguments as described in the
-    module docstring.
+    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head, with
+    linear projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim, embed_dim)``,
+    ``out_kernel`` ``(embed_dim, embed_dim)``, biases ``q_bias`` ... ``out_bias``
+    ``(embed_dim,)`` and ``alpha`` ``(1,)``. ``dropout``: on the attention weights (with
+    ``training=True``); ``use_alpha``/``constant_alpha`` scale the scores before the softmax
+    (Decision 1); ``normalize_qk``: ``q / max(|q|, 1e-12)`` per head (Decision 2);
+    ``spherical``: ``v / sqrt(|v|^2 + epsilon)`` inside the score; others: module docstring.
 
     ``call(query, key=None, value=None, mask=None, attention_mask=None, training=False)``:
-    ``key`` defaults to ``query`` and ``value`` to ``key``. ``attention_mask`` broadcasts to
-    ``(batch, heads, q_len, kv_len)``: boolean (True = attend) or floating (additive, added to
-    the scores; -inf hides a key); other dtypes raise TypeError. ``mask`` is either a boolean
-    Keras sequence mask ``(batch, seq)`` (e.g. from ``Embedding(mask_zero=True)``; for
-    self-attention it masks queries and keys) or another attention mask. Queries that see
-    no key output zeros.
+    ``key`` defaults to ``query``, ``value`` to ``key``. ``attention_mask`` broadcasts to
+    ``(batch, heads, q_len, kv_len)``: boolean (True = attend) or floating (additive; -inf
+    hides a key); other dtypes raise TypeError. ``mask``: a boolean Keras sequence mask
+    ``(batch, seq)`` (e.g. from ``Embedding(mask_zero=True)``; in self-attention it masks
+    queries and keys) or another attention mask. A query that sees no key outputs zeros.
 
     Examples
     --------
@@ -559,11 +495,9 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
     (2, 5, 8)
     """
 
-    _CONFIG_ATTRS = {
-        "dropout": "dropout_rate",
-        "normalize_qk": "_normalize_qk",
-        "spherical": "_spherical",
-    }
+    _CONFIG_ATTRS = dict(
+        dropout="dropout_rate", normalize_qk="_normalize_qk", spherical="_spherical"
+    )
 
     def __init__(
         self,
@@ -582,7 +516,6 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.dropout_rate = self._init_attention(settings(locals()))
-        self._store(settings(locals()))
         self.supports_masking = True
         # Dropout draws from a seeded generator so it also works under jax.jit (model.fit).
         self._seed_generator = keras.random.SeedGenerator() if self.dropout_rate > 0 else None
@@ -604,8 +537,7 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
             shape = (known_size(rows, f"the feature axis for {name}"), self.embed_dim)
             return self.add_weight(name=name, shape=shape, initializer=init, trainable=True)
 
-        rows = (query_shape[-1], key_shape[-1], value_shape[-1])
-        self._build_projections(kernel, rows)
+        self._build_projections(kernel, (query_shape[-1], key_shape[-1], value_shape[-1]))
         self.alpha_param = None
         self._build_alpha("alpha_param")
         self.built = True
@@ -640,11 +572,9 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
                 attention_mask = mask
             else:
                 attention_mask = combine_masks(attention_mask, mask)
-        effective = None
-        if attention_mask is not None:
-            effective = attention_mask
-            while len(effective.shape) < 4:
-                effective = ops.expand_dims(effective, 0)
+        effective = attention_mask
+        while effective is not None and len(effective.shape) < 4:
+            effective = ops.expand_dims(effective, 0)
         if sequence_mask is not None:
             # (B, S) -> queries (B, 1, Lq, 1); for self-attention also keys (B, 1, 1, Lk)
             queries = ops.expand_dims(ops.expand_dims(sequence_mask, 1), -1)

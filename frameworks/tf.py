@@ -1,39 +1,36 @@
 """TensorFlow modules (``tf.Module``) over the pure functions of ``nmn_array``.
 
-Drop-in replacements for ``nmn.tf`` 0.3.5: the same class names, constructor arguments,
-variable attributes, shapes and layouts, so ``from nmn.tf import YatNMN`` can become
-``from nmn_array.frameworks.tf import YatNMN`` and ``tf.train.Checkpoint`` files still
-restore. Variables are created on the first call (or by ``build``); each ``__call__`` makes
-exactly one ``nmn_array`` call on ``tf.Tensor`` arguments, so modules run eagerly, inside
-``tf.function`` and under XLA (``jit_compile=True``). ``export`` writes an inference
-SavedModel, as in nmn. Differences from nmn are listed in ``docs/migration/tf.md``.
-
-The constructor arguments, as in ``nmn.tf`` (each module takes those in its signature):
+Drop-in replacements for ``nmn.tf`` 0.3.5 (class names, arguments, variables, layouts), so
+``tf.train.Checkpoint`` files of nmn restore. Variables are made on the first call (or by
+``build``); each ``__call__`` makes one ``nmn_array`` call on ``tf.Tensor`` arguments, eagerly,
+in ``tf.function`` or under XLA. ``export`` writes an inference SavedModel, as in nmn.
+Differences from nmn: ``docs/migration/tf.md``. The constructor arguments, as in ``nmn.tf``:
 
 - ``features`` (dense), ``filters`` (convolutions): the number of neurons / filters.
 - ``use_bias`` / ``constant_bias``: a learnable bias ``(features,)`` / ``(filters,)`` (zeros)
-  added to the dot product inside the square, or a fixed float instead of it. In attention,
-  ``use_bias`` gives the q/k/v/out projections biases.
+  inside the square, or a fixed float instead; in attention, biases of the projections.
 - ``use_alpha`` / ``constant_alpha``: a learnable output scale ``alpha`` ``(1,)`` (ones), or a
-  constant (``True`` means sqrt(2); no alpha variable is made).
-- ``epsilon``: added to the squared distance; ``learnable_epsilon`` learns it as
-  ``softplus(epsilon_param)``.
-- ``spherical``, ``weight_normalized``: as for ``nmn_array.yat``.
-- ``positive_init``: ``abs`` of the initial kernel; ``lazy`` / ``freeze_kernel``: freeze the
-  kernel (``trainable=False``); ``return_weights``: ``__call__`` returns ``(y, kernel)``.
+  constant (``True`` means sqrt(2)). ``epsilon``: added to the squared distance;
+  ``learnable_epsilon`` learns it as ``softplus(epsilon_param)``.
+- ``spherical``, ``weight_normalized``: as for ``nmn_array.yat``; ``positive_init``: ``abs``
+  of the initial kernel; ``lazy`` / ``freeze_kernel``: freeze the kernel
+  (``trainable=False``); ``return_weights``: ``__call__`` returns ``(y, kernel)``.
 - ``kernel_size``, ``strides``, ``dilation_rate``: ints or one int per spatial axis;
-  ``groups``: grouped convolution; ``padding``: ``"valid"`` or ``"same"`` (the XLA/TensorFlow
-  rule for any stride).
+  ``groups``: grouped convolution; ``padding``: ``"valid"`` or ``"same"`` (XLA's rule).
 - ``dtype`` (default ``tf.float32``): variables and outputs (inputs are cast to it);
   float16/bfloat16 are computed in float32. ``name``: the module's name scope.
 
 Examples
 --------
 >>> import tensorflow as tf
->>> from nmn_array.frameworks.tf import YatNMN
->>> layer = YatNMN(features=3)
->>> layer(tf.ones((2, 5))).shape
-TensorShape([2, 3])
+>>> from nmn_array.frameworks.tf import YatConv2D, YatConvTranspose1D, YatNMN
+>>> layer = YatNMN(4, constant_alpha=True)
+>>> layer(tf.random.normal((2, 3))).shape, sorted(v.name for v in layer.variables)
+(TensorShape([2, 4]), ['yat_nmn/bias:0', 'yat_nmn/kernel:0'])
+>>> YatConv2D(4, 3, strides=2, groups=2, padding="same")(tf.ones((1, 9, 9, 2))).shape
+TensorShape([1, 5, 5, 4])
+>>> YatConvTranspose1D(4, 3, strides=2, padding="valid")(tf.ones((2, 5, 3))).shape
+TensorShape([2, 11, 4])
 """
 
 from __future__ import annotations
@@ -59,30 +56,19 @@ from nmn_array.frameworks._keras_tf import (
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
 
-# Any: the module is imported at run time and its classes are our base classes; mypy
-# takes a base class from an Any-typed name, not from a plain module object.
-tf: Any = require("tensorflow")
+tf: Any = require("tensorflow")  # Any-typed, so that mypy takes its classes as bases
 
 __all__ = PUBLIC
 
 
-def _l2_normalize(x: Any, axis: int, order: int, epsilon: float) -> Any:
-    # ``x / max(|x|, epsilon)`` (order 2); l2_normalize's epsilon bounds |x|^2.
-    return tf.math.l2_normalize(x, axis=axis, epsilon=epsilon**2)
-
-
 # The keras.ops names the shared code in _keras_tf.py uses, as TensorFlow functions.
 _OPS = types.SimpleNamespace(
+    **{name: getattr(tf, name) for name in "broadcast_to expand_dims reshape shape".split()},
+    **{name: getattr(tf, name) for name in "transpose where zeros_like".split()},
     any=tf.reduce_any,
-    broadcast_to=tf.broadcast_to,
-    expand_dims=tf.expand_dims,
-    normalize=_l2_normalize,
-    reshape=tf.reshape,
-    shape=tf.shape,
     softplus=tf.nn.softplus,
-    transpose=tf.transpose,
-    where=tf.where,
-    zeros_like=tf.zeros_like,
+    # x / max(|x|, epsilon) (order 2); l2_normalize's epsilon bounds |x|^2
+    normalize=lambda x, axis, order, epsilon: tf.math.l2_normalize(x, axis, epsilon**2),
 )
 
 
@@ -92,13 +78,9 @@ def _as_input(x: Any, dtype: Any) -> Any:
     return x if x.dtype == dtype else tf.cast(x, dtype)
 
 
-def _read(variable: Any) -> Any:
-    """A variable's current value as a tf.Tensor (None passes through); tapes see the read."""
-    return None if variable is None else tf.convert_to_tensor(variable)
-
-
 def _save(module: tf.Module, export_dir: Any, **signatures: tuple[Callable, dict]) -> None:
-    """Write a SavedModel with signatures ``name=(call, {argument name: tf.TensorSpec})``."""
+    """Write a SavedModel with signatures ``name=(call, {argument name: tf.TensorSpec})``;
+    their outputs are ``{"outputs": y}`` (``"kernel"`` too where ``call`` returns a pair)."""
     concrete = {}
     for name, (call, specs) in signatures.items():
         inputs = [tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in specs.items()]
@@ -108,8 +90,6 @@ def _save(module: tf.Module, export_dir: Any, **signatures: tuple[Callable, dict
 
 
 def _named_outputs(call: Callable, names: list[str]) -> Callable:
-    """``call`` of positional tensors as ``{"outputs": y}`` (``"kernel"`` too for a pair)."""
-
     def run(*args: Any) -> dict:
         out = call(**dict(zip(names, args)))
         return dict(zip(("outputs", "kernel"), out if isinstance(out, tuple) else (out,)))
@@ -121,12 +101,16 @@ class _Module(tf.Module):
     """A module that reads and makes its variables in its ``dtype``."""
 
     _ops = _OPS
-    _read = staticmethod(_read)
+    # a variable's current value as a tf.Tensor (None passes through); tapes see the read
+    _read = staticmethod(lambda v: None if v is None else tf.convert_to_tensor(v))
     dtype: Any
 
+    def _setup(self, name: str | None, dtype: Any) -> None:
+        super().__init__(name=name)
+        self.dtype = tf.as_dtype(dtype)
+
     def _new_weight(self, name: str, shape: tuple, fill: float, dtype: Any = None) -> Any:
-        value = tf.constant(fill, shape=shape, dtype=dtype or self.dtype)
-        return tf.Variable(value, name=name)
+        return tf.Variable(tf.constant(fill, shape=shape, dtype=dtype or self.dtype), name=name)
 
     def _param_dtype(self) -> Any:
         return self.dtype
@@ -137,10 +121,6 @@ class _Built(YatParams, _Module):
 
     is_built = False
     kernel: Any = None  # a tf.Variable once built
-
-    def _setup(self, name: str | None, dtype: Any) -> None:
-        super().__init__(name=name)
-        self.dtype = tf.as_dtype(dtype)
 
     def _build_kernel(self, init: Any, n_out: int, trainable: bool = True) -> None:
         self.kernel = tf.Variable(init, trainable=trainable, name="kernel")
@@ -154,15 +134,11 @@ class _Built(YatParams, _Module):
             self.build(inputs.shape)
         return inputs
 
-    def build(self, input_shape: Sequence[int | None]) -> None:
-        raise NotImplementedError
+    build: Callable[[Sequence[int | None]], None]
 
     def export(self, export_dir: Any, input_signature: Any) -> None:
-        """Write an inference SavedModel whose ``serving_default`` signature calls the module.
-
-        ``input_signature`` is a ``tf.TensorSpec``; the signature's input is named
-        ``inputs`` and its output ``outputs``.
-        """
+        """Write an inference SavedModel whose ``serving_default`` signature calls the module:
+        input ``inputs`` (``input_signature``, a ``tf.TensorSpec``), output ``outputs``."""
         if not isinstance(input_signature, tf.TensorSpec):
             raise TypeError(
                 f"input_signature must be a tf.TensorSpec, got {type(input_signature)!r}"
@@ -174,19 +150,8 @@ class _Built(YatParams, _Module):
 class YatNMN(_Built):
     """Yat dense module: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
 
-    The kernel has nmn.tf's layout ``(features, input_dim)`` (one neuron per row) and is
-    created on the first call from ``N(0, 2 / (input_dim + features))``.
-
-    The arguments are described in the module docstring.
-
-    Examples
-    --------
-    >>> import tensorflow as tf
-    >>> from nmn_array.frameworks.tf import YatNMN
-    >>> layer = YatNMN(4, constant_alpha=True)
-    >>> y = layer(tf.random.normal((2, 3)))
-    >>> y.shape, sorted(v.name for v in layer.variables)
-    (TensorShape([2, 4]), ['yat_nmn/bias:0', 'yat_nmn/kernel:0'])
+    Kernel ``(features, input_dim)`` (nmn.tf's layout) from ``N(0, 2 / (input_dim +
+    features))`` on the first call; arguments and an example: the module docstring.
     """
 
     def __init__(
@@ -209,9 +174,6 @@ class YatNMN(_Built):
     ) -> None:
         self._setup(name, dtype)
         self._init_yat(settings(locals()))
-        self.features = int(features)
-        self.positive_init = bool(positive_init)
-        self.return_weights = bool(return_weights)
         self.lazy = bool(lazy or freeze_kernel)
         self.input_dim: int | None = None
 
@@ -223,9 +185,8 @@ class YatNMN(_Built):
         self.input_dim = known_size(input_shape[-1], "the last axis of the input")
         std = math.sqrt(2.0 / (self.input_dim + self.features))
         init = tf.random.normal((self.features, self.input_dim), stddev=std, dtype=self.dtype)
-        self._build_kernel(
-            tf.abs(init) if self.positive_init else init, self.features, not self.lazy
-        )
+        init = tf.abs(init) if self.positive_init else init
+        self._build_kernel(init, self.features, not self.lazy)
 
     @tf.Module.with_name_scope
     def __call__(self, inputs: Any) -> Any:
@@ -287,11 +248,9 @@ class _YatConvBase(YatConvShell, _Built):
 
 
 class _YatConvND(_YatConvBase):
-    """yat convolution module, input ``(batch, *spatial, channels)``.
-
-    Kernel ``(*kernel_size, channels // groups, filters)`` from ``N(0, 1) / sqrt(fan_in)``,
-    bias ``(filters,)`` zeros, alpha ``(1,)`` ones. The arguments are described in the
-    module docstring.
+    """yat convolution module, input ``(batch, *spatial, channels)``, kernel ``(*kernel_size,
+    channels // groups, filters)`` from ``N(0, 1) / sqrt(fan_in)``; arguments and an example:
+    the module docstring.
     """
 
     def __init__(
@@ -314,13 +273,11 @@ class _YatConvND(_YatConvBase):
 
 
 class _YatConvTransposeND(_YatConvBase):
-    """yat transposed convolution module, input ``(batch, *spatial, channels)``.
-
-    Kernel ``(*kernel_size, filters, channels)`` from ``N(0, 1) / sqrt(filters *
-    prod(kernel_size))``. ``padding="same"`` (the default, as in nmn.tf) gives
-    ``L * strides``; ``"valid"`` gives ``L * strides + max(kernel_size - strides, 0)``; both
-    split as ``tf.nn.conv_transpose`` (= ``jax.lax.conv_transpose``). ``|w|^2`` counts every
-    tap of a filter (Decision 9). The arguments are described in the module docstring.
+    """yat transposed convolution module, input ``(batch, *spatial, channels)``, kernel
+    ``(*kernel_size, filters, channels)`` from ``N(0, 1) / sqrt(filters * prod(kernel_size))``.
+    ``padding="same"`` (default, as nmn.tf) gives ``L * strides``, ``"valid"`` ``L * strides +
+    max(kernel_size - strides, 0)``, split as ``tf.nn.conv_transpose``; ``|w|^2`` counts every
+    tap of a filter (Decision 9). Arguments and an example: the module docstring.
     """
 
     transposed = True
@@ -342,35 +299,12 @@ class _YatConvTransposeND(_YatConvBase):
         self._setup_conv(settings(locals()))
 
 
-_EXAMPLE = """
-
-    Examples
-    --------
-    >>> import tensorflow as tf
-    >>> from nmn_array.frameworks.tf import {name}
-    >>> {name}({args})(tf.ones({shape})).shape
-    TensorShape({out})
-    """
-
-
-def _declare(base: type, rank: int, args: str, shape: tuple, out: list) -> Any:
-    return declare(base, rank, __name__, _EXAMPLE, args=args, shape=shape, out=out)
-
-
-YatConv1D = YatConv1d = _declare(_YatConvND, 1, '4, 3, padding="same"', (2, 10, 3), [2, 10, 4])
-YatConv2D = YatConv2d = _declare(
-    _YatConvND, 2, "4, 3, strides=2, groups=2", (1, 9, 9, 2), [1, 4, 4, 4]
-)
-YatConv3D = YatConv3d = _declare(_YatConvND, 3, "2, 2", (1, 3, 3, 3, 2), [1, 2, 2, 2, 2])
-YatConvTranspose1D = YatConvTranspose1d = _declare(
-    _YatConvTransposeND, 1, "4, 3, strides=2", (2, 5, 3), [2, 10, 4]
-)
-YatConvTranspose2D = YatConvTranspose2d = _declare(
-    _YatConvTransposeND, 2, '2, 3, strides=2, padding="valid"', (1, 4, 4, 3), [1, 9, 9, 2]
-)
-YatConvTranspose3D = YatConvTranspose3d = _declare(
-    _YatConvTransposeND, 3, "2, 2, strides=2", (1, 2, 2, 2, 3), [1, 4, 4, 4, 2]
-)
+YatConv1D = YatConv1d = declare(_YatConvND, 1, __name__)
+YatConv2D = YatConv2d = declare(_YatConvND, 2, __name__)
+YatConv3D = YatConv3d = declare(_YatConvND, 3, __name__)
+YatConvTranspose1D = YatConvTranspose1d = declare(_YatConvTransposeND, 1, __name__)
+YatConvTranspose2D = YatConvTranspose2d = declare(_YatConvTransposeND, 2, __name__)
+YatConvTranspose3D = YatConvTranspose3d = declare(_YatConvTransposeND, 3, __name__)
 
 
 # --- embedding -----------------------------------------------------------------------
@@ -404,9 +338,8 @@ class YatEmbed(YatParams, _Module):
         dtype: Any = tf.float32,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
-        self._init_embed(settings(locals()))
-        self.dtype = tf.as_dtype(dtype)
+        self._setup(name, dtype)
+        self._init_yat(settings(locals()))
         shape = (self.num_embeddings, self.features)
         init = tf.random.normal(shape, stddev=1.0 / math.sqrt(self.features), dtype=self.dtype)
         # Decision 7: nmn normalises the table once, at construction
@@ -432,28 +365,22 @@ class YatEmbed(YatParams, _Module):
         """
         if attend_signature is None:
             attend_signature = tf.TensorSpec([None, self.features], self.dtype)
-        lookup = (self, {"inputs": lookup_signature})
-        _save(
-            self,
-            export_dir,
-            serving_default=lookup,
-            attend=(self.attend, {"query": attend_signature}),
-        )
+        lookup, attend = (self, {"inputs": lookup_signature}), {"query": attend_signature}
+        _save(self, export_dir, serving_default=lookup, attend=(self.attend, attend))
 
 
 # --- attention -----------------------------------------------------------------------
 class MultiHeadYatAttention(YatAttentionShell, _Module):
     """Multi-head attention whose scores are yat products of queries and keys.
 
-    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head,
-    with linear projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim,
-    embed_dim)``, biases ``(embed_dim,)``, ``out_kernel`` ``(embed_dim, embed_dim)``, all from
-    ``N(0, 2 / (input_dim + embed_dim))`` on the first call; ``alpha`` ``(1,)`` is created at
-    construction. Arguments as ``nmn.tf.MultiHeadYatAttention`` 0.3.5: ``dropout`` applies to
-    the attention weights with ``training=True``; ``use_bias`` gives the projections biases;
-    ``use_alpha``/``constant_alpha`` multiply the scores before the softmax (Decision 1);
-    ``normalize_qk`` is ``q / max(|q|, 1e-12)`` (Decision 2); ``spherical`` normalises q and
-    k inside the score; ``use_out_proj``, ``epsilon``, ``dtype``, ``name``.
+    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head, with
+    linear projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim, embed_dim)``,
+    biases ``(embed_dim,)``, ``out_kernel`` ``(embed_dim, embed_dim)`` from ``N(0, 2 /
+    (input_dim + embed_dim))`` on the first call, ``alpha`` ``(1,)`` at construction.
+    ``dropout``: on the attention weights (``training=True``); ``use_alpha``/``constant_alpha``
+    scale the scores before the softmax (Decision 1); ``normalize_qk``: ``q / max(|q|,
+    1e-12)`` (Decision 2); ``spherical``: q and k normalised inside the score; others
+    (``use_bias``, ``use_out_proj``, ``epsilon``, ``dtype``, ``name``): module docstring.
 
     ``__call__(query, key=None, value=None, mask=None, training=False)``: ``mask`` broadcasts
     to ``(batch, heads, q_len, kv_len)``, boolean (True = attend) or floating (additive, added
@@ -484,9 +411,8 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
         dtype: Any = tf.float32,
         name: str | None = None,
     ) -> None:
-        super().__init__(name=name)
+        self._setup(name, dtype)
         self.dropout = self._init_attention(settings(locals()))
-        self.dtype = tf.as_dtype(dtype)
         with self.name_scope:
             self._build_alpha()
         self.is_built = False
@@ -552,11 +478,8 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
             specs.update(key=key_signature, value=value_signature)
         if mask_signature is not None:
             specs["mask"] = mask_signature
-        _save(
-            self,
-            export_dir,
-            serving_default=(functools.partial(self.__call__, training=False), specs),
-        )
+        inference = functools.partial(self.__call__, training=False)
+        _save(self, export_dir, serving_default=(inference, specs))
 
 
 # nmn.tf's functional attention: q, k, v (batch, length, heads, dim)

@@ -314,11 +314,8 @@ def test_conv_layouts_and_aliases():
     )
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"use_dropconnect": True, "drop_rate": 0.1}, {"tie_kernel_bank": True}],
-    ids=["dropconnect", "kernel_bank"],
-)
+# DropConnect is implemented (issue 11): tests/keras_backends/test_dropconnect_keras.py
+@pytest.mark.parametrize("kwargs", [{"tie_kernel_bank": True}], ids=["kernel_bank"])
 @pytest.mark.parametrize("cls", ["YatConv2D", "YatConvTranspose1D"])
 def test_decision13_features_raise(cls, kwargs):
     with pytest.raises(NotImplementedError, match="Decision 13"):
