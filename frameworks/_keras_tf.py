@@ -165,9 +165,11 @@ class YatConvShell(YatParams):
             return (*self.kernel_size, self.filters, channels)
         return (*self.kernel_size, channels // self.groups, self.filters)
 
-    def _conv(self, inputs: Any, keep: Any = None) -> Any:
-        """The layer's output; ``keep``: the DropConnect draw (None: no DropConnect)."""
-        n, kernel = self.rank, self._read(self.kernel)
+    def _conv(self, inputs: Any, keep: Any = None, kernel: Any = None) -> Any:
+        """The layer's output; ``keep``: the DropConnect draw (None: no DropConnect);
+        ``kernel``: the kernel as a backend array (default: ``self.kernel``, read)."""
+        n = self.rank
+        kernel = self._read(self.kernel) if kernel is None else kernel
         if keep is not None:
             kernel = nmn_array.drop_connect(kernel, keep, rate=self.drop_rate)
         # (*k, a, b) -> (b, a, *k): conv (*k, in/g, O) -> (O, in/g, *k), transposed

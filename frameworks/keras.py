@@ -24,8 +24,17 @@ backend's own arrays and makes one ``nmn_array`` call; differences from nmn are 
   drop_rate`` (``nmn_array.drop_connect``), before weight normalisation. Drawn from a
   ``keras.random.SeedGenerator`` of the layer (nmn: Keras' unseeded global draw), seeded by
   ``keras.utils.set_random_seed`` before the layer is made.
-- ``tie_kernel_bank``, ``kernel_bank_size``, ``kernel_bank_id``, ``kernel_bank``: accepted so
-  that nmn configurations load; turning kernel banks on raises ``NotImplementedError``.
+- ``tie_kernel_bank`` (convolutions and transposed convolutions, as in nmn.keras): the layers
+  that name one ``kernel_bank_id`` and agree on the rest of the kernel's shape (kernel size,
+  channels, groups; direct or transposed), the variable dtype and the kernel initializer share
+  one ``kernel`` variable of ``kernel_bank_size`` filters (default: the first layer's
+  ``filters``); each uses its first ``filters`` along the filter axis, so their gradients add up
+  in it. Keras variables have a fixed shape: a later layer that needs more filters than the
+  bank holds raises ValueError (give the first layer a large enough ``kernel_bank_size``).
+  ``get_config`` reports the bank's size as ``kernel_bank_size`` and ``kernel_bank`` as None;
+  a layer made from it joins the bank of the same id in this process, or makes one.
+  ``kernel_bank`` (nmn's serialized bank reference) is accepted: its ``capacity`` stands for
+  an unset ``kernel_bank_size``.
 - ``kernel_initializer`` (``"glorot_normal"``; ``"orthogonal"`` for convolutions),
   ``bias_initializer``, ``embedding_initializer``, ``*_regularizer``, ``*_constraint``: as
   for ``keras.layers.Dense`` / ``Conv2D``; other keyword arguments go to ``keras.layers.Layer``.
@@ -48,18 +57,19 @@ Examples
 from __future__ import annotations
 
 import inspect
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
+    KernelBanks,
     combine_masks,
     conv_output_length,
     known_size,
     ntuple,
-    reject_unsupported_features,
     require,
     restrict_mask,
     transpose_conv_pads,
@@ -87,6 +97,8 @@ __all__ = PUBLIC
 _register = keras.saving.register_keras_serializable(package="nmn_array")
 # The constructor arguments that are Keras objects, by the end of their name.
 _KERAS_KINDS = ("initializer", "regularizer", "constraint")
+#: The shared kernel banks of the convolutions (``tie_kernel_bank=True``); fixed capacity.
+_BANKS = KernelBanks()
 
 
 def _raw(value: Any) -> Any:
@@ -146,11 +158,27 @@ class _Layer(YatParams, keras.layers.Layer):
         """``{"initializer": self.<weight>_initializer, "regularizer": ..., "constraint": ...}``"""
         return {kind: getattr(self, f"{weight}_{kind}") for kind in _KERAS_KINDS}
 
-    def _build_kernel(self, shape: tuple, n_out: int, axis: int, init: Any, **kw: Any) -> None:
-        """The kernel and the yat weights; nmn's build-time abs and weight normalisation."""
+    def _build_kernel(
+        self, shape: tuple, n_out: int, axis: int, init: Any, bank: Any = None, **kw: Any
+    ) -> None:
+        """The kernel and the yat weights; nmn's build-time abs and weight normalisation.
+        ``bank``: None, or the key of the shared kernel bank to join (``axis`` then sizes it)."""
         kernel = dict(self._keras_objects("kernel"), initializer=init)
-        self.kernel = self.add_weight(name="kernel", shape=shape, **kernel, **kw)
+        made = []
+
+        def make(size: int) -> Any:
+            made.append(size)
+            full = (*shape[:axis], size, *shape[axis + 1 :])
+            return self.add_weight(name="kernel", shape=full, **kernel, **kw)
+
+        if bank is None:
+            self.kernel = make(shape[axis])
+        else:
+            size = getattr(self, "kernel_bank_size", None)
+            self.kernel = _BANKS.attach(bank, units=n_out, size=size, make=make)
         self._build_yat(n_out, **self._keras_objects("bias"))
+        if not made:  # a bank made by another layer is initialised (and normalised) already
+            return
         if getattr(self, "positive_init", False):
             self.kernel.assign(ops.abs(_raw(self.kernel)))
         if self.weight_normalized:
@@ -231,10 +259,6 @@ class _YatConvBase(YatConvShell, _Layer):
 
     def _setup(self, s: dict[str, Any]) -> None:
         name = type(self).__name__
-        # Decision 13: kernel banks are not in this release.
-        reject_unsupported_features(
-            name, tie_kernel_bank=s["tie_kernel_bank"], kernel_bank=s["kernel_bank"]
-        )
         direct_1d = self.rank == 1 and not self.transposed
         self.padding = self._init_conv(
             s, ("valid", "same", "causal") if direct_1d else ("valid", "same")
@@ -251,9 +275,7 @@ class _YatConvBase(YatConvShell, _Layer):
         self._channels_first = self.data_format == "channels_first"
         if s.get("output_padding") is not None:
             self.output_padding = ntuple(s["output_padding"], self.rank, "output_padding")
-        # accepted so that nmn configurations load; nmn ignores them while the bank is off
-        self.tie_kernel_bank, self.kernel_bank_size = s["tie_kernel_bank"], s["kernel_bank_size"]
-        self.kernel_bank_id, self.kernel_bank = s["kernel_bank_id"], None
+        self._setup_bank(s)
         self.use_dropconnect = s["use_dropconnect"]
         self.drop_rate = check_rate(s["drop_rate"], "drop_rate")
         # DropConnect draws from a generator of the layer, so that it also works under jax.jit
@@ -261,6 +283,33 @@ class _YatConvBase(YatConvShell, _Layer):
         self._seed_generator = keras.random.SeedGenerator() if active else None
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
         self.supports_masking = True
+
+    def _setup_bank(self, s: dict[str, Any]) -> None:
+        """nmn's kernel-bank settings (kept, as nmn does, also when the bank is off)."""
+        self.tie_kernel_bank, size = bool(s["tie_kernel_bank"]), s["kernel_bank_size"]
+        self.kernel_bank_id, self.kernel_bank = s["kernel_bank_id"], None
+        if size is None and s["kernel_bank"] is not None:
+            size = _bank_capacity(s["kernel_bank"])
+        self.kernel_bank_size = size
+        if self.tie_kernel_bank and size is not None and size < self.filters:
+            # checked here, as nmn does, rather than at build
+            raise ValueError(
+                f"kernel_bank_size ({size}) must be at least the units ({self.filters})"
+            )
+
+    def _bank_key(self, channels: int) -> Any:
+        """The key of the layer's kernel bank, None when it has none: what must agree."""
+        if not self.tie_kernel_bank:
+            return None
+        shape = self._kernel_shape(channels)
+        filter_axis = self.rank if self.transposed else self.rank + 1
+        rest = shape[:filter_axis] + shape[filter_axis + 1 :]
+        # the initializer's identity: its class and configuration (not the seed-less object)
+        init = json.dumps(
+            keras.initializers.serialize(self.kernel_initializer), sort_keys=True, default=str
+        )
+        kind = "transpose" if self.transposed else "forward"
+        return (kind, self.kernel_bank_id, rest, self.groups, self._param_dtype(), init)
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         axis = 1 if self._channels_first else -1
@@ -274,18 +323,26 @@ class _YatConvBase(YatConvShell, _Layer):
             self._check_divisible("input channels", input_dim)
             self._check_divisible("filters", self.filters)
         filter_axis = self.rank if self.transposed else self.rank + 1
-        init = _fp32_safe(self.kernel_initializer)
-        self._build_kernel(self._kernel_shape(input_dim), self.filters, filter_axis, init)
+        init, bank = _fp32_safe(self.kernel_initializer), self._bank_key(input_dim)
+        self._build_kernel(self._kernel_shape(input_dim), self.filters, filter_axis, init, bank)
+        if bank is not None:  # what get_config reports: a layer made from it fits the bank
+            self.kernel_bank_size = int(self.kernel.shape[filter_axis])
         self.input_dim = input_dim
         self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={axis: input_dim})
 
     def call(self, inputs: Any, training: Any = None) -> Any:
+        kernel = _raw(self.kernel)
+        if self.tie_kernel_bank:
+            # the layer's first filters of the bank, before DropConnect
+            index = [slice(None)] * (self.rank + 2)
+            index[self.rank if self.transposed else self.rank + 1] = slice(0, self.filters)
+            kernel = kernel[tuple(index)]
         if not training or self._seed_generator is None:
-            return self._conv(inputs)
+            return self._conv(inputs, kernel=kernel)
         # nmn's draw: each weight is kept with probability 1 - drop_rate
-        shape, dtype, seed = tuple(self.kernel.shape), self.kernel.dtype, self._seed_generator
+        shape, dtype, seed = tuple(kernel.shape), self.kernel.dtype, self._seed_generator
         keep = keras.random.uniform(shape, dtype=dtype, seed=seed) < 1.0 - self.drop_rate
-        return self._conv(inputs, keep)
+        return self._conv(inputs, keep, kernel)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
         shape = tuple(input_shape)
@@ -302,6 +359,22 @@ class _YatConvBase(YatConvShell, _Layer):
         if self._channels_first:
             return (shape[0], self.filters, *out)
         return (shape[0], *out, self.filters)
+
+
+def _bank_capacity(reference: Any) -> int:
+    """The capacity of nmn.keras's kernel-bank reference (its config entry, or the object)."""
+    if isinstance(reference, Mapping):
+        config = reference.get("config", reference)
+    else:  # the reference object itself (nmn's get_config before serialisation)
+        config = getattr(reference, "get_config", lambda: None)()
+    config = config if isinstance(config, Mapping) else {}
+    capacity = config.get("capacity")
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(
+            "kernel_bank must be None or nmn.keras's serialized kernel bank (a dict with a "
+            f"'capacity'), got {reference!r}"
+        )
+    return capacity
 
 
 class _YatConvND(_YatConvBase):

@@ -314,15 +314,8 @@ def test_conv_layouts_and_aliases():
     )
 
 
-# DropConnect is implemented (issue 11): tests/keras_backends/test_dropconnect_keras.py
-@pytest.mark.parametrize("kwargs", [{"tie_kernel_bank": True}], ids=["kernel_bank"])
-@pytest.mark.parametrize("cls", ["YatConv2D", "YatConvTranspose1D"])
-def test_decision13_features_raise(cls, kwargs):
-    with pytest.raises(NotImplementedError, match="Decision 13"):
-        getattr(ours, cls)(2, 3, **kwargs)
-    # the arguments themselves are accepted (nmn configs load) while the feature is off
-    layer = getattr(ours, cls)(2, 3, use_dropconnect=False, drop_rate=0.2, kernel_bank_size=8)
-    assert layer.get_config()["drop_rate"] == 0.2
+# DropConnect and kernel banks are implemented (issue 11): tests/keras_backends/
+# test_dropconnect_keras.py and test_banks_keras.py
 
 
 def test_bad_arguments_are_named():
