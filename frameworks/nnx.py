@@ -25,8 +25,7 @@ name; the arguments the layers share mean the same in each:
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
 - Decision 13, non-default values raise NotImplementedError: ``use_dropconnect`` of
-  attention, ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``,
-  ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
+  attention, ``tie_kernel_bank``, ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
   kept: ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``, ``performer_*``,
   ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
@@ -73,6 +72,7 @@ from nmn_array.frameworks._common import (
 
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid
+from nmn_array._validation import check_floor
 
 jax = require("jax")
 # Any: the module is imported at run time and its classes are our base classes; mypy
@@ -137,13 +137,9 @@ default_bias_init = _initializers.zeros_init()
 default_alpha_init = _initializers.ones_init()
 default_embed_init = _linear.default_embed_init
 
-_IN_DTYPE = "it computes in the input dtype with the distance clamped at 0 (Decisions 3 and 13)"
 _PERFORMER = "linear-time (performer) attention is Decision 13; pass a causal mask instead"
 #: Arguments accepted for nmn's signatures that only their default may take: (default, why).
 _UNSUPPORTED = {
-    "fused": (False, _IN_DTYPE),
-    "compute_mode": ("fp32", _IN_DTYPE),
-    "distance_floor": (0.0, _IN_DTYPE),
     "dot_general": (lax.dot_general, "the product is computed by nmn_array.yat"),
     "conv_general_dilated": (
         lax.conv_general_dilated,
@@ -153,6 +149,8 @@ _UNSUPPORTED = {
     "causal": (False, _PERFORMER),
 }
 _RATES = ("drop_rate", "dropconnect_rate", "dropout_rate")
+#: YatNMN's compute_mode values (its docstring says what each means).
+COMPUTE_MODES = ("fp32", "mixed", "bf16")
 
 
 class FrozenParam(nnx.Variable):
@@ -261,11 +259,11 @@ class _Layer(nnx.Module):
         return nmn_array.drop_connect(kernel, keep, rate=self.drop_rate, mask=mask)
 
     def _yat(self, x: Array, kernel: Array, bias: Array | None, **options: Any) -> Array:
-        """:func:`nmn_array.yat` with the layer's scalars, ``spherical`` and ``precision``."""
+        """:func:`nmn_array.yat` with the layer's scalars (``options`` may replace them),
+        ``spherical`` and ``precision``."""
         precision = getattr(self, "precision", None)
-        return _flax.yat(
-            x, kernel, bias, precision, spherical=self.spherical, **self._scalars(), **options
-        )
+        options = {**self._scalars(), **options}
+        return _flax.yat(x, kernel, bias, precision, spherical=self.spherical, **options)
 
 
 class YatNMN(_Layer):
@@ -274,7 +272,18 @@ class YatNMN(_Layer):
     Variables: ``kernel (in_features, out_features)`` (xavier normal; a
     :class:`FrozenParam` with ``lazy``, which ``freeze_kernel`` overrides), ``bias``,
     ``alpha``, ``epsilon_param``; ``spherical``: of unit-length vectors. Other arguments:
-    the module docstring.
+    the module docstring, and
+
+    - ``distance_floor``: the squared distance is clamped to ``max(D, distance_floor)``
+      (a finite float >= 0; default 0.0, as nmn).
+    - ``compute_mode``: "fp32" (default) and "mixed" both mean the dtype policy of the
+      module docstring (float16/bfloat16 computed in float32 and returned in their dtype,
+      float64 kept; nmn's "fp32" rounds float64 to float32, its bug); "bf16": the input,
+      kernel, bias, alpha and a learnable epsilon are cast to bfloat16 before the call, which
+      computes in float32 and returns bfloat16 (nmn keeps the input dtype and rounds the
+      intermediates to bfloat16 instead). Other values raise ValueError.
+    - ``fused``: nmn's custom-VJP kernel; here the call is one XLA computation under
+      ``jax.jit`` either way, so ``fused=True`` gives the same values as ``fused=False``.
 
     Examples
     --------
@@ -324,6 +333,9 @@ class YatNMN(_Layer):
         rngs: nnx.Rngs,
     ) -> None:
         lazy = freeze_kernel = bool(lazy if freeze_kernel is None else freeze_kernel)
+        if compute_mode not in COMPUTE_MODES:
+            raise ValueError(f"compute_mode must be one of {COMPUTE_MODES}, got {compute_mode!r}")
+        distance_floor = check_floor(distance_floor, "distance_floor")
         self._setup(locals(), (in_features, out_features), normalize_axis=1)
 
     def __call__(self, inputs: Array, *, deterministic: bool = False) -> Array:
@@ -331,8 +343,18 @@ class YatNMN(_Layer):
         DropConnect off."""
         kernel = self._kernel(deterministic)
         x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
+        scalars = self._scalars()
+        if self.compute_mode == "bf16":  # the arrays in bfloat16; Python floats stay as given
+            x, kernel, bias, *values = (
+                a if a is None or isinstance(a, float) else a.astype(jnp.bfloat16)
+                for a in (x, kernel, bias, *scalars.values())
+            )
+            scalars = dict(zip(scalars, values, strict=True))
         # _w_in_out: the (in, out) kernel as stored, no transposes under XLA
-        return self._yat(x, kernel, bias, weight_normalized=self.weight_normalized, _w_in_out=True)
+        return self._yat(
+            x, kernel, bias, weight_normalized=self.weight_normalized, _w_in_out=True,
+            distance_floor=self.distance_floor, **scalars,
+        )  # fmt: skip
 
 
 YatDense = YatNMN
