@@ -21,6 +21,14 @@ name; the arguments the layers share mean the same in each:
   ``1 / (1 - drop_rate)``, in every call unless ``deterministic=True`` (default False, as
   nmn); drawn from ``dropconnect_key``, a fork of ``rngs.dropout`` as nmn's, so one seed
   gives nmn's draws; then the ``mask`` (:func:`nmn_array.drop_connect`).
+- ``tie_kernel_bank``, ``kernel_bank_size``, ``kernel_bank_id`` (YatNMN, YatConv): the
+  layers of one class that name one bank id and agree on the kernel shape but the units,
+  ``feature_group_count``, ``param_dtype``, ``kernel_init`` (identity) and ``positive_init``
+  share one ``nnx.Param`` ``kernel`` of ``kernel_bank_size`` (default: the first layer's)
+  units and each uses its first ``out_features``; their gradients add up in it. A larger
+  layer grows the bank (old units kept, new ones drawn from its ``rngs.params``) until a
+  layer of the bank has run, then ValueError; ``lazy`` with a bank is a ValueError, as nmn.
+  The slice comes first, then DropConnect, the ``mask``, weight normalisation.
 - ``dtype``, ``param_dtype``, ``promote_dtype``: the computation runs in the promoted
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
@@ -58,6 +66,7 @@ from typing import Any
 from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
+    KernelBanks,
     alpha_config,
     bias_config,
     check_epsilon,
@@ -151,6 +160,8 @@ _UNSUPPORTED = {
 _RATES = ("drop_rate", "dropconnect_rate", "dropout_rate")
 #: YatNMN's compute_mode values (its docstring says what each means).
 COMPUTE_MODES = ("fp32", "mixed", "bf16")
+#: The shared kernel banks of YatNMN and YatConv (``tie_kernel_bank``; the module docstring).
+_BANKS = KernelBanks()
 
 
 class FrozenParam(nnx.Variable):
@@ -184,9 +195,7 @@ class _Layer(nnx.Module):
         # use on MultiHeadAttention's projections is not implemented
         dropconnect = "drop_rate" in args
         reject_unsupported_features(
-            layer,
-            use_dropconnect=args.get("use_dropconnect", False) and not dropconnect,
-            tie_kernel_bank=args.get("tie_kernel_bank", False),
+            layer, use_dropconnect=args.get("use_dropconnect", False) and not dropconnect
         )
         for name, (default, reason) in _UNSUPPORTED.items():
             if name in args:
@@ -202,12 +211,25 @@ class _Layer(nnx.Module):
                 f"Shapes are: {tuple(mask.shape)}, {shape}"
             )
         if shape is not None:
-            array = args[f"{table}_init"](rngs.params(), shape, param_dtype)
-            if args.get("positive_init"):
-                array = jnp.abs(array)
-            if args.get("weight_normalized"):
-                array = unit_normalized(array, normalize_axis)
-            setattr(self, table, (FrozenParam if args.get("lazy") else nnx.Param)(array))
+
+            def initial(units: int) -> Array:
+                """A kernel of ``shape`` with ``units`` units, drawn as nmn draws it."""
+                array = args[f"{table}_init"](rngs.params(), shape[:-1] + (units,), param_dtype)
+                if args.get("positive_init"):
+                    array = jnp.abs(array)
+                if args.get("weight_normalized"):
+                    array = unit_normalized(array, normalize_axis)
+                return array
+
+            self._bank_key = None
+            if args.get("tie_kernel_bank"):
+                self._bank_key = self._attach_bank(args, shape, initial)
+            else:
+                setattr(
+                    self,
+                    table,
+                    (FrozenParam if args.get("lazy") else nnx.Param)(initial(shape[-1])),
+                )
             if table == "kernel":
                 self.kernel_shape = shape
         if "constant_bias" in args:
@@ -232,6 +254,37 @@ class _Layer(nnx.Module):
         if dropconnect:  # nmn's key: a fork of the dropout stream, after the variables
             self.dropconnect_key = rngs.dropout.fork() if self.use_dropconnect else nnx.data(None)
 
+    def _attach_bank(
+        self, args: dict[str, Any], shape: tuple[int, ...], initial: Callable[[int], Array]
+    ) -> tuple[Any, ...]:
+        """Make ``kernel`` the shared bank of ``args['kernel_bank_id']`` for this kernel
+        ``shape`` (units last) through ``_BANKS``; returns the bank's key. New units are drawn
+        from ``rngs.params`` only when the bank is made or grown, as in nmn."""
+        if args.get("lazy"):
+            raise ValueError(
+                f"{type(self).__name__}(lazy=True / freeze_kernel=True) cannot be used with "
+                "tie_kernel_bank=True: a shared kernel bank cannot be frozen per layer"
+            )
+        # as nmn: the bank id, the kernel shape but the units, the groups, the parameter
+        # dtype, the initialiser (its identity) and positive_init name one bank
+        key = (
+            type(self).__name__, args["kernel_bank_id"], shape[:-1],
+            args.get("feature_group_count", 1), jnp.dtype(args["param_dtype"]),
+            args["kernel_init"], bool(args["positive_init"]),
+        )  # fmt: skip
+
+        def grow(bank: Any, old: int, new: int) -> None:
+            bank.value = initial(new).at[..., :old].set(bank[...])  # the old units kept
+
+        self.kernel = _BANKS.attach(
+            key,
+            units=shape[-1],
+            size=args["kernel_bank_size"],
+            make=lambda units: nnx.Param(initial(units)),
+            grow=grow,
+        )
+        return key
+
     def _bias_array(self) -> Array | None:
         if self._constant_bias_value is not None:
             return jnp.full((self.out_features,), self._constant_bias_value, self.param_dtype)
@@ -249,9 +302,15 @@ class _Layer(nnx.Module):
         return {"alpha": alpha, "epsilon": epsilon}
 
     def _kernel(self, deterministic: bool) -> Array:
-        """The kernel after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
+        """The kernel (the layer's units of a shared bank) after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
         ``deterministic``; drawn as nmn draws it) and the fixed ``mask``."""
         kernel, keep = self.kernel[...], None
+        if self._bank_key is not None:  # this layer's units of the shared bank
+            kernel = kernel[..., : self.kernel_shape[-1]]
+            try:
+                _BANKS.mark_used(self._bank_key)
+            except KeyError:  # _BANKS was cleared: the layer keeps its variable all the same
+                pass
         if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
             keep_prob = 1.0 - self.drop_rate
             keep = jax.random.bernoulli(self.dropconnect_key(), keep_prob, kernel.shape)

@@ -139,8 +139,6 @@ def test_yatnmn_variables_init_and_lazy():
 
 
 def test_yatnmn_unsupported_raise():
-    with pytest.raises(NotImplementedError, match="kernel banks"):
-        M.YatNMN(4, 3, tie_kernel_bank=True, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="drop_rate"):
         M.YatNMN(4, 3, drop_rate=1.0, rngs=nnx.Rngs(0))
 
