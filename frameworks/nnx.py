@@ -121,6 +121,8 @@ __all__ = [
     "default_kernel_init",
     "dot_product_attention",
     "dot_product_attention_weights",
+    "fused_yat_l1_attention",
+    "fused_yat_l1_self_attention",
     "make_attention_mask",
     "make_causal_mask",
     "normalize_qk",
@@ -1152,6 +1154,83 @@ def yat_attention_normalized(
         deterministic, dtype, precision, module, epsilon, use_softermax, power, alpha,
         spherical=True,
     )  # fmt: skip
+
+
+def fused_yat_l1_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    bias: Array | None = None,
+    epsilon: float | Array = 1e-5,
+    mask: Array | None = None,
+    scale: float | None = None,
+    precision: Any = None,
+) -> Array:
+    """nmn.nnx's L1 yat attention of ``query (*batch, Lq, heads, d)``, ``key``, ``value``
+    (``(*batch, Lk, heads, ·)``): weights ``S / (sum S + 1e-12)`` with ``S = (q.k + bias)^2
+    / ((max(|q - k|^2, 0) + epsilon) * scale)`` (``scale`` default ``sqrt(d)``; ``bias``,
+    boolean ``mask`` broadcastable to ``(*batch, heads, Lq, Lk)``, masked scores 0): the
+    core's "softermax" with power 1 and scale ``1 / scale``. nmn's custom VJP only saves
+    memory; the values and gradients are the same.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> fused_yat_l1_attention(q, q, q).shape
+    (2, 5, 3, 4)
+    """
+    return _l1_attention(query, key, value, bias, epsilon, mask, scale, precision)
+
+
+def fused_yat_l1_self_attention(
+    x: Array,
+    value: Array,
+    *,
+    bias: Array | None = None,
+    epsilon: float | Array = 1e-5,
+    scale: float | None = None,
+    precision: Any = None,
+) -> Array:
+    """:func:`fused_yat_l1_attention` with ``q = k = x (*batch, L, heads, d)`` whose weight of
+    each token on itself is set to 0 after the normalisation (its score still counts in the
+    normaliser), as nmn.nnx's.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> fused_yat_l1_self_attention(jnp.ones((2, 5, 3, 4)), jnp.ones((2, 5, 3, 6))).shape
+    (2, 5, 3, 6)
+    """
+
+    def zero_self(weights: Array) -> Array:
+        n = weights.shape[-1]
+        return jnp.where(jnp.eye(n, dtype=jnp.bool_), jnp.zeros((), weights.dtype), weights)
+
+    return _l1_attention(x, x, value, bias, epsilon, None, scale, precision, zero_self)
+
+
+def _l1_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None,
+    epsilon: float | Array,
+    mask: Array | None,
+    scale: float | None,
+    precision: Any,
+    hook: Callable[[Array], Array] | None = None,
+) -> Array:
+    """The call of the fused L1 functions: nmn's ``scale`` divides the scores; the API's
+    multiplies them on top of ``1 / sqrt(d)``."""
+    d = query.shape[-1]
+    factor = None if scale is None else math.sqrt(d) / scale
+    with _flax.precision_scope(precision):
+        return _api.attention_yat_bias(
+            query, key, value, yat_bias=bias, mask=_flax.flax_mask(mask), dropout=hook,
+            scale=factor, epsilon=epsilon, normalization="softermax", power=1.0,
+        )  # fmt: skip
 
 
 normalize_qk = _api.normalize_qk

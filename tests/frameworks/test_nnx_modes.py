@@ -170,3 +170,95 @@ def test_fused_is_unfused_and_matches_nmn_fused(variant):
         if name in ours_state:
             assert_parity(ours_state[name][...], ref_state[name][...], RTOL_F32, f"d/d{name}")
             assert bool(jnp.isfinite(ours_state[name][...]).all())
+
+
+# --------------------------------------------------------------------------------------
+# fused_yat_l1_attention, fused_yat_l1_self_attention
+# --------------------------------------------------------------------------------------
+_fused = pytest.importorskip("nmn.nnx.layers.attention.fused_yat_attention")
+
+
+def _qkv(lq=5, lk=5, heads=2, d=4, dv=3, batch=(2,)):
+    keys = jax.random.split(jax.random.key(7), 3)
+    shapes = ((*batch, lq, heads, d), (*batch, lk, heads, d), (*batch, lk, heads, dv))
+    return tuple(jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes, strict=True))
+
+
+def _attention_cases():
+    q, k, v = _qkv(lq=4, lk=6)
+    bias = jax.random.normal(jax.random.key(3), (2, 4, 6), jnp.float32)  # (heads, Lq, Lk)
+    mask = jax.random.bernoulli(jax.random.key(4), 0.6, (1, 2, 4, 6)).at[..., 0, :].set(False)
+    return {
+        "plain": ((q, k, v), {}),
+        "bias_mask_scale": ((q, k, v), {"bias": bias, "mask": mask, "scale": 0.7}),
+        "array_epsilon": ((q, k, v), {"epsilon": jnp.asarray(0.3, jnp.float32)}),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_attention_cases()))
+def test_fused_yat_l1_attention_matches_nmn(case):
+    args, kwargs = _attention_cases()[case]
+    got = M.fused_yat_l1_attention(*args, **kwargs)
+    assert_parity(got, _fused.fused_yat_l1_attention(*args, **kwargs), RTOL_F32, case)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(jnp.sin(fn(q, k, v, **kwargs)))
+
+    ours = jax.grad(lambda *a: loss(M.fused_yat_l1_attention, *a), argnums=(0, 1, 2))(*args)
+    ref = jax.grad(lambda *a: loss(_fused.fused_yat_l1_attention, *a), argnums=(0, 1, 2))(*args)
+    for name, g, r in zip("qkv", ours, ref, strict=True):
+        assert bool(jnp.isfinite(g).all())
+        assert_parity(g, r, RTOL_F32, f"{case} d/d{name}")
+
+
+def test_fused_yat_l1_attention_fully_masked_query_gets_zeros():
+    (q, k, v), kwargs = _attention_cases()["bias_mask_scale"]
+    out = M.fused_yat_l1_attention(q, k, v, **kwargs)
+    np.testing.assert_array_equal(np.asarray(out[:, 0]), 0.0)  # query 0 sees no key
+
+
+def _self_attention_reference(x, v, bias=0.0, epsilon=1e-5, scale=None):
+    """The formula of nmn's docstring in float64 NumPy, the distances as direct sums of
+    squares (exactly 0 on the diagonal)."""
+    x, v, bias = (np.asarray(a, np.float64) for a in (x, v, bias))
+    xh = np.moveaxis(x, -2, -3)  # (*batch, heads, L, d)
+    dot = xh @ np.swapaxes(xh, -1, -2)
+    dist = ((xh[..., :, None, :] - xh[..., None, :, :]) ** 2).sum(-1)
+    scores = (dot + bias) ** 2 / ((dist + epsilon) * (scale or np.sqrt(x.shape[-1])))
+    weights = scores * (1 - np.eye(x.shape[-3])) / (scores.sum(-1, keepdims=True) + 1e-12)
+    return np.moveaxis(weights @ np.moveaxis(v, -2, -3), -3, -2)
+
+
+def test_fused_yat_l1_self_attention_default_epsilon():
+    """With epsilon 1e-5 the diagonal score dominates the normaliser and nmn's float32
+    distance of x to itself (|x|^2 + |x|^2 - 2 x.x, rounding noise against 1e-5) moves the
+    output by up to 1.8e-2 (scaled); ours is exact there, so the float64 formula is the
+    reference."""
+    x, _, v = _qkv(lq=5, lk=5, dv=3)
+    got = M.fused_yat_l1_self_attention(x, v)
+    assert_parity(got, _self_attention_reference(x, v), RTOL_F32, "self default epsilon")
+
+
+@pytest.mark.parametrize("case", ["bias_scale_epsilon", "epsilon"])
+def test_fused_yat_l1_self_attention_matches_nmn(case):
+    x, _, v = _qkv(lq=5, lk=5, dv=3)
+    kwargs = {"epsilon": 0.05}
+    if case == "bias_scale_epsilon":
+        bias = jax.random.normal(jax.random.key(5), (2, 5, 5), jnp.float32)
+        kwargs.update(bias=bias, scale=1.5)
+    got = M.fused_yat_l1_self_attention(x, v, **kwargs)
+    assert_parity(got, _fused.fused_yat_l1_self_attention(x, v, **kwargs), RTOL_F32, case)
+    expected = _self_attention_reference(x, v, **kwargs)
+    assert_parity(got, expected, RTOL_F32, f"{case} float64 formula")
+    # the diagonal counts in the normaliser: the weights of a row sum to less than 1
+    ones = jnp.ones_like(v)
+    assert bool((M.fused_yat_l1_self_attention(x, ones, **kwargs) < 1).all())
+
+    def loss(fn, x, v):
+        return jnp.sum(jnp.sin(fn(x, v, **kwargs)))
+
+    ours = jax.grad(lambda *a: loss(M.fused_yat_l1_self_attention, *a), argnums=(0, 1))(x, v)
+    ref = jax.grad(lambda *a: loss(_fused.fused_yat_l1_self_attention, *a), argnums=(0, 1))(x, v)
+    for name, g, r in zip("xv", ours, ref, strict=True):
+        assert bool(jnp.isfinite(g).all())
+        assert_parity(g, r, RTOL_F32, f"self {case} d/d{name}")
