@@ -100,6 +100,31 @@ def attention(
     return _heads_first(xp, out, "output")
 
 
+def attention_yat_bias(
+    query: Any,
+    key: Any,
+    value: Any,
+    *,
+    yat_bias: Any,
+    mask: Any,
+    dropout: Dropout = None,
+    scale: Any = None,
+    **options: Any,
+) -> Any:
+    """:func:`attention` with ``yat_bias`` (broadcastable to ``(*batch, heads, Lq, Lk)``)
+    added to ``q.k`` inside the square (nmn NNX's fused L1 attention's ``bias``), not an
+    additive logit; ``mask`` boolean (True = attend)."""
+    xp, q, k, mask, factor = _inputs(query, key, mask, None, scale)
+    v = _heads_first(xp, value, "value")
+    options.update(mask=mask, scale=factor, bias=yat_bias)
+    if dropout is None:
+        out = nmn_array.yat_attention(q, k, v, **options)
+    else:
+        weights = dropout(nmn_array.yat_attention_weights(q, k, **options))
+        out = xp.matmul(weights, as_compute(xp, v, weights.dtype))
+    return _heads_first(xp, out, "output")
+
+
 def normalize_qk(query: Any, key: Any, epsilon: float = 1e-6) -> tuple[Any, Any]:
     """``v / sqrt(|v|^2 + epsilon)`` of queries and keys, as nmn's ``normalize_qk``.
 

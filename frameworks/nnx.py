@@ -21,12 +21,19 @@ name; the arguments the layers share mean the same in each:
   ``1 / (1 - drop_rate)``, in every call unless ``deterministic=True`` (default False, as
   nmn); drawn from ``dropconnect_key``, a fork of ``rngs.dropout`` as nmn's, so one seed
   gives nmn's draws; then the ``mask`` (:func:`nmn_array.drop_connect`).
+- ``tie_kernel_bank``, ``kernel_bank_size``, ``kernel_bank_id`` (YatNMN, YatConv): the
+  layers of one class that name one bank id and agree on the kernel shape but the units,
+  ``feature_group_count``, ``param_dtype``, ``kernel_init`` (identity) and ``positive_init``
+  share one ``nnx.Param`` ``kernel`` of ``kernel_bank_size`` (default: the first layer's)
+  units and each uses its first ``out_features``; their gradients add up in it. A larger
+  layer grows the bank (old units kept, new ones drawn from its ``rngs.params``) until a
+  layer of the bank has run, then ValueError; ``lazy`` with a bank is a ValueError, as nmn.
+  The slice comes first, then DropConnect, the ``mask``, weight normalisation.
 - ``dtype``, ``param_dtype``, ``promote_dtype``: the computation runs in the promoted
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
 - Decision 13, non-default values raise NotImplementedError: ``use_dropconnect`` of
-  attention, ``tie_kernel_bank``, ``fused``, ``compute_mode``, ``distance_floor``,
-  ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
+  attention, ``tie_kernel_bank``, ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
   kept: ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``, ``performer_*``,
   ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
@@ -59,6 +66,7 @@ from typing import Any
 from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
+    KernelBanks,
     alpha_config,
     bias_config,
     check_epsilon,
@@ -73,6 +81,7 @@ from nmn_array.frameworks._common import (
 
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid
+from nmn_array._validation import check_floor
 
 jax = require("jax")
 # Any: the module is imported at run time and its classes are our base classes; mypy
@@ -112,6 +121,8 @@ __all__ = [
     "default_kernel_init",
     "dot_product_attention",
     "dot_product_attention_weights",
+    "fused_yat_l1_attention",
+    "fused_yat_l1_self_attention",
     "make_attention_mask",
     "make_causal_mask",
     "normalize_qk",
@@ -137,13 +148,9 @@ default_bias_init = _initializers.zeros_init()
 default_alpha_init = _initializers.ones_init()
 default_embed_init = _linear.default_embed_init
 
-_IN_DTYPE = "it computes in the input dtype with the distance clamped at 0 (Decisions 3 and 13)"
 _PERFORMER = "linear-time (performer) attention is Decision 13; pass a causal mask instead"
 #: Arguments accepted for nmn's signatures that only their default may take: (default, why).
 _UNSUPPORTED = {
-    "fused": (False, _IN_DTYPE),
-    "compute_mode": ("fp32", _IN_DTYPE),
-    "distance_floor": (0.0, _IN_DTYPE),
     "dot_general": (lax.dot_general, "the product is computed by nmn_array.yat"),
     "conv_general_dilated": (
         lax.conv_general_dilated,
@@ -153,6 +160,10 @@ _UNSUPPORTED = {
     "causal": (False, _PERFORMER),
 }
 _RATES = ("drop_rate", "dropconnect_rate", "dropout_rate")
+#: YatNMN's compute_mode values (its docstring says what each means).
+COMPUTE_MODES = ("fp32", "mixed", "bf16")
+#: The shared kernel banks of YatNMN and YatConv (``tie_kernel_bank``; the module docstring).
+_BANKS = KernelBanks()
 
 
 class FrozenParam(nnx.Variable):
@@ -186,9 +197,7 @@ class _Layer(nnx.Module):
         # use on MultiHeadAttention's projections is not implemented
         dropconnect = "drop_rate" in args
         reject_unsupported_features(
-            layer,
-            use_dropconnect=args.get("use_dropconnect", False) and not dropconnect,
-            tie_kernel_bank=args.get("tie_kernel_bank", False),
+            layer, use_dropconnect=args.get("use_dropconnect", False) and not dropconnect
         )
         for name, (default, reason) in _UNSUPPORTED.items():
             if name in args:
@@ -204,12 +213,25 @@ class _Layer(nnx.Module):
                 f"Shapes are: {tuple(mask.shape)}, {shape}"
             )
         if shape is not None:
-            array = args[f"{table}_init"](rngs.params(), shape, param_dtype)
-            if args.get("positive_init"):
-                array = jnp.abs(array)
-            if args.get("weight_normalized"):
-                array = unit_normalized(array, normalize_axis)
-            setattr(self, table, (FrozenParam if args.get("lazy") else nnx.Param)(array))
+
+            def initial(units: int) -> Array:
+                """A kernel of ``shape`` with ``units`` units, drawn as nmn draws it."""
+                array = args[f"{table}_init"](rngs.params(), shape[:-1] + (units,), param_dtype)
+                if args.get("positive_init"):
+                    array = jnp.abs(array)
+                if args.get("weight_normalized"):
+                    array = unit_normalized(array, normalize_axis)
+                return array
+
+            self._bank_key = None
+            if args.get("tie_kernel_bank"):
+                self._bank_key = self._attach_bank(args, shape, initial)
+            else:
+                setattr(
+                    self,
+                    table,
+                    (FrozenParam if args.get("lazy") else nnx.Param)(initial(shape[-1])),
+                )
             if table == "kernel":
                 self.kernel_shape = shape
         if "constant_bias" in args:
@@ -234,6 +256,37 @@ class _Layer(nnx.Module):
         if dropconnect:  # nmn's key: a fork of the dropout stream, after the variables
             self.dropconnect_key = rngs.dropout.fork() if self.use_dropconnect else nnx.data(None)
 
+    def _attach_bank(
+        self, args: dict[str, Any], shape: tuple[int, ...], initial: Callable[[int], Array]
+    ) -> tuple[Any, ...]:
+        """Make ``kernel`` the shared bank of ``args['kernel_bank_id']`` for this kernel
+        ``shape`` (units last) through ``_BANKS``; returns the bank's key. New units are drawn
+        from ``rngs.params`` only when the bank is made or grown, as in nmn."""
+        if args.get("lazy"):
+            raise ValueError(
+                f"{type(self).__name__}(lazy=True / freeze_kernel=True) cannot be used with "
+                "tie_kernel_bank=True: a shared kernel bank cannot be frozen per layer"
+            )
+        # as nmn: the bank id, the kernel shape but the units, the groups, the parameter
+        # dtype, the initialiser (its identity) and positive_init name one bank
+        key = (
+            type(self).__name__, args["kernel_bank_id"], shape[:-1],
+            args.get("feature_group_count", 1), jnp.dtype(args["param_dtype"]),
+            args["kernel_init"], bool(args["positive_init"]),
+        )  # fmt: skip
+
+        def grow(bank: Any, old: int, new: int) -> None:
+            bank.value = initial(new).at[..., :old].set(bank[...])  # the old units kept
+
+        self.kernel = _BANKS.attach(
+            key,
+            units=shape[-1],
+            size=args["kernel_bank_size"],
+            make=lambda units: nnx.Param(initial(units)),
+            grow=grow,
+        )
+        return key
+
     def _bias_array(self) -> Array | None:
         if self._constant_bias_value is not None:
             return jnp.full((self.out_features,), self._constant_bias_value, self.param_dtype)
@@ -251,9 +304,15 @@ class _Layer(nnx.Module):
         return {"alpha": alpha, "epsilon": epsilon}
 
     def _kernel(self, deterministic: bool) -> Array:
-        """The kernel after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
+        """The kernel (the layer's units of a shared bank) after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
         ``deterministic``; drawn as nmn draws it) and the fixed ``mask``."""
         kernel, keep = self.kernel[...], None
+        if self._bank_key is not None:  # this layer's units of the shared bank
+            kernel = kernel[..., : self.kernel_shape[-1]]
+            try:
+                _BANKS.mark_used(self._bank_key)
+            except KeyError:  # _BANKS was cleared: the layer keeps its variable all the same
+                pass
         if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
             keep_prob = 1.0 - self.drop_rate
             keep = jax.random.bernoulli(self.dropconnect_key(), keep_prob, kernel.shape)
@@ -261,11 +320,11 @@ class _Layer(nnx.Module):
         return nmn_array.drop_connect(kernel, keep, rate=self.drop_rate, mask=mask)
 
     def _yat(self, x: Array, kernel: Array, bias: Array | None, **options: Any) -> Array:
-        """:func:`nmn_array.yat` with the layer's scalars, ``spherical`` and ``precision``."""
+        """:func:`nmn_array.yat` with the layer's scalars (``options`` may replace them),
+        ``spherical`` and ``precision``."""
         precision = getattr(self, "precision", None)
-        return _flax.yat(
-            x, kernel, bias, precision, spherical=self.spherical, **self._scalars(), **options
-        )
+        options = {**self._scalars(), **options}
+        return _flax.yat(x, kernel, bias, precision, spherical=self.spherical, **options)
 
 
 class YatNMN(_Layer):
@@ -274,7 +333,18 @@ class YatNMN(_Layer):
     Variables: ``kernel (in_features, out_features)`` (xavier normal; a
     :class:`FrozenParam` with ``lazy``, which ``freeze_kernel`` overrides), ``bias``,
     ``alpha``, ``epsilon_param``; ``spherical``: of unit-length vectors. Other arguments:
-    the module docstring.
+    the module docstring, and
+
+    - ``distance_floor``: the squared distance is clamped to ``max(D, distance_floor)``
+      (a finite float >= 0; default 0.0, as nmn).
+    - ``compute_mode``: "fp32" (default) and "mixed" both mean the dtype policy of the
+      module docstring (float16/bfloat16 computed in float32 and returned in their dtype,
+      float64 kept; nmn's "fp32" rounds float64 to float32, its bug); "bf16": the input,
+      kernel, bias, alpha and a learnable epsilon are cast to bfloat16 before the call, which
+      computes in float32 and returns bfloat16 (nmn keeps the input dtype and rounds the
+      intermediates to bfloat16 instead). Other values raise ValueError.
+    - ``fused``: nmn's custom-VJP kernel; here the call is one XLA computation under
+      ``jax.jit`` either way, so ``fused=True`` gives the same values as ``fused=False``.
 
     Examples
     --------
@@ -324,6 +394,9 @@ class YatNMN(_Layer):
         rngs: nnx.Rngs,
     ) -> None:
         lazy = freeze_kernel = bool(lazy if freeze_kernel is None else freeze_kernel)
+        if compute_mode not in COMPUTE_MODES:
+            raise ValueError(f"compute_mode must be one of {COMPUTE_MODES}, got {compute_mode!r}")
+        distance_floor = check_floor(distance_floor, "distance_floor")
         self._setup(locals(), (in_features, out_features), normalize_axis=1)
 
     def __call__(self, inputs: Array, *, deterministic: bool = False) -> Array:
@@ -331,8 +404,18 @@ class YatNMN(_Layer):
         DropConnect off."""
         kernel = self._kernel(deterministic)
         x, kernel, bias = self.promote_dtype((inputs, kernel, self._bias_array()), dtype=self.dtype)
+        scalars = self._scalars()
+        if self.compute_mode == "bf16":  # the arrays in bfloat16; Python floats stay as given
+            x, kernel, bias, *values = (
+                a if a is None or isinstance(a, float) else a.astype(jnp.bfloat16)
+                for a in (x, kernel, bias, *scalars.values())
+            )
+            scalars = dict(zip(scalars, values, strict=True))
         # _w_in_out: the (in, out) kernel as stored, no transposes under XLA
-        return self._yat(x, kernel, bias, weight_normalized=self.weight_normalized, _w_in_out=True)
+        return self._yat(
+            x, kernel, bias, weight_normalized=self.weight_normalized, _w_in_out=True,
+            distance_floor=self.distance_floor, **scalars,
+        )  # fmt: skip
 
 
 YatDense = YatNMN
@@ -1071,6 +1154,83 @@ def yat_attention_normalized(
         deterministic, dtype, precision, module, epsilon, use_softermax, power, alpha,
         spherical=True,
     )  # fmt: skip
+
+
+def fused_yat_l1_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    bias: Array | None = None,
+    epsilon: float | Array = 1e-5,
+    mask: Array | None = None,
+    scale: float | None = None,
+    precision: Any = None,
+) -> Array:
+    """nmn.nnx's L1 yat attention of ``query (*batch, Lq, heads, d)``, ``key``, ``value``
+    (``(*batch, Lk, heads, ·)``): weights ``S / (sum S + 1e-12)`` with ``S = (q.k + bias)^2
+    / ((max(|q - k|^2, 0) + epsilon) * scale)`` (``scale`` default ``sqrt(d)``; ``bias``,
+    boolean ``mask`` broadcastable to ``(*batch, heads, Lq, Lk)``, masked scores 0): the
+    core's "softermax" with power 1 and scale ``1 / scale``. nmn's custom VJP only saves
+    memory; the values and gradients are the same.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = jnp.ones((2, 5, 3, 4))
+    >>> fused_yat_l1_attention(q, q, q).shape
+    (2, 5, 3, 4)
+    """
+    return _l1_attention(query, key, value, bias, epsilon, mask, scale, precision)
+
+
+def fused_yat_l1_self_attention(
+    x: Array,
+    value: Array,
+    *,
+    bias: Array | None = None,
+    epsilon: float | Array = 1e-5,
+    scale: float | None = None,
+    precision: Any = None,
+) -> Array:
+    """:func:`fused_yat_l1_attention` with ``q = k = x (*batch, L, heads, d)`` whose weight of
+    each token on itself is set to 0 after the normalisation (its score still counts in the
+    normaliser), as nmn.nnx's.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> fused_yat_l1_self_attention(jnp.ones((2, 5, 3, 4)), jnp.ones((2, 5, 3, 6))).shape
+    (2, 5, 3, 6)
+    """
+
+    def zero_self(weights: Array) -> Array:
+        n = weights.shape[-1]
+        return jnp.where(jnp.eye(n, dtype=jnp.bool_), jnp.zeros((), weights.dtype), weights)
+
+    return _l1_attention(x, x, value, bias, epsilon, None, scale, precision, zero_self)
+
+
+def _l1_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    bias: Array | None,
+    epsilon: float | Array,
+    mask: Array | None,
+    scale: float | None,
+    precision: Any,
+    hook: Callable[[Array], Array] | None = None,
+) -> Array:
+    """The call of the fused L1 functions: nmn's ``scale`` divides the scores; the API's
+    multiplies them on top of ``1 / sqrt(d)``."""
+    d = query.shape[-1]
+    factor = None if scale is None else math.sqrt(d) / scale
+    with _flax.precision_scope(precision):
+        return _api.attention_yat_bias(
+            query, key, value, yat_bias=bias, mask=_flax.flax_mask(mask), dropout=hook,
+            scale=factor, epsilon=epsilon, normalization="softermax", power=1.0,
+        )  # fmt: skip
 
 
 normalize_qk = _api.normalize_qk

@@ -139,11 +139,6 @@ def test_yatnmn_variables_init_and_lazy():
 
 
 def test_yatnmn_unsupported_raise():
-    with pytest.raises(NotImplementedError, match="kernel banks"):
-        M.YatNMN(4, 3, tie_kernel_bank=True, rngs=nnx.Rngs(0))
-    for kw in (dict(fused=True), dict(compute_mode="bf16"), dict(distance_floor=1e-3)):
-        with pytest.raises(NotImplementedError, match="not implemented in nmn_array"):
-            M.YatNMN(4, 3, rngs=nnx.Rngs(0), **kw)
     with pytest.raises(ValueError, match="drop_rate"):
         M.YatNMN(4, 3, drop_rate=1.0, rngs=nnx.Rngs(0))
 
