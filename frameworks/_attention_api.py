@@ -86,42 +86,22 @@ def attention(
     bias: Any = None,
     dropout: Dropout = None,
     scale: Any = None,
+    yat_bias: Any = None,
     **options: Any,
 ) -> Any:
     """Outputs ``(*batch, Lq, heads, dv)`` for values ``(*batch, Lk, heads, dv)``; the other
-    arguments as :func:`attention_weights`."""
+    arguments as :func:`attention_weights`. ``yat_bias`` (broadcastable to ``(*batch, heads,
+    Lq, Lk)``) is added to ``q.k`` inside the square (nmn NNX's fused L1 attention's
+    ``bias``), where ``bias`` is an additive logit."""
     xp, q, k, mask, factor = _inputs(query, key, mask, bias, scale)
     v = _heads_first(xp, value, "value")
+    if yat_bias is not None:
+        options["bias"] = yat_bias
     if dropout is None:
         out = nmn_array.yat_attention(q, k, v, mask=mask, scale=factor, **options)
     else:
         weights = nmn_array.yat_attention_weights(q, k, mask=mask, scale=factor, **options)
         out = xp.matmul(dropout(weights), as_compute(xp, v, weights.dtype))
-    return _heads_first(xp, out, "output")
-
-
-def attention_yat_bias(
-    query: Any,
-    key: Any,
-    value: Any,
-    *,
-    yat_bias: Any,
-    mask: Any,
-    dropout: Dropout = None,
-    scale: Any = None,
-    **options: Any,
-) -> Any:
-    """:func:`attention` with ``yat_bias`` (broadcastable to ``(*batch, heads, Lq, Lk)``)
-    added to ``q.k`` inside the square (nmn NNX's fused L1 attention's ``bias``), not an
-    additive logit; ``mask`` boolean (True = attend)."""
-    xp, q, k, mask, factor = _inputs(query, key, mask, None, scale)
-    v = _heads_first(xp, value, "value")
-    options.update(mask=mask, scale=factor, bias=yat_bias)
-    if dropout is None:
-        out = nmn_array.yat_attention(q, k, v, **options)
-    else:
-        weights = dropout(nmn_array.yat_attention_weights(q, k, **options))
-        out = xp.matmul(weights, as_compute(xp, v, weights.dtype))
     return _heads_first(xp, out, "output")
 
 

@@ -309,10 +309,7 @@ class _Layer(nnx.Module):
         kernel, keep = self.kernel[...], None
         if self._bank_key is not None:  # this layer's units of the shared bank
             kernel = kernel[..., : self.kernel_shape[-1]]
-            try:
-                _BANKS.mark_used(self._bank_key)
-            except KeyError:  # _BANKS was cleared: the layer keeps its variable all the same
-                pass
+            _BANKS.mark_used(self._bank_key)
         if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
             keep_prob = 1.0 - self.drop_rate
             keep = jax.random.bernoulli(self.dropconnect_key(), keep_prob, kernel.shape)
@@ -1227,7 +1224,7 @@ def _l1_attention(
     d = query.shape[-1]
     factor = None if scale is None else math.sqrt(d) / scale
     with _flax.precision_scope(precision):
-        return _api.attention_yat_bias(
+        return _api.attention(
             query, key, value, yat_bias=bias, mask=_flax.flax_mask(mask), dropout=hook,
             scale=factor, epsilon=epsilon, normalization="softermax", power=1.0,
         )  # fmt: skip
