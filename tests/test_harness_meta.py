@@ -78,9 +78,9 @@ def test_bias_outside_the_square_fails_matches_reference():
 
 
 def test_unclamped_distance_fails_nonnegative(monkeypatch):
-    def unclamped_ratio(xp, dot, dist, *, bias=None, alpha=None, epsilon=1e-5):
+    def unclamped_ratio(xp, dot, dist, *, bias=None, alpha=None, epsilon=1e-5, floor=0.0):
         num = dot if bias is None else dot + bias
-        out = num * num / (dist + epsilon)  # no max(dist, 0)
+        out = num * num / (dist + epsilon)  # no max(dist, floor)
         return out if alpha is None else out * alpha
 
     import nmn_array.dense

@@ -146,8 +146,8 @@ def test_missing_and_extra_files_fail_check(tree, capsys):
     ("old", "new", "key", "expected"),
     [
         (
-            "  matches_reference: {}",
-            "  matches_refrence: {}",
+            "  matches_reference:\n    params:",
+            "  matches_refrence:\n    params:",
             "properties.matches_refrence",
             "a key that is one of 'matches_reference'",
         ),
