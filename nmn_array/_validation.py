@@ -150,6 +150,21 @@ def check_floor(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_window(window: Any) -> tuple[int | None, int | None] | None:
+    """``window``: None or a pair ``(left, right)``, each None or an int >= 0."""
+    if window is None:
+        return None
+    ok = isinstance(window, (tuple, list)) and len(window) == 2
+    ok = ok and all(
+        w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 0) for w in window
+    )
+    if not ok:
+        raise ValueError(
+            f"window must be None or (left, right), each None or an int >= 0, got {window!r}"
+        )
+    return (window[0], window[1])
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
+from nmn_array import _blocked_attention as blocked
 from nmn_array import _validation as _v
+from nmn_array._attention_blocks import Blocks, Window, merge_windows
 from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, device_kw, is_torch, scalar_like
+from nmn_array._namespace import array_namespace, is_torch, scalar_like
+from nmn_array._native import blocked as native_blocked
 from nmn_array.dense import DISTANCES, safe_norm
 from nmn_array.squashers import softermax_impl
 
@@ -18,7 +22,7 @@ SOFTERMAX_EPSILON = 1e-12
 
 
 def _check(q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power, bias):
-    alpha, epsilon, scale, power, bias = _v.plain_all(alpha, epsilon, scale, power, bias)
+    """Validated options; ``alpha, epsilon, scale, power, bias`` are already plain."""
     _v.check_known_sizes(
         q=q, k=k, v=v_, mask=mask, alpha=alpha, epsilon=epsilon, scale=scale, bias=bias
     )
@@ -149,23 +153,32 @@ def unit_heads(x: Any, *, floor: float = 1e-12) -> Any:
     return _v.cast_back(xp, out, x.dtype)
 
 
-def _scores(xp, q, k, factor, epsilon, spherical, native, refine, bias=None):
-    if spherical:
-        q, k = _unit_rows(xp, q, epsilon), _unit_rows(xp, k, epsilon)
+def _pair_scores(xp, q, k, factor, epsilon, unit, native, refine, bias=None):
+    """Scores of queries against keys already normalised when ``unit`` (spherical)."""
     if native and is_torch(xp) and bias is None:
         from nmn_array._native.torch_yat import yat_scores
 
-        return yat_scores(q, k, factor, epsilon, unit=spherical, refine=refine)
+        return yat_scores(q, k, factor, epsilon, unit=unit, refine=refine)
     dot = xp.matmul(q, xp.matrix_transpose(k))
-    if spherical:
+    if unit:
         dist = 2.0 - (dot + dot)
     else:
         q_sq = xp.sum(q * q, axis=-1, keepdims=True)
         k_sq = xp.matrix_transpose(xp.sum(k * k, axis=-1, keepdims=True))
         dist = expanded_distance(dot, q_sq, k_sq)
     if refine:
-        dist = refine_distance(xp, dist, q, k, unit_x=spherical, unit_w=spherical)
+        dist = refine_distance(xp, dist, q, k, unit_x=unit, unit_w=unit)
     return yat_ratio(xp, dot, dist, bias=bias, alpha=factor, epsilon=epsilon)
+
+
+def _tile_function(xp, unit: bool, native: bool, refine: bool):
+    """The blocked path's score function of one tile: finite scores, the additive mask added."""
+
+    def tile(qb, kb, factor, epsilon, bias, amask):
+        s = _finite(xp, _pair_scores(xp, qb, kb, factor, epsilon, unit, native, refine, bias))
+        return s if amask is None else _finite(xp, s + amask)
+
+    return tile
 
 
 def _is_additive(xp, mask) -> bool:
@@ -199,17 +212,12 @@ def _restrict(xp, mask, allowed):
     return xp.where(allowed, mask, scalar_like(xp, -math.inf, mask))
 
 
-def _visible(xp, mask, causal, lq, lk, like):
+def _visible(xp, mask, window, lq, lk, like):
     """The mask to normalise with, or None when every key is visible: boolean (True = attend)
-    or additive in the compute dtype of ``like``, with the causal limit folded in."""
-    if mask is not None and _is_additive(xp, mask) and mask.dtype != like.dtype:
-        mask = xp.astype(mask, like.dtype)
-    if causal:
-        kw = device_kw(xp, like)
-        rows = xp.reshape(xp.arange(lq, dtype=xp.int64, **kw), (lq, 1))
-        cols = xp.reshape(xp.arange(lk, dtype=xp.int64, **kw), (1, lk))
-        return _restrict(xp, mask, cols <= rows + (lk - lq))
-    return mask
+    or additive, with the window (causal included) folded in."""
+    if window is None:
+        return mask
+    return _restrict(xp, mask, Blocks(lq, lk, lq, lk, window).visible(xp, 0, lq, 0, lk, like))
 
 
 def _finite(xp, scores):
@@ -266,10 +274,10 @@ def _normalize(xp, scores, visible, normalization, epsilon, power, native):
     return softermax_impl(xp, scores, float(power), SOFTERMAX_EPSILON, -1)
 
 
-#: The keyword arguments both public functions pass on to :func:`_weights`, in order.
+#: The keyword arguments both public functions pass on to :func:`_prepare`, in order.
 _OPTIONS = (
-    "mask", "causal", "alpha", "epsilon", "scale", "spherical", "normalization", "power",
-    "distance", "bias",
+    "mask", "causal", "window", "alpha", "epsilon", "scale", "spherical", "normalization",
+    "power", "distance", "bias",
 )  # fmt: skip
 
 
@@ -278,22 +286,123 @@ def _options(args: dict) -> tuple:
     return tuple(args[name] for name in _OPTIONS)
 
 
-def _weights(q, k, v_, options, native):
-    """Validated attention weights; ``options`` are the keyword arguments of the public
-    functions, in their order (mask ... distance)."""
-    mask, causal, alpha, epsilon, scale, spherical, normalization, power, distance, bias = options
+class _Inputs(NamedTuple):
+    """Validated attention inputs in the compute dtype (q and k unit rows when spherical)."""
+
+    xp: ModuleType
+    dtype: Any
+    q: Any
+    k: Any
+    factor: Any
+    epsilon: Any
+    bias: Any
+    mask: Any
+    window: Window | None
+    normalization: str
+    power: float
+    unit: bool
+    refine: bool
+
+
+def _prepare(q, k, v_, options) -> _Inputs:
+    mask, causal, window, alpha, epsilon, scale, spherical, normalization, power, distance, bias = (
+        options
+    )
+    alpha, epsilon, scale, power, bias = _v.plain_all(alpha, epsilon, scale, power, bias)
     xp, dtype, normalization, factor, epsilon = _check(
         q, k, v_, mask, causal, alpha, epsilon, scale, spherical, normalization, power, bias
     )
+    window = merge_windows(causal, _v.check_window(window))
+    if window is not None and (q.shape[-2] is None or k.shape[-2] is None):
+        raise ValueError(
+            f"window needs static sequence lengths, got q {_v.shape_of(q)} and k {_v.shape_of(k)}"
+        )
     refine = _v.lowered_choice(distance, "distance", DISTANCES) == "refined"
     qc, kc = _v.as_compute(xp, q, dtype), _v.as_compute(xp, k, dtype)
-    bc = _v.as_compute(xp, _v.plain(bias), dtype)
-    scores = _scores(xp, qc, kc, factor, epsilon, spherical, native, refine, bc)
+    if spherical:
+        qc, kc = _unit_rows(xp, qc, epsilon), _unit_rows(xp, kc, epsilon)
+    if mask is not None and _is_additive(xp, mask) and mask.dtype != dtype:
+        mask = xp.astype(mask, dtype)
+    return _Inputs(
+        xp, dtype, qc, kc, factor, epsilon, _v.as_compute(xp, bias, dtype), mask, window,
+        normalization, float(power), spherical, refine,
+    )  # fmt: skip
+
+
+def _dense_weights(a: _Inputs, native: bool) -> Any:
+    """The whole ``(..., Lq, Lk)`` matrix of attention weights."""
+    xp = a.xp
+    scores = _pair_scores(xp, a.q, a.k, a.factor, a.epsilon, a.unit, native, a.refine, a.bias)
     if 0 in _v.shape_of(scores)[:-1]:
         # empty batch or no queries: nothing to normalise (and Dask cannot reduce empty arrays)
-        return xp, dtype, scores
-    visible = _visible(xp, mask, causal, q.shape[-2], k.shape[-2], qc)
-    return xp, dtype, _normalize(xp, scores, visible, normalization, epsilon, power, native)
+        return scores
+    visible = _visible(xp, a.mask, a.window, a.q.shape[-2], a.k.shape[-2], a.q)
+    return _normalize(xp, scores, visible, a.normalization, a.epsilon, a.power, native)
+
+
+#: ``block_size="auto"`` evaluates in blocks of this many queries and keys ...
+AUTO_BLOCK = 256
+#: ... when there are at least this many keys (measured: docs/performance.md).
+AUTO_MIN_KEYS = 1024
+
+
+def _lead(*shapes: tuple) -> tuple[int, ...]:
+    """The broadcast of leading shapes (NumPy's rule)."""
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for i in range(ndim):
+        sizes = {s[i - ndim + len(s)] for s in shapes if i - ndim + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"leading axes do not broadcast: {shapes}")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _block(block_size: Any, a: _Inputs, v: Any, native: bool) -> int | None:
+    """The block size to evaluate with, or None for the materialised path."""
+    if block_size is None:
+        return None
+    auto = isinstance(block_size, str) and block_size == "auto"
+    if not auto and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be None, 'auto' or an int >= 1, got {block_size!r}")
+    shapes = [_v.shape_of(t) for t in (a.q, a.k, v, a.mask, a.bias) if hasattr(t, "shape")]
+    if any(None in s for s in shapes) or any(0 in s for s in shapes[:3]):
+        return None  # symbolic or empty sizes: the materialised path handles them
+    if is_torch(a.xp):
+        from nmn_array._native.blocked import torch_transforms_active
+        from nmn_array._native.torch_yat import _exporting
+
+        if torch_transforms_active() or _exporting():
+            return None
+    if auto:
+        return AUTO_BLOCK if a.k.shape[-2] >= AUTO_MIN_KEYS else None
+    return block_size
+
+
+def _blocked_output(a: _Inputs, v: Any, size: int, native: bool) -> Any:
+    xp = a.xp
+    lq, lk = a.q.shape[-2], a.k.shape[-2]
+    additive = a.mask is not None and _is_additive(xp, a.mask)
+    amask = a.mask if additive else None
+    per_score = [t.shape[:-2] for t in (a.mask, a.bias) if hasattr(t, "ndim") and t.ndim > 2]
+    prob = blocked.Problem(
+        blocks=Blocks(lq, lk, min(size, lq), min(size, lk), a.window),
+        tile=_tile_function(xp, a.unit, native, a.refine),
+        normalization=a.normalization,
+        power=a.power,
+        mask=None if additive else a.mask,
+        lead=_lead(a.q.shape[:-2], a.k.shape[:-2], v.shape[:-2], *per_score),
+    )
+
+    def materialised(q, k, v, factor, epsilon, bias, amask_):
+        b = a._replace(q=q, k=k, factor=factor, epsilon=epsilon, bias=bias)
+        b = b._replace(mask=amask_ if additive else a.mask)
+        return xp.matmul(_dense_weights(b, native), v)
+
+    extras = [a.factor, a.epsilon, a.bias, amask]
+    return native_blocked.run(xp, prob, a.q, a.k, v, extras, materialised)
 
 
 def yat_attention_weights(
@@ -302,6 +411,7 @@ def yat_attention_weights(
     *,
     mask: Any = None,
     causal: bool = False,
+    window: Any = None,
     alpha: Any = None,
     epsilon: Any = 1e-5,
     scale: Any = None,
@@ -329,6 +439,11 @@ def yat_attention_weights(
     causal : bool
         Query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq`` (queries aligned to the end of
         the keys, as when decoding with a cache).
+    window : None or (left, right), each None or an int >= 0
+        Local attention: query ``i`` sees key ``j`` iff ``p - left <= j <= p + right``,
+        ``p = i + Lk - Lq`` (end-aligned like ``causal``; None = unlimited on that side).
+        Combines with ``causal`` and ``mask`` (a key must pass all three). For a window over
+        an N-D grid of tokens, pass :func:`local_window_mask` as ``mask``.
     alpha : None, float or array of shape () or (1,)
         Multiplies the scores before normalisation.
     epsilon : float or array of shape () or (1,)
@@ -359,8 +474,8 @@ def yat_attention_weights(
     >>> nmn_array.yat_attention_weights(q, k).sum(axis=-1).round(12).tolist()
     [1.0]
     """
-    xp, _, weights = _weights(q, k, None, _options(locals()), _native)
-    return _v.cast_back(xp, weights, q.dtype)
+    a = _prepare(q, k, None, _options(locals()))
+    return _v.cast_back(a.xp, _dense_weights(a, _native), q.dtype)
 
 
 def yat_attention(
@@ -370,6 +485,7 @@ def yat_attention(
     *,
     mask: Any = None,
     causal: bool = False,
+    window: Any = None,
     alpha: Any = None,
     epsilon: Any = 1e-5,
     scale: Any = None,
@@ -378,12 +494,24 @@ def yat_attention(
     power: float = 1.0,
     distance: str = "refined",
     bias: Any = None,
+    block_size: Any = "auto",
     _native: bool = True,
 ) -> Any:
     """Yat attention: :func:`yat_attention_weights` applied to the values ``v (..., Lk, dv)``.
 
     Returns an array of shape (..., Lq, dv). See :func:`yat_attention_weights` for the
-    arguments.
+    arguments; one more:
+
+    block_size : None, "auto" or int >= 1
+        ``None`` computes the whole ``(Lq, Lk)`` score matrix. An int evaluates tile by tile
+        (``block_size`` queries by ``block_size`` keys) with running normalisers, so neither
+        the forward nor the backward (PyTorch, JAX, TensorFlow: a custom gradient that
+        recomputes tiles) holds an ``(Lq, Lk)`` array, and tiles that ``causal``/``window``
+        hide entirely are skipped. The result equals the materialised one up to rounding.
+        ``"auto"`` (default) uses blocks of :data:`AUTO_BLOCK` from :data:`AUTO_MIN_KEYS`
+        keys on. Symbolic or empty sizes, ``torch.func`` transforms and PyTorch exporters
+        always use the materialised path; PyTorch's double backward differentiates the
+        materialised path (exact, not O(L) in memory).
 
     Examples
     --------
@@ -392,6 +520,11 @@ def yat_attention(
     >>> nmn_array.yat_attention(q, k, v, causal=True).shape
     (2, 3, 6)
     """
-    xp, dtype, weights = _weights(q, k, v, _options(locals()), _native)
-    out = xp.matmul(weights, _v.as_compute(xp, v, dtype))
-    return _v.cast_back(xp, out, q.dtype)
+    a = _prepare(q, k, v, _options(locals()))
+    vc = _v.as_compute(a.xp, v, a.dtype)
+    size = _block(block_size, a, vc, _native)
+    if size is None:
+        out = a.xp.matmul(_dense_weights(a, _native), vc)
+    else:
+        out = _blocked_output(a, vc, size, _native)
+    return _v.cast_back(a.xp, out, q.dtype)

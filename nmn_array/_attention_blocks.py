@@ -1,0 +1,98 @@
+"""Which (query block, key block) tiles of an attention matrix a query can see.
+
+Query ``i`` sits at position ``p = i + Lk - Lq`` among the keys (queries aligned to the end of
+the keys, as ``causal`` and decoding with a cache have them). A window ``(left, right)`` lets
+it see key ``j`` iff ``p - left <= j <= p + right``; ``None`` leaves that side unlimited, so
+``causal`` is the window ``(None, 0)``. A tile none of whose pairs is visible is never
+computed; a tile all of whose pairs are visible needs no position mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from nmn_array._namespace import device_kw
+
+Window = tuple[int | None, int | None]
+
+
+def merge_windows(causal: bool, window: Window | None) -> Window | None:
+    """The one window ``causal`` and ``window`` allow together (None: every key)."""
+    if not causal:
+        return window
+    if window is None:
+        return (None, 0)
+    left, right = window
+    return (left, 0 if right is None else min(right, 0))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The tiling of an ``(lq, lk)`` attention matrix in ``bq x bk`` tiles under ``window``."""
+
+    lq: int
+    lk: int
+    bq: int
+    bk: int
+    window: Window | None
+
+    @property
+    def offset(self) -> int:
+        return self.lk - self.lq
+
+    def rows(self) -> list[tuple[int, int]]:
+        """The query blocks, in order."""
+        return [(r, min(r + self.bq, self.lq)) for r in range(0, self.lq, self.bq)]
+
+    def cols(self) -> list[tuple[int, int]]:
+        """The key blocks, in order."""
+        return [(c, min(c + self.bk, self.lk)) for c in range(0, self.lk, self.bk)]
+
+    def key_span(self, r0: int, r1: int) -> tuple[int, int]:
+        """The keys ``[lo, hi)`` that some query of ``[r0, r1)`` sees (``lo >= hi``: none)."""
+        lo, hi = 0, self.lk
+        if self.window is not None:
+            left, right = self.window
+            if left is not None:
+                lo = max(lo, r0 + self.offset - left)
+            if right is not None:
+                hi = min(hi, r1 - 1 + self.offset + right + 1)
+        return lo, hi
+
+    def tiles(self, r0: int, r1: int) -> Iterator[tuple[int, int, bool]]:
+        """The key blocks ``(c0, c1, whole)`` queries ``[r0, r1)`` see; ``whole``: every pair
+        of the tile is visible."""
+        lo, hi = self.key_span(r0, r1)
+        for c0, c1 in self.cols():
+            if c1 <= lo or c0 >= hi:
+                continue
+            yield c0, c1, self._whole(r0, r1, c0, c1)
+
+    def _whole(self, r0: int, r1: int, c0: int, c1: int) -> bool:
+        if self.window is None:
+            return True
+        left, right = self.window
+        first, last = r0 + self.offset, r1 - 1 + self.offset
+        return (left is None or c0 >= last - left) and (right is None or c1 - 1 <= first + right)
+
+    def visible(self, xp: ModuleType, r0: int, r1: int, c0: int, c1: int, like: Any) -> Any:
+        """Boolean ``(r1 - r0, c1 - c0)``: which pairs of the tile the window lets through."""
+        kw = device_kw(xp, like)
+        rows = xp.reshape(
+            xp.arange(r0 + self.offset, r1 + self.offset, dtype=xp.int64, **kw), (-1, 1)
+        )
+        cols = xp.reshape(xp.arange(c0, c1, dtype=xp.int64, **kw), (1, -1))
+        seen = None
+        if self.window is not None:
+            left, right = self.window
+            if left is not None:
+                seen = cols >= rows - left
+            if right is not None:
+                upper = cols <= rows + right
+                seen = upper if seen is None else xp.logical_and(seen, upper)
+        if seen is None:
+            return xp.ones((r1 - r0, c1 - c0), dtype=xp.bool, **kw)
+        return seen
