@@ -418,3 +418,16 @@ def test_attention_gradients_under_jit_equal_eager():
     # the compiled draws are the eager ones
     for value in (first, second):
         assert_parity(value, loss(eager), RTOL_F64, "jit == eager")
+
+
+def test_attention_dropconnect_draws_no_dropout_key_for_a_custom_attention_fn():
+    # DropConnect makes the call non-deterministic; without dropout (rate 0) nmn draws no
+    # dropout key from the call's rngs, so neither may we when attention_fn is a callable
+    kwargs = dict(use_dropconnect=True, dropconnect_rate=0.3, attention_fn=N.yat_attention)
+    mine, theirs = _attention(**kwargs), _attention(N.MultiHeadAttention, **kwargs)
+    x = _x((2, 5, 8), dtype=F64)
+    ours_rngs, their_rngs = nnx.Rngs(dropout=5), nnx.Rngs(dropout=5)
+    ours = mine(x, deterministic=False, rngs=ours_rngs)
+    ref = theirs(x, deterministic=False, rngs=their_rngs)
+    assert_parity(ours, ref, RTOL_F64, "MultiHeadAttention[DropConnect, attention_fn]")
+    assert int(ours_rngs.dropout.count[...]) == int(their_rngs.dropout.count[...]) == 0
