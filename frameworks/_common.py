@@ -267,34 +267,6 @@ def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     return values
 
 
-def reject_unsupported_features(
-    layer: str,
-    *,
-    use_dropconnect: bool = False,
-    tie_kernel_bank: bool = False,
-    kernel_bank: Any = None,
-) -> None:
-    """NotImplementedError when DropConnect or a kernel bank is asked of a layer that lacks it
-    (Decision 13). The arguments are accepted so that nmn configurations load; settings nmn
-    ignores while the feature is off (``drop_rate``, ``kernel_bank_size``, ...) pass.
-
-    >>> reject_unsupported_features("YatConv2D", use_dropconnect=True)
-    Traceback (most recent call last):
-    ...
-    NotImplementedError: YatConv2D(use_dropconnect=True): DropConnect is not implemented in nmn_array yet (Decision 13); use use_dropconnect=False
-    """
-    if use_dropconnect:
-        raise NotImplementedError(
-            f"{layer}(use_dropconnect=True): DropConnect is not implemented in nmn_array yet "
-            "(Decision 13); use use_dropconnect=False"
-        )
-    if tie_kernel_bank or kernel_bank is not None:
-        raise NotImplementedError(
-            f"{layer}(tie_kernel_bank=True): shared kernel banks are not implemented in "
-            "nmn_array yet (Decision 13); use tie_kernel_bank=False"
-        )
-
-
 def reject_nondefault(layer: str, reason: str, **settings: Any) -> None:
     """NotImplementedError for the first accepted-but-unsupported argument (``name=(value,
     default)``) that is not its default, with ``reason`` saying why it is missing.

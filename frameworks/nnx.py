@@ -21,6 +21,8 @@ name; the arguments the layers share mean the same in each:
   ``1 / (1 - drop_rate)``, in every call unless ``deterministic=True`` (default False, as
   nmn); drawn from ``dropconnect_key``, a fork of ``rngs.dropout`` as nmn's, so one seed
   gives nmn's draws; then the ``mask`` (:func:`nmn_array.drop_connect`).
+  ``MultiHeadAttention``'s ``use_dropconnect``, ``dropconnect_rate``: the same on its four
+  projection kernels (not the biases), drawn from ``dropconnect_rng`` as nmn's (the class).
 - ``tie_kernel_bank``, ``kernel_bank_size``, ``kernel_bank_id`` (YatNMN, YatConv): the
   layers of one class that name one bank id and agree on the kernel shape but the units,
   ``feature_group_count``, ``param_dtype``, ``kernel_init`` (identity) and ``positive_init``
@@ -32,10 +34,9 @@ name; the arguments the layers share mean the same in each:
 - ``dtype``, ``param_dtype``, ``promote_dtype``: the computation runs in the promoted
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
-- Decision 13, non-default values raise NotImplementedError: ``use_dropconnect`` of
-  attention, ``tie_kernel_bank``, ``dot_general``, ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or
-  kept: ``dropconnect_rate``, ``kernel_bank_size``, ``kernel_bank_id``, ``performer_*``,
-  ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
+- Decision 13, non-default values raise NotImplementedError: ``dot_general``,
+  ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or kept:
+  ``performer_*``, ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
 
 The functions take nmn.nnx's ``q, k, v (*batch, length, heads, dim)``.
@@ -72,7 +73,6 @@ from nmn_array.frameworks._common import (
     check_epsilon,
     check_rate,
     reject_nondefault,
-    reject_unsupported_features,
     require,
     restrict_mask,
     softermax,
@@ -166,6 +166,24 @@ COMPUTE_MODES = ("fp32", "mixed", "bf16")
 _BANKS = KernelBanks()
 
 
+def _drop_connect(
+    kernel: Array, key: Array | None, rate: float, mask: Array | None = None
+) -> Array:
+    """``kernel`` after DropConnect and the fixed ``mask`` (:func:`nmn_array.drop_connect`),
+    each weight kept with probability ``1 - rate`` by a Bernoulli draw from the JAX ``key``
+    as nmn draws it (``key`` None: no DropConnect)."""
+    keep = None if key is None else jax.random.bernoulli(key, 1.0 - rate, kernel.shape)
+    return nmn_array.drop_connect(kernel, keep, rate=rate, mask=mask)
+
+
+def _with_kernel(layer: Any, kernel: Array) -> Any:
+    """A view of the ``nnx.LinearGeneral`` ``layer`` whose kernel is ``kernel``: the layer's
+    own code runs on it (the gradient flows back through ``kernel``), ``layer`` is unchanged."""
+    view = nnx.merge(*nnx.split(layer))
+    view.kernel = nnx.Param(kernel)  # rebinds the view's attribute, not the shared variable
+    return view
+
+
 class FrozenParam(nnx.Variable):
     """A kernel excluded from ``nnx.state(model, nnx.Param)`` (``lazy`` / ``freeze_kernel``).
 
@@ -193,12 +211,6 @@ class _Layer(nnx.Module):
         ``table`` (``kernel`` or ``embedding``) of ``shape`` if given, ``bias`` (layers with
         ``constant_bias``), ``alpha``, ``epsilon_param`` (``None`` when there is none)."""
         layer = type(self).__name__
-        # DropConnect is the dense and conv layers' (those with drop_rate), as in nmn; its
-        # use on MultiHeadAttention's projections is not implemented
-        dropconnect = "drop_rate" in args
-        reject_unsupported_features(
-            layer, use_dropconnect=args.get("use_dropconnect", False) and not dropconnect
-        )
         for name, (default, reason) in _UNSUPPORTED.items():
             if name in args:
                 reject_nondefault(layer, reason, **{name: (args[name], default)})
@@ -244,6 +256,12 @@ class _Layer(nnx.Module):
             self.use_bias = bias.mode != "none"
             self.softplus_bias = bool(args["softplus_bias"] and learnable)
             self.scalar_bias = bool(args["scalar_bias"] and learnable)
+        # nmn forks the DropConnect stream off rngs.dropout: MultiHeadAttention (the layer
+        # with dropconnect_rate) before its alpha, the dense and conv layers (drop_rate)
+        # after their variables; with nnx.Rngs(seed) dropout and params are one stream, so
+        # the place decides every later draw
+        if "dropconnect_rate" in args:
+            self.dropconnect_rng = self._dropconnect_stream(rngs)
         alpha = alpha_config(args["use_alpha"], args["constant_alpha"])
         self.alpha, self._constant_alpha_value = nnx.data(None), alpha.value
         if alpha.mode == "learnable":
@@ -253,8 +271,13 @@ class _Layer(nnx.Module):
         self.learnable_epsilon, self.epsilon_param = bool(args["learnable_epsilon"]), nnx.data(None)
         if self.learnable_epsilon:
             self.epsilon_param = nnx.Param(_flax.raw_epsilon(self.epsilon, param_dtype))
-        if dropconnect:  # nmn's key: a fork of the dropout stream, after the variables
-            self.dropconnect_key = rngs.dropout.fork() if self.use_dropconnect else nnx.data(None)
+        if "drop_rate" in args:
+            self.dropconnect_key = self._dropconnect_stream(rngs)
+
+    def _dropconnect_stream(self, rngs: nnx.Rngs) -> Any:
+        """The DropConnect stream, a fork of ``rngs.dropout`` as nmn's (None without
+        ``use_dropconnect``: nothing drawn)."""
+        return rngs.dropout.fork() if self.use_dropconnect else nnx.data(None)
 
     def _attach_bank(
         self, args: dict[str, Any], shape: tuple[int, ...], initial: Callable[[int], Array]
@@ -306,15 +329,13 @@ class _Layer(nnx.Module):
     def _kernel(self, deterministic: bool) -> Array:
         """The kernel (the layer's units of a shared bank) after DropConnect (when ``use_dropconnect`` and ``drop_rate > 0``, unless
         ``deterministic``; drawn as nmn draws it) and the fixed ``mask``."""
-        kernel, keep = self.kernel[...], None
+        kernel, key = self.kernel[...], None
         if self._bank_key is not None:  # this layer's units of the shared bank
             kernel = kernel[..., : self.kernel_shape[-1]]
             _BANKS.mark_used(self._bank_key)
         if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
-            keep_prob = 1.0 - self.drop_rate
-            keep = jax.random.bernoulli(self.dropconnect_key(), keep_prob, kernel.shape)
-        mask = getattr(self, "mask", None)
-        return nmn_array.drop_connect(kernel, keep, rate=self.drop_rate, mask=mask)
+            key = self.dropconnect_key()
+        return _drop_connect(kernel, key, self.drop_rate, getattr(self, "mask", None))
 
     def _yat(self, x: Array, kernel: Array, bias: Array | None, **options: Any) -> Array:
         """:func:`nmn_array.yat` with the layer's scalars (``options`` may replace them),
@@ -763,7 +784,13 @@ class MultiHeadAttention(_Attention):
     ``normalize_qk``: ``q / max(|q|, 1e-12)``, Decision 2). ``qkv_features`` and
     ``out_features`` default to ``in_features``; ``attention_fn=None`` is nmn_array's yat
     attention, a callable is called as flax's attention functions are; ``decode=True``
-    with :meth:`init_cache` runs one token at a time over a key/value cache. The other
+    with :meth:`init_cache` runs one token at a time over a key/value cache.
+    ``use_dropconnect`` with ``dropconnect_rate`` in ``(0, 1)`` drops each weight of the
+    four projection kernels (not their biases) with that probability and scales the kept
+    ones by ``1 / (1 - dropconnect_rate)`` in every call that is not deterministic (the
+    flag is then required, as for dropout). The draws are nmn's: ``dropconnect_rng``, forked
+    from ``rngs.dropout`` before ``alpha`` is drawn, gives one key per projection from its
+    key and count, and the count advances by 4 after each call that succeeds. The other
     arguments are as ``flax.nnx.MultiHeadAttention`` and the module docstring.
 
     Examples
@@ -772,6 +799,11 @@ class MultiHeadAttention(_Attention):
     >>> from flax import nnx
     >>> MultiHeadAttention(2, 8, rngs=nnx.Rngs(0))(jnp.ones((2, 5, 8))).shape
     (2, 5, 8)
+    >>> attn = MultiHeadAttention(
+    ...     2, 8, use_dropconnect=True, dropconnect_rate=0.1, rngs=nnx.Rngs(0)
+    ... )
+    >>> attn(jnp.ones((2, 5, 8)), deterministic=False).shape, int(attn.dropconnect_rng.count[...])
+    ((2, 5, 8), 4)
     """
 
     DEFAULT_CONSTANT_ALPHA = DEFAULT_CONSTANT_ALPHA
@@ -867,8 +899,9 @@ class MultiHeadAttention(_Attention):
                 f"Incompatible input dimension, got {inputs_q.shape[-1]} "
                 f"but module expects {self.in_features}."
             )
-        # without dropout the call is deterministic whatever the flags say
-        deterministic = self.dropout_rate == 0.0 or _first_from(
+        dropconnect = self.use_dropconnect and self.dropconnect_rate > 0.0
+        # without dropout or DropConnect the call is deterministic whatever the flags say
+        deterministic = not (self.dropout_rate > 0.0 or dropconnect) or _first_from(
             deterministic,
             self.deterministic,
             error_msg="No `deterministic` argument was provided to MultiHeadAttention "
@@ -885,7 +918,11 @@ class MultiHeadAttention(_Attention):
         if self.attention_fn is not None:
             attention = functools.partial(
                 self.attention_fn,
-                dropout_rng=rngs.dropout() if rngs is not None and not deterministic else None,
+                dropout_rng=(
+                    rngs.dropout()
+                    if rngs is not None and not deterministic and self.dropout_rate > 0.0
+                    else None
+                ),
                 dropout_rate=self.dropout_rate,
                 broadcast_dropout=self.broadcast_dropout,
                 deterministic=deterministic,
@@ -896,15 +933,35 @@ class MultiHeadAttention(_Attention):
                 power=self.power,
                 **self._scalars(),
             )
-        return self._run(
-            (self.query, self.key, self.value),
+        layers, count = (self.query, self.key, self.value, self.out), None
+        if dropconnect and not deterministic:
+            # nmn's draws: one key per projection, folded from the stream's key and count;
+            # the count advances by 4 only once the call has succeeded
+            stream = self.dropconnect_rng
+            count = stream.count[...]
+            layers = tuple(
+                _with_kernel(
+                    layer,
+                    _drop_connect(
+                        layer.kernel[...],
+                        jax.random.fold_in(stream.key[...], count + i),
+                        self.dropconnect_rate,
+                    ),
+                )
+                for i, layer in enumerate(layers)
+            )
+        out = self._run(
+            layers[:3],
             (inputs_q, inputs_k, inputs_v),
             mask,
             _first_from(decode, self.decode, error_msg="no decode flag"),
             None,
             attention,
-            self.out,
+            layers[3],
         )
+        if count is not None:
+            self.dropconnect_rng.count[...] = count + len(layers)
+        return out
 
     def init_cache(self, input_shape: Sequence[int], dtype: Dtype = jnp.float32) -> None:
         """Create the key/value cache for ``decode``: ``input_shape = (*batch, max_length,

@@ -1,5 +1,6 @@
-"""DropConnect and fixed kernel masks of the NNX YatNMN, YatConv and YatConvTranspose (issue 11):
-against nmn.nnx 0.3.5 seeded alike, the layers without them, and nmn_array.drop_connect."""
+"""DropConnect and fixed kernel masks of the NNX YatNMN, YatConv and YatConvTranspose, and
+DropConnect of MultiHeadAttention's projections (issue 11): against nmn.nnx 0.3.5 seeded alike,
+the layers without them, and nmn_array.drop_connect."""
 
 from __future__ import annotations
 
@@ -207,12 +208,6 @@ def test_bad_drop_rate_raises(name, rate):
         _layer(name, use_dropconnect=True, drop_rate=rate)
 
 
-def test_attention_dropconnect_still_raises():
-    # nmn 0.3.5 drops MultiHeadAttention's projection weights; not implemented here
-    with pytest.raises(NotImplementedError, match="DropConnect"):
-        M.MultiHeadAttention(2, 8, use_dropconnect=True, dropconnect_rate=0.1, rngs=nnx.Rngs(0))
-
-
 @pytest.mark.parametrize("name", CONVS)
 def test_mask_of_wrong_shape_raises(name):
     shape = _kernel_shape(name)
@@ -241,3 +236,198 @@ def test_gradients_flow_under_jit(name):
     for path, g in nnx.to_flat_state(grads):
         assert bool(jnp.isfinite(g[...]).all()), path
     assert float(jnp.abs(grads["kernel"][...]).sum()) > 0
+
+
+# --------------------------------------------------------------------------------------
+# MultiHeadAttention: DropConnect of the query, key, value and out projection kernels
+# --------------------------------------------------------------------------------------
+PROJECTIONS = ("query", "key", "value", "out")
+
+
+def _attention(cls=M.MultiHeadAttention, rngs=None, **kwargs):
+    """A 2-head attention over 8 features in float64 (``nnx.Rngs(0)`` unless ``rngs``)."""
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    return cls(2, 8, param_dtype=F64, rngs=rngs, **kwargs)
+
+
+def _flat_variables(module):
+    """Every variable of ``module`` by path, as numpy (random keys as their key data)."""
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(module, nnx.Variable)):
+        value = var[...]
+        if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+            value = jax.random.key_data(value)
+        out[path] = np.asarray(value)
+    return out
+
+
+@pytest.mark.parametrize("seeds", [(0, 0), (3, 7)], ids=["Rngs(0)", "params3_dropout7"])
+def test_attention_training_matches_nmn_seeded(seeds):
+    params, dropout = seeds
+    rngs = (
+        (lambda: nnx.Rngs(params))
+        if params == dropout
+        else (lambda: nnx.Rngs(params=params, dropout=dropout))
+    )
+    kwargs = dict(use_dropconnect=True, dropconnect_rate=0.3, deterministic=False)
+    mine = _attention(rngs=rngs(), **kwargs)
+    theirs = _attention(N.MultiHeadAttention, rngs=rngs(), **kwargs)
+    # nmn forks the stream before drawing alpha and the projections: with nnx.Rngs(seed)
+    # (one stream) a fork anywhere else changes every weight
+    ours_state, their_state = _flat_variables(mine), _flat_variables(theirs)
+    assert ours_state.keys() == their_state.keys()
+    assert ("dropconnect_rng", "key") in ours_state and ("dropconnect_rng", "count") in ours_state
+    for path, value in their_state.items():
+        assert np.array_equal(ours_state[path], value), path
+    # nonzero biases and alpha off 1 (exact in float32, where nmn casts it), copied into
+    # ours: DropConnect must leave them alone
+    for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(theirs, nnx.Param))):
+        if path[-1] == "bias":
+            var[...] = 0.5 + jax.random.uniform(jax.random.key(i), var[...].shape, F64)
+        elif path[-1] == "alpha":
+            var[...] = jnp.full_like(var[...], 1.25)
+    nnx.update(mine, nnx.state(theirs))
+    keys = ("q", "k", "v")
+    x = {name: _x((2, 5, 8), seed=i + 1, dtype=F64) for i, name in enumerate(keys)}
+    outputs = []
+    for step in range(2):  # the count advances by 4 after each call, in both
+        ours, ref = mine(x["q"], x["k"], x["v"]), theirs(x["q"], x["k"], x["v"])
+        assert_parity(ours, ref, RTOL_F64, f"MultiHeadAttention[DropConnect, step {step}]")
+        assert int(mine.dropconnect_rng.count[...]) == int(theirs.dropconnect_rng.count[...])
+        outputs.append(np.asarray(ours))
+    assert int(mine.dropconnect_rng.count[...]) == 8
+    assert not np.array_equal(outputs[0], outputs[1])
+    # a rejected call draws nothing: the count stays, the next call still matches nmn
+    for module in (mine, theirs):
+        with pytest.raises(ValueError, match="cache"):
+            module(x["q"][:, :1], decode=True)
+    assert int(mine.dropconnect_rng.count[...]) == 8
+    assert_parity(mine(x["q"]), theirs(x["q"]), RTOL_F64, "MultiHeadAttention[after a rejection]")
+
+
+def test_attention_deterministic_and_rate_zero_equal_plain_layer():
+    plain = _attention()
+    x = _x((2, 5, 8), dtype=F64)
+    expected = np.asarray(plain(x))
+    weights = nnx.state(plain, nnx.Param)
+    dropping = _attention(use_dropconnect=True, dropconnect_rate=0.5)
+    nnx.update(dropping, weights)
+    for _ in range(2):
+        assert np.array_equal(np.asarray(dropping(x, deterministic=True)), expected)
+    assert int(dropping.dropconnect_rng.count[...]) == 0  # nothing drawn
+    # the class attribute as nmn's: deterministic=True at construction
+    flagged = _attention(use_dropconnect=True, dropconnect_rate=0.5, deterministic=True)
+    nnx.update(flagged, weights)
+    assert np.array_equal(np.asarray(flagged(x)), expected)
+    # rate 0 draws nothing and needs no flag; without use_dropconnect a rate does nothing
+    for kwargs in (dict(use_dropconnect=True), dict(dropconnect_rate=0.5)):
+        module = _attention(**kwargs)
+        nnx.update(module, weights)
+        assert np.array_equal(np.asarray(module(x)), expected), kwargs
+    assert not np.array_equal(np.asarray(dropping(x, deterministic=False)), expected)
+
+
+def test_attention_needs_deterministic_flag_when_dropconnect_is_active():
+    # as nmn: active DropConnect (like dropout) makes the call ask for the flag
+    attn = _attention(use_dropconnect=True, dropconnect_rate=0.2)
+    with pytest.raises(ValueError, match="deterministic"):
+        attn(_x((2, 5, 8), dtype=F64))
+
+
+@nnx.jit
+def _projection_grads(module, x, weights):
+    """The output and d(sum(out * weights))/d kernel of each projection from one call (one
+    draw), compiled (eager differentiation is slow; the compiled draws are the eager ones,
+    test_attention_gradients_under_jit_equal_eager)."""
+
+    def loss(m):
+        out = m(x)
+        return (out * weights).sum(), out
+
+    (_, out), grads = nnx.value_and_grad(loss, has_aux=True)(module)
+    return out, {name: grads[name]["kernel"][...] for name in PROJECTIONS}
+
+
+def test_attention_dropped_fraction_and_scaling():
+    rate, features = 0.3, 64
+    kwargs = dict(param_dtype=F64, rngs=nnx.Rngs(params=0, dropout=1))
+    attn = M.MultiHeadAttention(
+        4, features, use_dropconnect=True, dropconnect_rate=rate, deterministic=False, **kwargs
+    )
+    x = _x((2, 6, features), dtype=F64)
+    out, grads = _projection_grads(attn, x, _x((2, 6, features), seed=9, dtype=F64))
+    assert int(attn.dropconnect_rng.count[...]) == 4
+    keeps = {}
+    for name, grad in grads.items():
+        assert bool(jnp.isfinite(grad).all()), name
+        keep = np.asarray(grad != 0)  # exactly 0 where DropConnect dropped the weight
+        # each of the n = 4096 weights dropped independently with probability rate: the
+        # dropped count is Binomial(n, rate), within 5 standard deviations with probability
+        # 1 - 6e-7 (normal approximation; n * rate >> 1)
+        n = keep.size
+        assert n == features * features
+        fraction = 1.0 - float(keep.mean())
+        assert abs(fraction - rate) <= 5 * math.sqrt(rate * (1 - rate) / n), (name, fraction)
+        keeps[name] = keep
+    # one key per projection: four different patterns (the out kernel is (H, d, out))
+    flat = [keeps[name].reshape(-1) for name in PROJECTIONS]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(flat) for b in flat[i + 1 :])
+    # the output is the plain layer's with each kernel replaced by nmn_array.drop_connect of
+    # that pattern: kept weights scaled by 1 / (1 - rate), biases untouched
+    plain = M.MultiHeadAttention(4, features, **kwargs)
+    nnx.update(plain, nnx.state(attn, nnx.Param))
+    for name in PROJECTIONS:
+        kernel = getattr(plain, name).kernel
+        kernel[...] = nmn_array.drop_connect(kernel[...], jnp.asarray(keeps[name]), rate=rate)
+    assert_parity(out, plain(x), 1e-12, "MultiHeadAttention[drawn keep]")
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, math.nan])
+def test_attention_bad_dropconnect_rate_raises(rate):
+    with pytest.raises(ValueError, match="dropconnect_rate"):
+        _attention(use_dropconnect=True, dropconnect_rate=rate)
+
+
+@pytest.mark.parametrize("rate", [True, False])
+def test_attention_bool_dropconnect_rate_raises(rate):
+    # a bool is not a probability: TypeError, as for every rate of nmn_array (check_rate)
+    with pytest.raises(TypeError, match="dropconnect_rate"):
+        _attention(use_dropconnect=True, dropconnect_rate=rate)
+
+
+def test_attention_gradients_under_jit_equal_eager():
+    kwargs = dict(use_dropconnect=True, dropconnect_rate=0.3, deterministic=False)
+    attn, eager = _attention(**kwargs), _attention(**kwargs)
+    x = _x((2, 5, 8), dtype=F64)
+
+    def loss(m):
+        return (m(x) ** 2).mean()
+
+    @nnx.jit
+    def step(m):
+        return nnx.value_and_grad(loss)(m)
+
+    first, grads = step(attn)
+    second, _ = step(attn)  # the count advanced inside jit
+    assert int(attn.dropconnect_rng.count[...]) == 8
+    assert float(first) != float(second)
+    for path, g in nnx.to_flat_state(grads):
+        assert bool(jnp.isfinite(g[...]).all()), path
+    for name in PROJECTIONS:
+        assert float(jnp.abs(grads[name]["kernel"][...]).sum()) > 0, name
+    # the compiled draws are the eager ones
+    for value in (first, second):
+        assert_parity(value, loss(eager), RTOL_F64, "jit == eager")
+
+
+def test_attention_dropconnect_draws_no_dropout_key_for_a_custom_attention_fn():
+    # DropConnect makes the call non-deterministic; without dropout (rate 0) nmn draws no
+    # dropout key from the call's rngs, so neither may we when attention_fn is a callable
+    kwargs = dict(use_dropconnect=True, dropconnect_rate=0.3, attention_fn=N.yat_attention)
+    mine, theirs = _attention(**kwargs), _attention(N.MultiHeadAttention, **kwargs)
+    x = _x((2, 5, 8), dtype=F64)
+    ours_rngs, their_rngs = nnx.Rngs(dropout=5), nnx.Rngs(dropout=5)
+    ours = mine(x, deterministic=False, rngs=ours_rngs)
+    ref = theirs(x, deterministic=False, rngs=their_rngs)
+    assert_parity(ours, ref, RTOL_F64, "MultiHeadAttention[DropConnect, attention_fn]")
+    assert int(ours_rngs.dropout.count[...]) == int(their_rngs.dropout.count[...]) == 0
