@@ -13,6 +13,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 # check_rate is re-exported: the modules validate their rates with the core's rule
@@ -548,6 +549,16 @@ def softermax(x: Any, n: float = 1.0, epsilon: float = 1e-12, axis: int | None =
     return core(x, n, epsilon=epsilon, axis=axis)
 
 
+@dataclass
+class _Bank:
+    """One kernel bank of :class:`KernelBanks`: its variable, how many units it holds, and
+    whether a layer has run with it (mutable: a bank grows and is marked used in place)."""
+
+    variable: Any
+    size: int
+    used: bool = False
+
+
 class KernelBanks:
     """Shared kernel banks (nmn's ``tie_kernel_bank``): the layers that name one bank and agree
     on everything but their number of units use the first units of one kernel variable, so
@@ -569,7 +580,7 @@ class KernelBanks:
     """
 
     def __init__(self) -> None:
-        self._banks: dict[Any, list[Any]] = {}  # key -> [variable, size, used]
+        self._banks: dict[Any, _Bank] = {}
         self._lock = threading.Lock()
 
     def attach(self, key: Any, *, units: int, size: int | None, make: Any, grow: Any = None) -> Any:
@@ -580,24 +591,24 @@ class KernelBanks:
         with self._lock:
             bank = self._banks.get(key)
             if bank is None:
-                bank = self._banks[key] = [make(size), size, False]
-            elif size > bank[1]:
-                if grow is None or bank[2]:
+                bank = self._banks[key] = _Bank(make(size), size)
+            elif size > bank.size:
+                if grow is None or bank.used:
                     why = "has a fixed capacity" if grow is None else "was used already"
                     raise ValueError(
-                        f"kernel bank {key!r} has {bank[1]} units and cannot grow to {size} "
+                        f"kernel bank {key!r} has {bank.size} units and cannot grow to {size} "
                         f"(it {why}); give the first layer kernel_bank_size={size} or more"
                     )
-                grow(bank[0], bank[1], size)
-                bank[1] = size
-            return bank[0]
+                grow(bank.variable, bank.size, size)
+                bank.size = size
+            return bank.variable
 
     def mark_used(self, key: Any) -> None:
         """Record that a layer of bank ``key`` has run (its size is final); a key forgotten by
         :meth:`clear` is ignored (its layers keep their variable)."""
         bank = self._banks.get(key)
         if bank is not None:
-            bank[2] = True
+            bank.used = True
 
     def clear(self) -> None:
         """Forget every bank (their variables live on in the layers that hold them)."""

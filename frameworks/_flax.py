@@ -28,8 +28,6 @@ jnp = jax.numpy
 lax = jax.lax
 
 Array = Any
-# Decision 2: normalize_qk is q / max(|q|, 1e-12).
-_QK_NORM_FLOOR = 1e-12
 
 
 def precision_scope(precision: Any) -> contextlib.AbstractContextManager:
@@ -139,10 +137,7 @@ def split_heads(x: Array, num_heads: int, normalize: bool = False) -> Array:
     """``(..., L, H * d)`` -> ``(..., L, H, d)``; ``normalize``: ``q / max(|q|, 1e-12)`` per
     head (normalize_qk, Decision 2)."""
     x = x.reshape(x.shape[:-1] + (num_heads, x.shape[-1] // num_heads))
-    if not normalize:
-        return x
-    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-    return x / jnp.maximum(norm, jnp.asarray(_QK_NORM_FLOOR, norm.dtype))
+    return nmn_array.attention.unit_heads(x) if normalize else x
 
 
 def rotate(t: Array, offset: Any, theta: float) -> Array:

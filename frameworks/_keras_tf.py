@@ -31,8 +31,6 @@ PUBLIC += ["yat_attention_normalized", "yat_attention_weights"]
 
 # The yat layers' boolean settings, recorded as given (``_init_yat``).
 _FLAGS = ("learnable_epsilon", "spherical", "weight_normalized", "positive_init", "return_weights")
-# Decision 2: normalize_qk is q / max(|q|, 1e-12).
-QK_NORM_FLOOR = 1e-12
 
 
 def settings(local_vars: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +258,7 @@ class YatAttentionShell(YatParams):
         o = self._ops
         q, k, v = self._heads(query, "q"), self._heads(key, "k"), self._heads(value, "v")
         if self._normalize_qk:
-            q, k = (o.normalize(t, axis=-1, order=2, epsilon=QK_NORM_FLOOR) for t in (q, k))
+            q, k = nmn_array.attention.unit_heads(q), nmn_array.attention.unit_heads(k)
         if mask is not None:
             full = (o.shape(q)[0], self.num_heads, o.shape(q)[2], o.shape(k)[2])
             mask = o.broadcast_to(mask, full)

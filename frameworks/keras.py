@@ -66,6 +66,7 @@ import numpy as np
 from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
     KernelBanks,
+    check_rate,
     combine_masks,
     conv_output_length,
     known_size,
@@ -87,7 +88,6 @@ from nmn_array.frameworks._keras_tf import (
 
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
-from nmn_array._validation import check_rate
 
 keras: Any = require("keras")  # Any-typed, so that mypy takes its classes as bases
 ops = keras.ops

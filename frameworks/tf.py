@@ -67,8 +67,6 @@ _OPS = types.SimpleNamespace(
     **{name: getattr(tf, name) for name in "transpose where zeros_like".split()},
     any=tf.reduce_any,
     softplus=tf.nn.softplus,
-    # x / max(|x|, epsilon) (order 2); l2_normalize's epsilon bounds |x|^2
-    normalize=lambda x, axis, order, epsilon: tf.math.l2_normalize(x, axis, epsilon**2),
 )
 
 

@@ -16,6 +16,7 @@ N = pytest.importorskip("nmn.nnx")
 
 from nmn_array.frameworks import nnx as M  # noqa: E402
 
+from tests.frameworks import _banks  # noqa: E402
 from tests.frameworks._parity import RTOL_F32, assert_parity  # noqa: E402
 
 jnp = jax.numpy
@@ -33,14 +34,8 @@ LAYERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fresh_banks():
-    """No bank leaks between tests (ours and nmn's class-level registries)."""
-    for registry in (M._BANKS, N.YatNMN._KERNEL_BANKS, N.YatConv._KERNEL_BANKS):
-        registry.clear()
-    yield
-    for registry in (M._BANKS, N.YatNMN._KERNEL_BANKS, N.YatConv._KERNEL_BANKS):
-        registry.clear()
+# ours and nmn's class-level registries
+_fresh_banks = _banks.fresh_banks(M._BANKS, N.YatNMN._KERNEL_BANKS, N.YatConv._KERNEL_BANKS)
 
 
 def _layer(name, units, cls=0, seed=0, **kwargs):

@@ -17,6 +17,7 @@ nmn_torch = pytest.importorskip("nmn.torch")
 
 from nmn_array.frameworks import torch as ours  # noqa: E402
 
+from tests.frameworks import _banks  # noqa: E402
 from tests.frameworks._parity import RTOL_F64, assert_parity  # noqa: E402
 
 F64 = torch.float64
@@ -24,17 +25,8 @@ CONVS = ["YatConv1D", "YatConv2D", "YatConv3D"]
 SPATIAL = {1: (7,), 2: (5, 6), 3: (4, 5, 3)}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_banks():
-    ours._BANKS.clear()
-    yield
-    ours._BANKS.clear()
-
-
-@pytest.fixture
-def bank_id(request) -> str:
-    """A bank id of this test alone (also keeps nmn's class-level registries apart)."""
-    return f"bank-{request.node.nodeid}"
+_fresh_banks = _banks.fresh_banks(ours._BANKS)
+bank_id = _banks.bank_id
 
 
 def _dense(units: int, bank_id: str, module=ours, **kw):

@@ -339,6 +339,18 @@ def test_mha_parity_options(case):
     _mha_case(case, "causal")
 
 
+def test_mha_normalize_qk_zero_head_has_finite_gradients():
+    """A zero token without projection biases gives q = k = 0 in every head: normalize_qk
+    (Decision 2, through nmn_array.attention.unit_heads) takes the norm's derivative as 0
+    there, as torch's normalize does, so the gradients stay finite (not NaN)."""
+    mha = M.MultiHeadAttention(
+        2, 8, normalize_qk=True, use_bias=False, param_dtype=F64, rngs=nnx.Rngs(0)
+    )
+    x = _x(2, 5, 8).at[0, 1].set(0.0)
+    grad = jax.grad(lambda x: mha(x).sum())(x)
+    assert np.all(np.isfinite(np.asarray(grad))), "NaN/inf gradient through a zero head"
+
+
 def test_mha_cross_attention_and_alias():
     assert M.MultiHeadYatAttention is M.MultiHeadAttention
     mine, theirs = _pair(M.MultiHeadAttention, N.MultiHeadAttention, 2, 8, param_dtype=F64)

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from nmn_array.frameworks import keras as ours
 
+from tests.frameworks import _banks
+
 BACKEND = keras.backend.backend()
 
 # class name, constructor arguments (after filters), input shape (channels last), filter axis
@@ -30,17 +32,8 @@ CASES = [
 IDS = [c[0] for c in CASES]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_banks():
-    ours._BANKS.clear()
-    yield
-    ours._BANKS.clear()
-
-
-@pytest.fixture
-def bank_id(request) -> str:
-    """A bank id of this test alone (also keeps nmn's class-level registries apart)."""
-    return f"bank-{request.node.nodeid}"
+_fresh_banks = _banks.fresh_banks(ours._BANKS)
+bank_id = _banks.bank_id
 
 
 def _np(x):

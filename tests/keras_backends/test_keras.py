@@ -417,27 +417,49 @@ def test_attention_normalize_qk_decision2():
     assert_close(got, want, rtol=max(1e-5, tol("exact")), what="normalize_qk")
 
 
+def _mha_in_numpy(mha, x: np.ndarray, normalize_qk: bool = False) -> np.ndarray:
+    """``mha`` (embed 8, 2 heads, float64) on ``x`` (2, 4, in): its projections, head split
+    and ``q / max(|q|, 1e-12)`` (Decision 2) in NumPy, then nmn_array.yat_attention."""
+    import nmn_array
+
+    w = {v.name: to_np(v) for v in mha.weights}
+
+    def heads(t):
+        t = t.reshape(2, 4, 2, 4).transpose(0, 2, 1, 3)
+        if not normalize_qk:
+            return t
+        return t / np.maximum(np.sqrt(np.sum(t * t, axis=-1, keepdims=True)), 1e-12)
+
+    q, k = (heads(x @ w[f"{n}_kernel"] + w[f"{n}_bias"]) for n in "qk")
+    v = x @ w["v_kernel"] + w["v_bias"]
+    v = v.reshape(2, 4, 2, 4).transpose(0, 2, 1, 3)
+    o = nmn_array.yat_attention(q, k, v, alpha=w["alpha"], epsilon=1e-5)
+    return o.transpose(0, 2, 1, 3).reshape(2, 4, 8) @ w["out_kernel"] + w["out_bias"]
+
+
 def test_attention_out_kernel_shape_fixes_nmn_bug():
     """input_dim != embed_dim: nmn's out_kernel is (input_dim, E) (bug §13.3); ours is (E, E)
     and the layer equals projections + nmn_array.yat_attention written out in NumPy."""
-    import nmn_array
-
     x = normal(2, 4, 6, dtype="float64")
     mha = ours.MultiHeadYatAttention(embed_dim=8, num_heads=2, dtype="float64")
     mha.build(x.shape)
     assert tuple(mha.out_kernel.shape) == (8, 8)
     assert tuple(mha.q_kernel.shape) == (6, 8)
     randomize(mha)
-    w = {v.name: to_np(v) for v in mha.weights}
-
-    def heads(t):
-        return t.reshape(2, 4, 2, 4).transpose(0, 2, 1, 3)
-
-    q, k, v = (heads(x @ w[f"{n}_kernel"] + w[f"{n}_bias"]) for n in "qkv")
-    o = nmn_array.yat_attention(q, k, v, alpha=w["alpha"], epsilon=1e-5)
-    want = o.transpose(0, 2, 1, 3).reshape(2, 4, 8) @ w["out_kernel"] + w["out_bias"]
     (got,) = forward([mha], x)
-    assert_close(got, want, rtol=RTOL64, what="MHA in != E")
+    assert_close(got, _mha_in_numpy(mha, x), rtol=RTOL64, what="MHA in != E")
+
+
+def test_attention_normalize_qk_float64_accurate():
+    """normalize_qk keeps a float64 layer float64 on every backend (keras.ops.normalize, used
+    before, rounded it to ~1e-8 on the torch backend): equal to NumPy to 1e-10."""
+    x = normal(2, 4, 8, dtype="float64")
+    mha = ours.MultiHeadYatAttention(embed_dim=8, num_heads=2, normalize_qk=True, dtype="float64")
+    mha.build(x.shape)
+    randomize(mha)
+    (got,) = forward([mha], x)
+    want = _mha_in_numpy(mha, x, normalize_qk=True)
+    assert_close(got, want, rtol=RTOL64, what="MHA normalize_qk float64")
 
 
 def test_attention_projections_start_different():

@@ -1,6 +1,7 @@
 """Keras behaviours of nmn 0.3.5 that users rely on when switching (issue 11), per backend:
-learnable epsilon validated and exact, float16 gradients that stay finite, and the
-functional attention API (against nmn.keras's, which runs on every backend).
+learnable epsilon validated and exact, gradients that stay finite (float16, a zero
+attention head), and the functional attention API (against nmn.keras's, which runs on every
+backend).
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ def test_float16_gradients_near_a_neuron_stay_finite():
     grad = _input_gradient(layer, x)
     assert np.isfinite(grad).all(), "non-finite float16 gradient"
     assert np.abs(grad).max() == 65504.0, "the case does not reach float16's range"
+
+
+def test_normalize_qk_gradients_stay_finite_at_a_zero_head():
+    """A zero token without projection biases has q = k = 0 in every head; normalize_qk
+    (unit_heads) takes the norm's derivative as 0 there (keras.ops.normalize gave NaN on
+    the torch backend)."""
+    layer = ours.MultiHeadYatAttention(8, 2, normalize_qk=True, use_bias=False)
+    x = np.random.default_rng(3).normal(size=(2, 5, 8)).astype("float32")
+    x[0, 1] = 0.0
+    grad = _input_gradient(layer, x)
+    assert np.isfinite(grad).all(), "non-finite gradient through a zero head"
 
 
 def _input_gradient(layer, x: np.ndarray) -> np.ndarray:
