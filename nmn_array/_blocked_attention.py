@@ -189,7 +189,7 @@ def forward(xp: ModuleType, prob: Problem, q, k, v, extras: list) -> tuple[Any, 
         outs.append(_bcast(xp, out, shape))
         s1.append(_bcast(xp, a, (*shape[:-1], 1)))
         s2.append(_bcast(xp, b, (*shape[:-1], 1)))
-    return tuple(xp.concat(parts, axis=-2) for parts in (outs, s1, s2))  # type: ignore[return-value]
+    return tuple(xp.concat(parts, axis=-2) for parts in (outs, s1, s2))
 
 
 # --------------------------------------------------------------------------- backward
