@@ -34,6 +34,27 @@ def run(xp: ModuleType, prob: blocked.Problem, q, k, v, extras: list, materialis
     return blocked.forward(xp, prob, q, k, v, extras)[0]
 
 
+def _filler(extras: list, index: list[int]) -> Callable[[Any], list]:
+    """``fill(arrays)``: ``extras`` with the entries at ``index`` replaced by ``arrays``."""
+
+    def fill(arrs) -> list:
+        full = list(extras)
+        for i, a in zip(index, arrs):
+            full[i] = a
+        return full
+
+    return fill
+
+
+def _primal_grads(xp, prob, primals, index, full, saved, dout, pullback, zeros_like) -> list:
+    """Cotangents of ``primals = (q, k, v, *extras at index)``, zeros where none flows."""
+    q, k, v = primals[:3]
+    wanted = [True, True, True] + [i in index for i in range(len(full))]
+    grads = blocked.backward(xp, prob, q, k, v, full, saved, dout, pullback, wanted)
+    picked = grads[:3] + [grads[3 + i] for i in index]
+    return [zeros_like(p) if g is None else g for p, g in zip(primals, picked)]
+
+
 def _scatter(n: int, index: list[int], values) -> list:
     out: list = [None] * n
     for i, g in zip(index, values):
@@ -157,12 +178,7 @@ def _jax(xp, prob, q, k, v, extras):
     import jax
 
     index = [i for i, e in enumerate(extras) if isinstance(e, jax.Array)]
-
-    def fill(arrs):
-        full = list(extras)
-        for i, a in zip(index, arrs):
-            full[i] = a
-        return full
+    fill = _filler(extras, index)
 
     @jax.custom_vjp
     def attend(q, k, v, *arrs):
@@ -174,12 +190,12 @@ def _jax(xp, prob, q, k, v, extras):
 
     def bwd(res, dout):
         q, k, v, arrs, saved = res
-        full = fill(arrs)
-        wanted = [True, True, True] + [i in index for i in range(len(extras))]
-        grads = blocked.backward(xp, prob, q, k, v, full, saved, dout, _jax_pullback, wanted)
         primals = [q, k, v, *arrs]
-        picked = grads[:3] + [grads[3 + i] for i in index]
-        return tuple(xp.zeros_like(p) if g is None else g for p, g in zip(primals, picked))
+        return tuple(
+            _primal_grads(
+                xp, prob, primals, index, fill(arrs), saved, dout, _jax_pullback, xp.zeros_like
+            )
+        )
 
     attend.defvjp(fwd, bwd)
     return attend(q, k, v, *[extras[i] for i in index])
@@ -208,12 +224,7 @@ def _tf(xp, prob, q, k, v, extras):
     import tensorflow as tf
 
     index = [i for i, e in enumerate(extras) if isinstance(e, tf.Tensor)]
-
-    def fill(arrs):
-        full = list(extras)
-        for i, a in zip(index, arrs):
-            full[i] = a
-        return full
+    fill = _filler(extras, index)
 
     @tf.custom_gradient
     def attend(q, k, v, *arrs):
@@ -221,11 +232,10 @@ def _tf(xp, prob, q, k, v, extras):
         saved = blocked.forward(xp, prob, q, k, v, full)
 
         def grad(dout):
-            wanted = [True, True, True] + [i in index for i in range(len(extras))]
-            grads = blocked.backward(xp, prob, q, k, v, full, saved, dout, _tf_pullback, wanted)
             primals = [q, k, v, *arrs]
-            picked = grads[:3] + [grads[3 + i] for i in index]
-            return [tf.zeros_like(p) if g is None else g for p, g in zip(primals, picked)]
+            return _primal_grads(
+                xp, prob, primals, index, full, saved, dout, _tf_pullback, tf.zeros_like
+            )
 
         return saved[0], grad
 
