@@ -92,14 +92,19 @@ def attention(
     """Outputs ``(*batch, Lq, heads, dv)`` for values ``(*batch, Lk, heads, dv)``; the other
     arguments as :func:`attention_weights`. ``yat_bias`` (broadcastable to ``(*batch, heads,
     Lq, Lk)``) is added to ``q.k`` inside the square (nmn NNX's fused L1 attention's
-    ``bias``), where ``bias`` is an additive logit."""
+    ``bias``), where ``bias`` is an additive logit. ``options["block_size"]`` is used only
+    without ``dropout``."""
     xp, q, k, mask, factor = _inputs(query, key, mask, bias, scale)
     v = _heads_first(xp, value, "value")
     if yat_bias is not None:
         options["bias"] = yat_bias
+    block_size = options.pop("block_size", "auto")
     if dropout is None:
-        out = nmn_array.yat_attention(q, k, v, mask=mask, scale=factor, **options)
+        out = nmn_array.yat_attention(
+            q, k, v, mask=mask, scale=factor, block_size=block_size, **options
+        )
     else:
+        # dropout needs the weights themselves: the materialised path whatever block_size
         weights = nmn_array.yat_attention_weights(q, k, mask=mask, scale=factor, **options)
         out = xp.matmul(dropout(weights), as_compute(xp, v, weights.dtype))
     return _heads_first(xp, out, "output")

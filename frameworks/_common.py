@@ -69,6 +69,44 @@ def restrict_mask(mask: Any, allowed: Any) -> Any:
     return _restrict(array_namespace(mask, allowed), mask, allowed)
 
 
+def attention_window(window: Any, block_size: Any) -> tuple[Any, Any]:
+    """An attention module's ``window`` (as a tuple) and ``block_size``, checked by
+    :func:`nmn_array.yat_attention`'s rules (ValueError naming the argument).
+
+    >>> attention_window([2, None], 4)
+    ((2, None), 4)
+    """
+    from nmn_array._validation import check_block_size, check_window
+
+    return check_window(window), check_block_size(block_size)
+
+
+def keyed_queries(mask: Any, window: Any, lq: int, lk: int, like: Any) -> Any:
+    """Which queries see a key under ``mask (..., H, Lq, Lk)`` (or None) and ``window``: a
+    boolean whose any() over its head and key axes (-3, -1) is False for a query that sees
+    none (the modules zero its output); None when every query sees a key.
+
+    >>> import numpy as np
+    >>> keyed_queries(None, (0, 0), 3, 2, np.zeros(1)).ravel().tolist()
+    [False, True, True]
+    """
+    from nmn_array._attention_blocks import Blocks
+    from nmn_array._namespace import array_namespace, device_kw
+
+    if window is None:
+        return None if mask is None else mask_visibility(mask)
+    xp = array_namespace(like if mask is None else mask)
+    if mask is not None:
+        allowed = Blocks(lq, lk, lq, lk, window).visible(xp, 0, lq, 0, lk, mask)
+        return restrict_mask(mask_visibility(mask), allowed)
+    # query i sits at p = i + lk - lq and sees keys up to p + right; p <= lk - 1 always
+    right = window[1]
+    if right is None or lk - lq + right >= 0:
+        return None
+    rows = xp.arange(lq, dtype=xp.int64, **device_kw(xp, like))
+    return xp.reshape(rows >= lq - lk - right, (1, 1, lq, 1))
+
+
 def combine_masks(a: Any, b: Any) -> Any:
     """Two attention masks together: boolean ones and-ed, additive ones added, and a boolean
     one limits an additive one (:func:`restrict_mask`).

@@ -14,10 +14,10 @@ from typing import Any
 from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
     check_rate,
+    keyed_queries,
     lax_conv_padding,
     lax_conv_transpose_padding,
     learnable_epsilon,
-    mask_visibility,
     require,
 )
 
@@ -222,10 +222,12 @@ def attend(
         return _api.attention(q, k, v, mask=mask, dropout=hook, **options)
 
 
-def zero_keyless(out: Array, mask: Array | None) -> Array:
-    """Zero the outputs of queries that see no key in any head; ``mask (..., H, Lq, Lk)``,
-    boolean (True = attend) or additive (-inf hides a key)."""
-    if mask is None:
+def zero_keyless(out: Array, mask: Array | None, window: Any = None, lk: int = 0) -> Array:
+    """Zero the outputs ``(..., Lq, F)`` of queries that see no key in any head under
+    ``mask (..., H, Lq, Lk)`` (boolean, True = attend, or additive, -inf hides a key) and
+    ``window`` (over ``lk`` keys)."""
+    keyed = keyed_queries(mask, window, out.shape[-2], lk, out)
+    if keyed is None:
         return out
-    has_key = jnp.any(mask_visibility(mask), axis=(-3, -1))
+    has_key = jnp.any(keyed, axis=(-3, -1))
     return jnp.where(has_key[..., None], out, jnp.zeros_like(out))

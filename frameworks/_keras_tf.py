@@ -13,10 +13,11 @@ from typing import Any
 
 from nmn_array.frameworks._common import (
     alpha_config,
+    attention_window,
     bias_config,
     check_epsilon,
+    keyed_queries,
     learnable_epsilon,
-    mask_visibility,
     ntuple,
     transpose_conv_call_args,
 )
@@ -221,6 +222,7 @@ class YatAttentionShell(YatParams):
         self._normalize_qk = bool(s["normalize_qk"])
         self._spherical = bool(s["spherical"])
         self.use_out_proj = bool(s["use_out_proj"])
+        self.window, self.block_size = attention_window(s["window"], s["block_size"])
         return float(dropout)
 
     def _build_projections(self, kernel: Any, rows: Sequence[Any]) -> None:
@@ -263,18 +265,21 @@ class YatAttentionShell(YatParams):
             full = (o.shape(q)[0], self.num_heads, o.shape(q)[2], o.shape(k)[2])
             mask = o.broadcast_to(mask, full)
         options = dict(mask=mask, alpha=alpha, epsilon=self.epsilon, spherical=self._spherical)
+        options.update(window=self.window)
         if dropout is None:
-            x = nmn_array.yat_attention(q, k, v, **options)
+            x = nmn_array.yat_attention(q, k, v, block_size=self.block_size, **options)
         else:
+            # dropout needs the weights themselves: the materialised path
             x = dropout(nmn_array.yat_attention_weights(q, k, **options)) @ v
         # (B, H, Lq, d) -> (B, Lq, E)
         x = o.transpose(x, (0, 2, 1, 3))
         x = o.reshape(x, (-1, o.shape(x)[1], self.embed_dim))
         if self.out_kernel is not None:
             x = self._linear(x, "out")
-        if mask is not None:
+        keyed = keyed_queries(mask, self.window, o.shape(q)[2], o.shape(k)[2], q)
+        if keyed is not None:
             # nmn 0.3.5: a query that sees no key in any head outputs zeros, also after the
             # output projection's bias.
-            has_key = o.any(mask_visibility(mask), axis=(1, 3))
+            has_key = o.any(keyed, axis=(1, 3))
             x = o.where(o.expand_dims(has_key, -1), x, o.zeros_like(x))
         return x

@@ -548,7 +548,10 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
     ``(embed_dim,)`` and ``alpha`` ``(1,)``. ``dropout``: on the attention weights (with
     ``training=True``); ``use_alpha``/``constant_alpha`` scale the scores before the softmax
     (Decision 1); ``normalize_qk``: ``q / max(|q|, 1e-12)`` per head (Decision 2);
-    ``spherical``: ``v / sqrt(|v|^2 + epsilon)`` inside the score; others: module docstring.
+    ``spherical``: ``v / sqrt(|v|^2 + epsilon)`` inside the score; ``window=(left, right)``
+    and ``block_size``: local attention and the tiling, as :func:`nmn_array.yat_attention`
+    (the materialised path when dropout needs the weights; both in ``get_config``); others:
+    module docstring.
 
     ``call(query, key=None, value=None, mask=None, attention_mask=None, training=False)``:
     ``key`` defaults to ``query``, ``value`` to ``key``. ``attention_mask`` broadcasts to
@@ -585,6 +588,8 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
         use_out_proj: bool = True,
         epsilon: float = 1e-5,
         kernel_initializer: Any = "glorot_normal",
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

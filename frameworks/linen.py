@@ -14,6 +14,9 @@ share mean the same in each:
   ``epsilon_param`` holding its softplus inverse (Decision 11).
 - ``kernel_init``; ``dtype``, ``param_dtype``: compute and parameter dtypes;
   ``precision``: applied as ``jax.default_matmul_precision``.
+- ``window``, ``block_size`` (attention, the last fields; not in nmn): local attention
+  ``(left, right)`` and the tiling, as :func:`nmn_array.yat_attention` (the materialised
+  path when dropout needs the weights).
 
 The functions take nmn.linen's ``q, k, v (*batch, length, heads, dim)``.
 
@@ -42,6 +45,7 @@ from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     alpha_config,
+    attention_window,
     bias_config,
     check_epsilon,
     check_rate,
@@ -410,14 +414,20 @@ class _AttentionMixin(_YatMixin):
         )
         alpha = self._alpha(self.constant_alpha)
         q, k, v = _promote((q, k, v), dtype=self.dtype)
+        window, block_size = attention_window(self.window, self.block_size)
         offset = options.pop("offset", None)
         if offset is not None:
             q, k = _flax.rotate(q, offset, self.theta), _flax.rotate(k, offset, self.theta)
         mask = _flax.head_mask(mask, q, k)
         rate = check_rate(self.dropout_rate)
         rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
+        options.update(window=window, block_size=block_size)
         x = _flax.attend(q, k, v, mask, dropout_rng=rng, dropout_rate=rate, alpha=alpha, **options)
         return x.reshape(x.shape[:-2] + (features,)), mask
+
+    def _zero_keyless(self, out: Array, mask: Array | None, lk: int) -> Array:
+        """``out`` with the queries that see no key (``mask``, ``window``) zeroed."""
+        return _flax.zero_keyless(out, mask, attention_window(self.window, None)[0], lk)
 
 
 class MultiHeadAttention(_AttentionMixin, nn.Module):
@@ -456,6 +466,8 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
     bias_init: Any = nn.initializers.zeros_init()
     alpha_init: Any = _ones
     normalization: str = "softmax"
+    window: Any = None
+    block_size: Any = "auto"
 
     @nn.compact
     def __call__(
@@ -490,7 +502,8 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
             spherical=self.spherical,
             normalization=self.normalization,
         )
-        return _flax.zero_keyless(self._dense(self.out_features or qkv, "out")(x), mask)
+        out = self._dense(self.out_features or qkv, "out")(x)
+        return self._zero_keyless(out, mask, inputs_k.shape[-2])
 
 
 MultiHeadYatAttention = MultiHeadAttention
@@ -537,6 +550,8 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros_init()
     alpha_init: Any = _ones
+    window: Any = None
+    block_size: Any = "auto"
 
     @nn.compact
     def __call__(
@@ -571,7 +586,7 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
         )
         if self.use_out_proj:
             out = self._dense(self.embed_dim, "o_proj")(out)
-        return _flax.zero_keyless(out, mask)
+        return self._zero_keyless(out, mask, x.shape[-2])
 
 
 # --------------------------------------------------------------------------------------

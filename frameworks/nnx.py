@@ -38,6 +38,10 @@ name; the arguments the layers share mean the same in each:
   ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or kept:
   ``performer_*``, ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
+- ``window``, ``block_size`` (attention, keyword; not in nmn): local attention
+  ``(left, right)`` and the tiling, as :func:`nmn_array.yat_attention` (the materialised
+  path when dropout or ``sow_weights`` needs the weights); with ``decode``, the window
+  around the cache index. A custom ``attention_fn`` takes no ``window``.
 
 The functions take nmn.nnx's ``q, k, v (*batch, length, heads, dim)``.
 
@@ -69,6 +73,7 @@ from nmn_array.frameworks import _flax
 from nmn_array.frameworks._common import (
     KernelBanks,
     alpha_config,
+    attention_window,
     bias_config,
     check_epsilon,
     check_rate,
@@ -705,6 +710,11 @@ class _Attention(_Layer):
             self.cached_value[...], v.astype(self.cached_value.dtype), start
         )
         visible = jnp.arange(max_length) <= index
+        left = None if self.window is None else self.window[0]
+        if left is not None:
+            # the window around the query at the cache index (the core's end alignment
+            # would place it at the end of the cache)
+            visible = jnp.logical_and(visible, jnp.arange(max_length) >= index - left)
         mask = restrict_mask(mask, jnp.broadcast_to(visible, tuple(batch) + (1, 1, max_length)))
         return k, v, mask, (k, v, index + 1)
 
@@ -734,7 +744,11 @@ class _Attention(_Layer):
         if offset is not None:
             q, k = self._rotate(q, offset), self._rotate(k, key_offset)
         mask = _flax.head_mask(mask, q, k)
-        out = _flax.zero_keyless(output(attention(q, k, v, mask=mask)), mask)
+        # decoding applies the window in the cache mask above
+        window = None if decode else self.window
+        options = {} if window is None else {"window": window}
+        out = output(attention(q, k, v, mask=mask, **options))
+        out = _flax.zero_keyless(out, mask, window, k.shape[-3])
         if pending is not None:
             self.cached_key[...], self.cached_value[...], self.cache_index[...] = pending
         return out
@@ -769,6 +783,7 @@ class _Attention(_Layer):
             sow=_sower(self if sow_weights else None),
             precision=self.precision,
             power=self.power,
+            block_size=self.block_size,
             **self._scalars(),
             **options,
         )
@@ -844,10 +859,18 @@ class MultiHeadAttention(_Attention):
         use_softermax: bool = False,
         power: float = 1.0,
         spherical: bool = False,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
     ) -> None:
         qkv_features = in_features if qkv_features is None else qkv_features
         out_features = in_features if out_features is None else out_features
         decode = bool(decode)
+        window, block_size = attention_window(window, block_size)
+        if window is not None and attention_fn is not None:
+            raise ValueError(
+                f"window={window!r} applies to nmn_array's attention: it needs "
+                "attention_fn=None (pass the window as a mask to a custom attention_fn)"
+            )
         self._setup(locals())
         if qkv_features % num_heads:
             raise ValueError(
@@ -1032,7 +1055,10 @@ class RotaryYatAttention(_Attention):
         learnable_epsilon: bool = False,
         normalization: str = "softmax",
         rngs: nnx.Rngs,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
     ) -> None:
+        window, block_size = attention_window(window, block_size)
         if performer_kind not in ("slay", "maclaurin", "radial"):
             raise ValueError(
                 "performer_kind must be one of 'slay', 'maclaurin', 'radial', "

@@ -377,8 +377,11 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
     (input_dim + embed_dim))`` on the first call, ``alpha`` ``(1,)`` at construction.
     ``dropout``: on the attention weights (``training=True``); ``use_alpha``/``constant_alpha``
     scale the scores before the softmax (Decision 1); ``normalize_qk``: ``q / max(|q|,
-    1e-12)`` (Decision 2); ``spherical``: q and k normalised inside the score; others
-    (``use_bias``, ``use_out_proj``, ``epsilon``, ``dtype``, ``name``): module docstring.
+    1e-12)`` (Decision 2); ``spherical``: q and k normalised inside the score;
+    ``window=(left, right)`` and ``block_size``: local attention and the tiling, as
+    :func:`nmn_array.yat_attention` (the materialised path when dropout needs the weights);
+    others (``use_bias``, ``use_out_proj``, ``epsilon``, ``dtype``, ``name``): module
+    docstring.
 
     ``__call__(query, key=None, value=None, mask=None, training=False)``: ``mask`` broadcasts
     to ``(batch, heads, q_len, kv_len)``, boolean (True = attend) or floating (additive, added
@@ -408,6 +411,8 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
         epsilon: float = 1e-5,
         dtype: Any = tf.float32,
         name: str | None = None,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
     ) -> None:
         self._setup(name, dtype)
         self.dropout = self._init_attention(settings(locals()))

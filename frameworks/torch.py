@@ -42,6 +42,9 @@ docstring names the ones it takes):
   ``q / max(|q|, 1e-12)`` per head (Decision 2; before RoPE). Rotary: ``max_seq_len``
   (largest ``position_offset + L``), ``theta`` (the RoPE base), ``normalization``
   (``"softmax"``, ``"softermax"`` or ``"l1"``; ``use_softermax=True``: softermax), ``power``.
+  Both (keyword): ``window=(left, right)``, local attention as in
+  :func:`nmn_array.yat_attention` (with ``mask``, a key must pass both); ``block_size``
+  (``None``, ``"auto"``, int) as there, the materialised path when dropout needs the weights.
 
 The functional attention API (``yat_attention``, ``yat_attention_weights``,
 ``yat_attention_normalized``, ``normalize_qk``) and ``softermax`` have ``nmn.torch``'s
@@ -626,6 +629,7 @@ class _YatAttention(_YatParams):
         self.q_proj, self.k_proj, self.v_proj = linear(), linear(), linear()  # in nmn's order
         setattr(self, out_name, linear() if a["use_out_proj"] else None)
         self._out_name = out_name
+        self.window, self.block_size = _common.attention_window(a["window"], a["block_size"])
 
     def _linear(self, x: Tensor, proj: Any) -> Tensor:
         # run in the compute dtype while keeping stored parameters as they are
@@ -673,18 +677,20 @@ class _YatAttention(_YatParams):
         if mask is not None:
             mask = torch.broadcast_to(mask, (b, h, lq, lk))
         kw = dict(mask=mask, spherical=self._spherical, normalization=self.normalization)
-        kw.update(power=self.power, **self._scalars())
+        kw.update(power=self.power, window=self.window, **self._scalars())
         p = self.dropout if self.training and not deterministic else 0.0
         if p > 0.0:
+            # dropout needs the weights themselves: the materialised path
             weights = nmn_array.yat_attention_weights(q, k, **kw)
             x = torch.matmul(F.dropout(weights, p=p, training=True), v)
         else:
-            x = nmn_array.yat_attention(q, k, v, **kw)
+            x = nmn_array.yat_attention(q, k, v, block_size=self.block_size, **kw)
         x = x.transpose(1, 2).reshape(b, lq, -1)
         out_proj = getattr(self, self._out_name)
         x = x if out_proj is None else self._linear(x, out_proj)
-        if mask is not None:
-            has_key = _common.mask_visibility(mask).any(dim=-1).any(dim=-2)  # (B, Lq)
+        keyed = _common.keyed_queries(mask, self.window, lq, lk, q)
+        if keyed is not None:
+            has_key = keyed.any(dim=-1).any(dim=-2)  # (B, Lq)
             x = torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
         return x.squeeze(0) if rank == 2 else x
 
@@ -717,6 +723,9 @@ class MultiHeadYatAttention(_YatAttention):
         device: Any = None,
         dtype: Any = None,
         param_dtype: Any = None,
+        *,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
     ) -> None:
         self._setup(locals(), "out_proj")
 
@@ -775,6 +784,8 @@ class RotaryYatAttention(_YatAttention):
         device: Any = None,
         dtype: Any = None,
         param_dtype: Any = None,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
     ) -> None:
         if embed_dim % num_heads == 0 and (embed_dim // num_heads) % 2:
             raise ValueError(f"head_dim ({embed_dim // num_heads}) must be even for RoPE.")

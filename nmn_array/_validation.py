@@ -165,6 +165,18 @@ def check_window(window: Any) -> tuple[int | None, int | None] | None:
     return (window[0], window[1])
 
 
+def check_block_size(block_size: Any) -> Any:
+    """``block_size``: None, ``"auto"`` or an int >= 1 (returned as given)."""
+    auto = isinstance(block_size, str) and block_size == "auto"
+    if (
+        block_size is not None
+        and not auto
+        and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1)
+    ):
+        raise ValueError(f"block_size must be None, 'auto' or an int >= 1, got {block_size!r}")
+    return block_size
+
+
 def check_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")

@@ -360,13 +360,9 @@ def _lead(*shapes: tuple) -> tuple[int, ...]:
 
 def _block(block_size: Any, a: _Inputs, v: Any, native: bool) -> int | None:
     """The block size to evaluate with, or None for the materialised path."""
-    if block_size is None:
+    if _v.check_block_size(block_size) is None:
         return None
-    auto = isinstance(block_size, str) and block_size == "auto"
-    if not auto and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-    ):
-        raise ValueError(f"block_size must be None, 'auto' or an int >= 1, got {block_size!r}")
+    auto = isinstance(block_size, str)
     shapes = [_v.shape_of(t) for t in (a.q, a.k, v, a.mask, a.bias) if hasattr(t, "shape")]
     if any(None in s for s in shapes) or any(0 in s for s in shapes[:3]):
         return None  # symbolic or empty sizes: the materialised path handles them
