@@ -95,6 +95,7 @@ def keyed_queries(mask: Any, window: Any, lq: int, lk: int, like: Any) -> Any:
 
     if window is None:
         return None if mask is None else mask_visibility(mask)
+    lq, lk = int(lq), int(lk)  # static (the window needs them), maybe as backend scalars
     xp = array_namespace(like if mask is None else mask)
     if mask is not None:
         allowed = Blocks(lq, lk, lq, lk, window).visible(xp, 0, lq, 0, lk, mask)
