@@ -77,6 +77,8 @@ def _nnx(kind: str, window, block_size) -> Run:
     from nmn_array.frameworks import nnx as N
 
     opts = dict(param_dtype=jax.numpy.float64, rngs=nnx.Rngs(0), window=window)
+    # nonzero biases, so that a keyless query's zeroed output differs from the projection's
+    opts.update(bias_init=jax.nn.initializers.normal(1.0), use_bias=True)
     if kind == "mha":
         m = N.MultiHeadAttention(H, E, block_size=block_size, **opts)
         return _jax_run(lambda xq, xk, mask: m(xq, xk, mask=mask))
@@ -89,6 +91,7 @@ def _linen(kind: str, window, block_size) -> Run:
     from nmn_array.frameworks import linen as LN
 
     opts = dict(param_dtype=jax.numpy.float64, window=window, block_size=block_size)
+    opts.update(bias_init=jax.nn.initializers.normal(1.0), use_bias=True)  # nonzero
     if kind == "mha":
         m = LN.MultiHeadAttention(num_heads=H, **opts)
     else:
@@ -113,6 +116,8 @@ def _tf(kind: str, window, block_size) -> Run:
     tf.random.set_seed(0)  # resets the draws: every module gets the same kernels
     m = TFM.MultiHeadYatAttention(E, H, dtype=tf.float64, window=window, block_size=block_size)
     m.build(E, E, E)
+    for bias in (m.q_bias, m.k_bias, m.v_bias, m.out_bias):  # nonzero biases, as above
+        bias.assign(tf.random.normal(bias.shape, dtype=tf.float64))
 
     def run(xq, xk, mask):
         inputs = [tf.constant(t) for t in (xq, xk) if t is not None]

@@ -65,7 +65,13 @@ def _layers(*settings):
     ]
     for layer in layers:
         layer.build((2, L, E), (2, LK, E))
-        layer.set_weights(layers[0].get_weights())
+    # nonzero biases, so that a keyless query's zeroed output differs from the projection's
+    weights = [
+        np.random.default_rng(i).normal(size=w.shape) if w.shape == (E,) else w
+        for i, w in enumerate(layers[0].get_weights())
+    ]
+    for layer in layers:
+        layer.set_weights(weights)
     return layers
 
 
