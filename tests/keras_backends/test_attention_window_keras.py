@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 from nmn_array.frameworks.keras import MultiHeadYatAttention
 
+from tests.frameworks.test_attention_window_modules import (
+    CROSS_MASK,
+    LK,
+    MASK,
+    W_OUT,
+    XK,
+    XQ,
+    E,
+    H,
+    L,
+    _close,
+)
 from tests.test_blocked_attention import _window_mask
 
-E, H, L, LK = 8, 2, 9, 5
-RNG = np.random.default_rng(37)
-XQ = RNG.normal(size=(2, L, E))
-XK = RNG.normal(size=(2, LK, E))
-W_OUT = np.cos(np.arange(2 * L * E, dtype=np.float64)).reshape(2, L, E)  # the cotangent
-MASK = RNG.random((L, L)) < 0.7
-MASK[4] = False  # a query that sees no key
-CROSS_MASK = RNG.random((L, LK)) < 0.8
 BACKEND = keras.backend.backend()
 
 
@@ -73,13 +77,6 @@ def _layers(*settings):
     for layer in layers:
         layer.set_weights(weights)
     return layers
-
-
-def _close(got, want, what):
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-9, atol=1e-12, err_msg=what)
-    assert len(got[1]) == len(want[1])
-    for g, gw in zip(got[1], want[1]):
-        np.testing.assert_allclose(g, gw, rtol=1e-9, atol=1e-12, err_msg=f"{what}: grad")
 
 
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
