@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -171,14 +172,38 @@ def _pair_scores(xp, q, k, factor, epsilon, unit, native, refine, bias=None):
     return yat_ratio(xp, dot, dist, bias=bias, alpha=factor, epsilon=epsilon)
 
 
-def _tile_function(xp, unit: bool, native: bool, refine: bool):
-    """The blocked path's score function of one tile: finite scores, the additive mask added."""
+class _Tile:
+    """The blocked path's score function of one tile: finite scores, the additive mask added.
 
-    def tile(qb, kb, factor, epsilon, bias, amask):
-        s = _finite(xp, _pair_scores(xp, qb, kb, factor, epsilon, unit, native, refine, bias))
+    ``vjp(qb, kb, factor, epsilon)``, when not None, gives the scores without bias or additive
+    mask and their closed-form pullback (PyTorch, when no score can overflow, so the clip to
+    the finite range is the identity).
+    """
+
+    def __init__(self, xp, unit: bool, native: bool, refine: bool, bounded: bool) -> None:
+        self.xp, self.unit, self.native, self.refine = xp, unit, native, refine
+        self.vjp = None
+        if bounded:
+            from nmn_array._native.torch_yat import tile_scores
+
+            self.vjp = partial(tile_scores, unit=unit, refine=refine)
+
+    def __call__(self, qb, kb, factor, epsilon, bias, amask):
+        if self.vjp is not None and bias is None and amask is None:
+            return self.vjp(qb, kb, factor, epsilon)[0]
+        xp = self.xp
+        s = _pair_scores(xp, qb, kb, factor, epsilon, self.unit, self.native, self.refine, bias)
+        s = _finite(xp, s)
         return s if amask is None else _finite(xp, s + amask)
 
-    return tile
+
+def _tile_function(a: _Inputs, native: bool) -> _Tile:
+    bounded = False
+    if native and is_torch(a.xp):
+        from nmn_array._native.torch_yat import scores_bounded
+
+        bounded = scores_bounded(a.q, a.k, a.factor, a.epsilon)
+    return _Tile(a.xp, a.unit, native, a.refine, bounded)
 
 
 def _is_additive(xp, mask) -> bool:
@@ -385,7 +410,7 @@ def _blocked_output(a: _Inputs, v: Any, size: int, native: bool) -> Any:
     per_score = [t.shape[:-2] for t in (a.mask, a.bias) if hasattr(t, "ndim") and t.ndim > 2]
     prob = blocked.Problem(
         blocks=Blocks(lq, lk, min(size, lq), min(size, lk), a.window),
-        tile=_tile_function(xp, a.unit, native, a.refine),
+        tile=_tile_function(a, native),
         normalization=a.normalization,
         power=a.power,
         mask=None if additive else a.mask,

@@ -28,6 +28,7 @@ CASES = {
     "causal_window": {"causal": True, "window": (2, 5)},
     "mask": {"mask": MASK},
     "mask_causal_bias": {"mask": MASK, "causal": True, "bias": BIAS},
+    "spherical_window": {"spherical": True, "window": (4, 2)},
 }
 NORMS = {"softmax": {}, "l1": {}, "softermax": {"power": 2.0}}
 
@@ -213,3 +214,58 @@ def test_auto_blocks_long_inputs_only():
     got = na.yat_attention(q, long_k, long_v)  # auto: blocked
     want = na.yat_attention(q, long_k, long_v, block_size=None)
     np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", GRAD_BACKENDS)
+def test_blocked_gradients_with_broadcast_keys(name):
+    """Keys and values shared by both batch rows (k, v without the leading axis): the tile
+    gradients of k and v are summed over the broadcast axis."""
+    b = Backend(name)
+    b.module()
+    q, k, v = b.from_numpy(Q), b.from_numpy(K[0]), b.from_numpy(V[0])
+    w = b.from_numpy(W)
+
+    def grads(size):
+        if name == "torch":
+            import torch
+
+            xs = [x.clone().requires_grad_() for x in (q, k, v)]
+            out = na.yat_attention(*xs, block_size=size, causal=True)
+            return [g.numpy() for g in torch.autograd.grad((out * w).sum(), xs)]
+        if name == "jax":
+            import jax
+
+            def loss(*xs):
+                return (na.yat_attention(*xs, block_size=size, causal=True) * w).sum()
+
+            return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(q, k, v)]
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            value = tf.reduce_sum(na.yat_attention(q, k, v, block_size=size, causal=True) * w)
+        return [g.numpy() for g in tape.gradient(value, [q, k, v])]
+
+    exact, got = grads(None), grads(3)
+    assert [g.shape for g in got] == [(2, LQ, 4), (LK, 4), (LK, 3)]
+    for g, e in zip(got, exact):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_torch_blocked_huge_inputs_equal_materialised(norm):
+    """Scores that overflow float32 (clipped to its largest value) take the same values and
+    gradients tiled as materialised; no NaN."""
+    import torch
+
+    base = [torch.tensor(a, dtype=torch.float32) for a in (Q, K, V)]
+    base[0] = base[0] * 1e12
+    res = []
+    for size in (None, 4):
+        xs = [x.clone().requires_grad_() for x in base]
+        out = na.yat_attention(*xs, block_size=size, causal=True, **NORMS[norm])
+        grads = torch.autograd.grad((out * torch.tensor(W, dtype=torch.float32)).sum(), xs)
+        res.append([out.detach(), *grads])
+    for got, want in zip(res[1], res[0]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

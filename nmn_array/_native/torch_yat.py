@@ -79,18 +79,25 @@ class _YatScores(torch.autograd.Function):
         if need[2]:
             flat = g_n.reshape(-1, g_n.shape[-1])
             grad_b = (flat.sum() if bias.numel() == 1 else flat.sum(dim=0)).reshape(bias.shape)
-        # dD/ds = -2; g_n is not needed any more
-        g_s = g_n.add_(h, alpha=2) if inplace else g_n + 2 * h
-        grad_x = grad_w = None
-        if need[0]:
-            grad_x = torch.matmul(g_s, w)
-            if not unit_x:
-                grad_x = _add_scaled(grad_x, x, h.sum(dim=-1, keepdim=True), inplace)
-        if need[1]:
-            grad_w = torch.matmul(g_s.transpose(-1, -2), x)
-            if not unit_w:
-                grad_w = _add_scaled(grad_w, w, h.sum(dim=-2).unsqueeze(-1), inplace)
+        grad_x, grad_w = _input_grads(g_n, h, x, w, (unit_x, unit_w), need[:2], inplace)
         return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None, None
+
+
+def _input_grads(g_n, h, x, w, units, need, inplace: bool):
+    """``dL/dx`` and ``dL/dw`` (None where not in ``need``) from :func:`_ratio_backward`'s
+    ``g_n`` (overwritten when ``inplace``) and ``h``."""
+    # dD/ds = -2; g_n is not needed any more
+    g_s = g_n.add_(h, alpha=2) if inplace else g_n + 2 * h
+    grad_x = grad_w = None
+    if need[0]:
+        grad_x = torch.matmul(g_s, w)
+        if not units[0]:
+            grad_x = _add_scaled(grad_x, x, h.sum(dim=-1, keepdim=True), inplace)
+    if need[1]:
+        grad_w = torch.matmul(g_s.transpose(-1, -2), x)
+        if not units[1]:
+            grad_w = _add_scaled(grad_w, w, h.sum(dim=-2).unsqueeze(-1), inplace)
+    return grad_x, grad_w
 
 
 def _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, *, inplace: bool):
@@ -324,3 +331,48 @@ def masked_softmax(scores, visible):
     hidden = ~shown
     weights = torch.softmax(scores.masked_fill(hidden, info.min), dim=-1)
     return weights.masked_fill(hidden, 0.0)
+
+
+def scores_bounded(q, k, alpha, epsilon) -> bool:
+    """Whether no attention score of ``q`` against ``k`` can overflow: ``|alpha| |q|^2 |k|^2
+    / epsilon`` bounds ``alpha (q.k)^2 / (max(D, 0) + epsilon)`` (Cauchy-Schwarz), and it is
+    below a sixteenth of the dtype's largest value (False for NaN inputs)."""
+    with torch.no_grad():
+        top = _sq_norms(q).amax() * _sq_norms(k).amax()
+        if isinstance(alpha, torch.Tensor):
+            top = top * alpha.abs().amax()
+        elif alpha is not None:
+            top = top * abs(float(alpha))
+        floor = epsilon.amin() if isinstance(epsilon, torch.Tensor) else epsilon
+        return bool(top / floor < torch.finfo(q.dtype).max / 16)
+
+
+def tile_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
+    """:func:`yat_scores` of one tile of blocked attention and its pullback in closed form,
+    with no autograd graph (the blocked backward recomputes every tile, so a graph per tile
+    would be pure overhead).
+
+    Returns ``(y, pull)``; ``pull(G)`` gives ``(dq, dk, dalpha, depsilon)`` for ``G = dL/dy``
+    (None for an ``alpha`` or ``epsilon`` that is not a tensor) and may overwrite ``G``.
+    """
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    qe, ke = q.expand(*lead, *q.shape[-2:]), k.expand(*lead, *k.shape[-2:])
+    with torch.no_grad():
+        n, d = _scores_n_q(qe, ke, None, epsilon, unit, unit, refine, inplace=True)
+        y = n * n
+        y.div_(d)
+        if alpha is not None:
+            y.mul_(alpha)
+
+    def pull(grad):
+        with torch.no_grad():
+            g_n, h, grad_alpha, grad_eps = _ratio_backward(
+                grad, n, d, alpha, epsilon,
+                want_alpha=isinstance(alpha, torch.Tensor),
+                want_eps=isinstance(epsilon, torch.Tensor),
+                inplace=True,
+            )  # fmt: skip
+            gq, gk = _input_grads(g_n, h, qe, ke, (unit, unit), (True, True), True)
+        return gq.sum_to_size(q.shape), gk.sum_to_size(k.shape), grad_alpha, grad_eps
+
+    return y, pull
