@@ -75,6 +75,7 @@ INVARIANTS: dict[str, tuple[str, ...]] = {
     "rows_normalized": ("attention_weights",),
     "kv_permutation": ("attention",),
     "causal_prefix": ("attention", "attention_weights"),
+    "blocked_equals_exact": ("attention",),
     "masked_keys_zero": ("attention_weights",),
     "rotation_preserves_norm": ("rotary",),
     "squasher_range": ("softermax", "softer_sigmoid", "soft_tanh"),

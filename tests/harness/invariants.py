@@ -265,6 +265,39 @@ def causal_prefix(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
         assert not leaked.any(), f"{what}: {int(leaked.sum())} nonzero weights on future keys"
 
 
+def blocked_equals_exact(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``block_size=1`` and ``2`` (tiles smaller than the sequences, running normalisers,
+    skipped tiles) equal the materialised ``block_size=None``, with and without a window drawn
+    from the case's data; on autodiff backends the gradients w.r.t. q, k, v too (float64:
+    relative 1e-9 of the largest gradient; float32: the spec's grad tolerance)."""
+    from tests.harness import checks  # checks imports this module
+
+    rng = _rng(case)
+    lk = case.arrays["k"].shape[-2]
+    windows = [None, (int(rng.integers(0, lk)), int(rng.integers(0, lk)))]
+    for window in windows:
+        exact = {"block_size": None, "window": window}
+        y = calls.run(spec, b, case, dtype, extra=exact)
+        tol = 2.0 * tolerance.allowed(spec, case, dtype)
+        for size in (1, 2):
+            what = _what(spec, "blocked_equals_exact", b, dtype) + f" ({size=}, {window=})"
+            tiled = {"block_size": size, "window": window}
+            tolerance.assert_close(calls.run(spec, b, case, dtype, extra=tiled), y, tol, what)
+            if not b.autodiff:
+                continue
+            names = ["q", "k", "v"]
+            want = checks.gradients(spec, b, case, dtype, names, extra=exact)
+            got = checks.gradients(spec, b, case, dtype, names, extra=tiled)
+            grad_tol = spec.tolerances["grad"]
+            for name, g, e in zip(names, got, want):
+                scale = float(np.max(np.abs(e), initial=0.0))
+                if dtype == "float64":
+                    bound = 1e-9 * scale + 1e-300
+                else:
+                    bound = grad_tol["atol"] + grad_tol["rtol"] * np.abs(e)
+                tolerance.assert_close(g, e, bound, what + f" d/d{name}")
+
+
 def masked_keys_zero(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
     """Masked keys get weight exactly 0; a query that sees no key gets all zeros, no NaN."""
     y = calls.run(spec, b, case, dtype)
@@ -348,6 +381,7 @@ INVARIANTS: dict[str, Callable[[Spec, Backend, str, Case], None]] = {
     "rows_normalized": rows_normalized,
     "kv_permutation": kv_permutation,
     "causal_prefix": causal_prefix,
+    "blocked_equals_exact": blocked_equals_exact,
     "masked_keys_zero": masked_keys_zero,
     "rotation_preserves_norm": rotation_preserves_norm,
     "squasher_range": squasher_range,
