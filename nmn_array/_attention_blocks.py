@@ -111,15 +111,16 @@ def local_window_mask(
     by at most ``radius`` along every axis (a square/cube neighbourhood).
 
     Pass it as ``mask`` of :func:`nmn_array.yat_attention`. With the blocked path also pass
-    ``window=(w, w)``, ``w = radius[0] * prod(grid_shape[1:]) + ...`` (the largest row-major
-    distance inside the neighbourhood, :func:`grid_window`): the window lets whole tiles of
-    far-away tokens be skipped, the mask keeps the exact neighbourhood inside the others.
+    ``window=nmn_array.attention.grid_window(grid_shape, radius)`` (the largest row-major
+    offset inside the neighbourhood, on both sides): the window lets whole tiles of far-away
+    tokens be skipped, the mask keeps the exact neighbourhood inside the others.
 
     Parameters
     ----------
     grid_shape : sequence of int >= 1
     radius : int >= 0 or one per axis
     xp : array namespace (array-api-compat's or the library's own), default NumPy
+        (TensorFlow has no array-API namespace of its own: build with NumPy and convert)
     device : device for the result, default the namespace's
 
     Returns
@@ -152,8 +153,9 @@ def local_window_mask(
 
 
 def grid_window(grid_shape: Sequence[int], radius: int | Sequence[int]) -> tuple[int, int]:
-    """The symmetric 1-D ``window`` that contains :func:`local_window_mask`'s neighbourhood
-    in row-major order (for skipping far tiles in the blocked path).
+    """The smallest symmetric 1-D ``window`` that contains the neighbourhood of
+    :func:`~nmn_array.local_window_mask` in row-major order (for skipping far tiles in the
+    blocked path): ``w = sum(min(r, n - 1) * stride)`` over the grid's axes.
 
     Examples
     --------
