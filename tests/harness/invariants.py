@@ -315,19 +315,22 @@ def blocked_equals_exact(spec: Spec, b: Backend, dtype: str, case: Case) -> None
 
     Outputs: within the sum of both sides' tolerances (the window's hidden keys count as
     masked). Gradients w.r.t. q, k, v on autodiff backends: float64 within ``1e-9`` of the
-    largest |gradient| (of q, k and v); float32 no further from the float64 gradient (of the same rounded
-    inputs) than :data:`TILED_GRAD_ERROR_FACTOR` times the materialised float32 gradient's
-    largest error, plus the spec's grad tolerance relative to the largest |gradient|. A
-    float32 gradient summed over several terms loses digits to cancellation, so the
-    materialised path itself is only that accurate; the bound follows it, never more.
+    largest |gradient| (of q, k and v); float32 no further from the float64 gradient (of the
+    same rounded inputs) than :data:`TILED_GRAD_ERROR_FACTOR` times the materialised float32
+    gradient's largest error, plus the spec's grad tolerance relative to the largest
+    |gradient|. A float32 gradient summed over several terms loses digits to cancellation,
+    so the materialised path itself is only that accurate; the bound follows it, never more.
     """
     from tests.harness import checks  # checks imports this module
 
     rng = _rng(case)
     lk = case.arrays["k"].shape[-2]
-    right = None if rng.integers(0, 3) == 0 else int(rng.integers(0, lk))
+    sides: list[int | None] = [int(rng.integers(0, lk)), int(rng.integers(0, lk))]
+    unlimited = int(rng.integers(0, 4))  # 0: left side unlimited, 1: right, else neither
+    if unlimited < 2:
+        sides[unlimited] = None
     names = ["q", "k", "v"]
-    for window in (None, (int(rng.integers(0, lk)), right)):
+    for window in (None, (sides[0], sides[1])):
         exact = {"block_size": None, "window": window}
         y = calls.run(spec, b, case, dtype, extra=exact)
         tol = 2.0 * tolerance.allowed(spec, _with_window_mask(case, window), dtype)
