@@ -192,6 +192,7 @@ class _DenseView:
     arrays = {"x": {}, "w": {}, "bias": {"optional": True}}
     call = ["x", "w", "bias"]
     params = {"alpha": {}, "epsilon": {}, "weight_normalized": {}}
+    data = {"output": {"dtype": "x"}}  # the keys calls.call / calls.run read
     fn = staticmethod(nmn_array.yat)
 
 
