@@ -8,7 +8,7 @@ array-api-strict) and returns that library's array, with the input's dtype and d
 25.0
 """
 
-from nmn_array.attention import yat_attention, yat_attention_weights
+from nmn_array.attention import local_window_mask, yat_attention, yat_attention_weights
 from nmn_array.conv import yat_conv, yat_conv_transpose
 from nmn_array.dense import yat
 from nmn_array.dropconnect import drop_connect
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 # sets), placed here without importing TensorFlow.
 for _public in (
     drop_connect,
+    local_window_mask,
     rotary_embedding,
     soft_tanh,
     softer_sigmoid,
@@ -39,6 +40,7 @@ del _public
 
 __all__ = [
     "drop_connect",
+    "local_window_mask",
     "rotary_embedding",
     "soft_tanh",
     "softer_sigmoid",

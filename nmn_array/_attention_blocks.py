@@ -9,7 +9,8 @@ computed; a tile all of whose pairs are visible needs no position mask.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -96,3 +97,91 @@ class Blocks:
         if seen is None:
             return xp.ones((r1 - r0, c1 - c0), dtype=xp.bool, **kw)
         return seen
+
+
+def local_window_mask(
+    grid_shape: Sequence[int],
+    radius: int | Sequence[int],
+    *,
+    xp: ModuleType | None = None,
+    device: Any = None,
+) -> Any:
+    """Boolean ``(N, N)`` mask of local attention over an N-D grid of ``N = prod(grid_shape)``
+    tokens in row-major order: token ``a`` sees token ``b`` iff their grid coordinates differ
+    by at most ``radius`` along every axis (a square/cube neighbourhood).
+
+    Pass it as ``mask`` of :func:`nmn_array.yat_attention`. With the blocked path also pass
+    ``window=nmn_array.attention.grid_window(grid_shape, radius)`` (the largest row-major
+    offset inside the neighbourhood, on both sides): the window lets whole tiles of far-away
+    tokens be skipped, the mask keeps the exact neighbourhood inside the others.
+
+    Parameters
+    ----------
+    grid_shape : sequence of int >= 1
+    radius : int >= 0 or one per axis
+    xp : array namespace (array-api-compat's or the library's own), default NumPy
+        (TensorFlow has no array-API namespace of its own: build with NumPy and convert)
+    device : device for the result, default the namespace's
+
+    Returns
+    -------
+    boolean array of shape (N, N)
+
+    Examples
+    --------
+    >>> from nmn_array.attention import local_window_mask
+    >>> local_window_mask((2, 3), 1).astype(int).tolist()[0]
+    [1, 1, 0, 1, 1, 0]
+    """
+    shape, radii = _grid_args(grid_shape, radius)
+    if xp is None:
+        import array_api_compat.numpy
+
+        xp = array_api_compat.numpy
+    assert xp is not None
+    kw = {} if device is None else {"device": device}
+    n = math.prod(shape)
+    index = xp.arange(n, dtype=xp.int64, **kw)
+    seen = xp.ones((n, n), dtype=xp.bool, **kw)
+    stride = n
+    for size, r in zip(shape, radii):
+        stride //= size
+        coord = (index // stride) % size
+        diff = xp.abs(xp.reshape(coord, (-1, 1)) - xp.reshape(coord, (1, -1)))
+        seen = xp.logical_and(seen, diff <= r)
+    return seen
+
+
+def grid_window(grid_shape: Sequence[int], radius: int | Sequence[int]) -> tuple[int, int]:
+    """The smallest symmetric 1-D ``window`` that contains the neighbourhood of
+    :func:`~nmn_array.local_window_mask` in row-major order (for skipping far tiles in the
+    blocked path): ``w = sum(min(r, n - 1) * stride)`` over the grid's axes.
+
+    Examples
+    --------
+    >>> from nmn_array.attention import grid_window
+    >>> grid_window((4, 5), 1)
+    (6, 6)
+    """
+    shape, radii = _grid_args(grid_shape, radius)
+    w, stride = 0, math.prod(shape)
+    for size, r in zip(shape, radii):
+        stride //= size
+        w += min(r, size - 1) * stride
+    return (w, w)
+
+
+def _grid_args(grid_shape, radius) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    shape = tuple(grid_shape) if isinstance(grid_shape, (tuple, list)) else None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(
+            f"grid_shape must be a non-empty sequence of ints >= 1, got {grid_shape!r}"
+        )
+    radii = tuple(radius) if isinstance(radius, (tuple, list)) else (radius,) * len(shape)
+    if len(radii) != len(shape) or any(
+        isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in radii
+    ):
+        raise ValueError(
+            f"radius must be an int >= 0 or one per axis of grid_shape {shape}, got {radius!r}"
+        )
+    return shape, radii

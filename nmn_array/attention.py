@@ -9,7 +9,13 @@ from typing import Any, NamedTuple
 
 from nmn_array import _blocked_attention as blocked
 from nmn_array import _validation as _v
-from nmn_array._attention_blocks import Blocks, Window, merge_windows
+from nmn_array._attention_blocks import (  # noqa: F401  (public here)
+    Blocks,
+    Window,
+    grid_window,
+    local_window_mask,
+    merge_windows,
+)
 from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
 from nmn_array._namespace import array_namespace, is_torch, scalar_like

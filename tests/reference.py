@@ -45,6 +45,7 @@ __all__ = [
     "softer_sigmoid_ref",
     "soft_tanh_ref",
     "drop_connect_ref",
+    "local_window_mask_ref",
     "numerical_grad",
 ]
 
@@ -852,4 +853,31 @@ def drop_connect_ref(
         out = np.asarray(keep, dtype=bool) * out / (1.0 - rate)
     if mask is not None:
         out = out * _f64(mask)
+    return out
+
+
+def local_window_mask_ref(grid_shape: Sequence[int], radius: Any) -> np.ndarray:
+    """Local attention on a grid: token ``a`` sees token ``b`` iff their coordinates differ by
+    at most the radius of each axis (Chebyshev distance per axis).
+
+    Parameters
+    ----------
+    grid_shape : sequence of int
+        The grid; its ``N = prod(grid_shape)`` tokens are numbered in row-major order.
+    radius : int or sequence of int
+        One radius for every axis, or one per axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, shape ``(N, N)``.
+    """
+    shape = tuple(int(s) for s in grid_shape)
+    radii = (int(radius),) * len(shape) if np.ndim(radius) == 0 else tuple(radius)
+    # itertools.product runs the last axis fastest: row-major numbering
+    coords = list(itertools.product(*(range(s) for s in shape)))
+    out = np.zeros((len(coords), len(coords)), dtype=bool)
+    for a, ca in enumerate(coords):
+        for b, cb in enumerate(coords):
+            out[a, b] = all(abs(x - y) <= r for x, y, r in zip(ca, cb, radii))
     return out

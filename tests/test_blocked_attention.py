@@ -269,3 +269,46 @@ def test_torch_blocked_huge_inputs_equal_materialised(norm):
     for got, want in zip(res[1], res[0]):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("grid", "radius"), [((4, 5), 1), ((3, 4, 5), (1, 0, 2)), ((7,), 2), ((2, 3), 5)]
+)
+def test_local_window_mask_is_the_grid_neighbourhood(grid, radius):
+    from nmn_array.attention import grid_window, local_window_mask
+
+    coords = np.stack(np.unravel_index(np.arange(np.prod(grid)), grid), axis=-1)
+    radii = np.broadcast_to(np.asarray(radius), (len(grid),))
+    want = (np.abs(coords[:, None, :] - coords[None, :, :]) <= radii).all(axis=-1)
+    got = local_window_mask(grid, radius)
+    np.testing.assert_array_equal(got, want)
+    # the 1-D window contains the neighbourhood, so adding it changes nothing
+    lo, hi = grid_window(grid, radius)
+    offsets = np.arange(len(want))[None, :] - np.arange(len(want))[:, None]
+    assert not np.any(want & ((offsets < -lo) | (offsets > hi)))
+
+
+def test_local_window_mask_with_blocked_window_equals_mask_alone(backend):
+    from nmn_array.attention import grid_window, local_window_mask
+
+    grid = (4, 5)
+    rng = np.random.default_rng(5)
+    q, k, v = (backend.from_numpy(rng.normal(size=(2, 20, d))) for d in (4, 4, 3))
+    mask = backend.from_numpy(local_window_mask(grid, 1))
+    exact = na.yat_attention(q, k, v, mask=mask, block_size=None)
+    tiled = na.yat_attention(q, k, v, mask=mask, window=grid_window(grid, 1), block_size=4)
+    np.testing.assert_allclose(
+        backend.to_numpy(tiled), backend.to_numpy(exact), rtol=1e-11, atol=1e-13
+    )
+
+
+@pytest.mark.parametrize(
+    ("grid", "radius", "match"),
+    [((), 1, "grid_shape"), ((3, 0), 1, "grid_shape"), ((3, 3), -1, "radius"),
+     ((3, 3), (1,), "radius"), ((3, 3), 1.5, "radius")],
+)  # fmt: skip
+def test_local_window_mask_bad_arguments_raise(grid, radius, match):
+    from nmn_array.attention import local_window_mask
+
+    with pytest.raises(ValueError, match=match):
+        local_window_mask(grid, radius)

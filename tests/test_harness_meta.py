@@ -30,6 +30,7 @@ ROTARY = load("functions/rotary_embedding.yaml")
 SOFTERMAX = load("functions/softermax.yaml")
 SIGMOID = load("functions/softer_sigmoid.yaml")
 TANH = load("functions/soft_tanh.yaml")
+WINDOW_MASK = load("functions/local_window_mask.yaml")
 
 _SETTINGS = settings(
     max_examples=40,
@@ -252,6 +253,57 @@ def test_ignoring_mask_fails_masked_keys_zero():
         return nmn_array.yat_attention_weights(q, k, **kw)
 
     must_fail(WEIGHTS, "masked_keys_zero", "numpy:float64", broken)
+
+
+def test_tiles_ignoring_the_window_fail_blocked_equals_exact():
+    def broken(q, k, v, *, block_size="auto", window=None, **kw):
+        tiled = block_size is not None
+        return nmn_array.yat_attention(
+            q, k, v, block_size=block_size, window=None if tiled else window, **kw
+        )
+
+    message = must_fail(ATTN, "blocked_equals_exact", "numpy:float64", broken)
+    assert "window=(" in message
+
+
+def test_tiled_gradient_off_by_1e_3_fails_blocked_equals_exact_float32():
+    # the forward is untouched: only the float32 gradient bound can catch this
+    def broken(q, k, v, *, block_size="auto", **kw):
+        y = nmn_array.yat_attention(q, k, v, block_size=block_size, **kw)
+        if block_size is None:
+            return y
+        return y + 1e-3 * (q - q.detach()).sum(-1, keepdim=True)
+
+    message = must_fail(ATTN, "blocked_equals_exact", "torch:float32", broken)
+    assert "d/dq vs float64" in message
+
+
+def test_column_major_numbering_fails_local_window_mask_reference():
+    def broken(grid_shape, radius, **kw):
+        # numbering the tokens column-major is the row-major mask of the reversed grid
+        r = tuple(reversed(radius)) if isinstance(radius, tuple) else radius
+        return nmn_array.local_window_mask(tuple(reversed(grid_shape)), r, **kw)
+
+    must_fail(WINDOW_MASK, "matches_reference", "numpy:float64", broken)
+
+
+def test_one_sided_window_mask_fails_symmetric_reflexive():
+    def broken(grid_shape, radius, *, xp=None, **kw):
+        m = np.asarray(nmn_array.local_window_mask(grid_shape, radius, xp=xp, **kw))
+        return np.triu(m)
+
+    must_fail(WINDOW_MASK, "symmetric_reflexive", "numpy:float64", broken)
+
+
+def test_too_narrow_grid_window_fails_grid_window_contains(monkeypatch):
+    from nmn_array import attention
+
+    assert verdict(WINDOW_MASK, "grid_window_contains", "numpy:float64") is None
+    real = attention.grid_window
+    monkeypatch.setattr(
+        attention, "grid_window", lambda g, r: tuple(max(0, w - 1) for w in real(g, r))
+    )
+    assert verdict(WINDOW_MASK, "grid_window_contains", "numpy:float64") is not None
 
 
 # -- rotary and squashers ------------------------------------------------------------------

@@ -437,7 +437,7 @@ def test_schema_errors_in_function_call_let_and_result(tree, capsys, old, new, k
             'output: {shape: ["*L", N], dtype: x}',
             'output: {shape: ["*L", N], dtype: y}',
             "output.dtype",
-            "expected the name of an input array (['alpha', 'bias', 'w', 'x']), got 'y'",
+            "expected the name of an input array (['alpha', 'bias', 'w', 'x']) or 'bool', got 'y'",
         ),
         (  # a cross reference: a dim's rank names no parameter
             "  L: {range: [1, 3], rank: [1, 2]}",

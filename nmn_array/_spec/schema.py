@@ -75,6 +75,9 @@ INVARIANTS: dict[str, tuple[str, ...]] = {
     "rows_normalized": ("attention_weights",),
     "kv_permutation": ("attention",),
     "causal_prefix": ("attention", "attention_weights"),
+    "blocked_equals_exact": ("attention",),
+    "symmetric_reflexive": ("window_mask",),
+    "grid_window_contains": ("window_mask",),
     "masked_keys_zero": ("attention_weights",),
     "rotation_preserves_norm": ("rotary",),
     "squasher_range": ("softermax", "softer_sigmoid", "soft_tanh"),
@@ -96,6 +99,7 @@ FAMILIES = (
     "soft_tanh",
     "embed",
     "dropconnect",
+    "window_mask",
 )
 
 #: Tolerance policies the harness implements (see docs/testing.md).
@@ -450,6 +454,7 @@ class Output(_Model):
 
     shape: Shape
     shape_when: _nonempty(ShapeWhen) = _ABSENT
+    # an input array's name (the output has its dtype), or 'bool' (a boolean output)
     dtype: Ident
 
 
@@ -468,6 +473,9 @@ class Spec(_Model):
     summary: Text
     function: Dotted
     reference: ObjectPath = _ABSENT
+    # the keyword that receives the backend's array namespace (a function without array
+    # inputs, such as a mask builder, is told the library to build in)
+    namespace: Ident = _ABSENT
     family: Literal[FAMILIES]
     variants: _nonempty(Variant) = []
     dims: dict[Ident, Dim] = {}
@@ -591,9 +599,15 @@ def _check_references(spec: Spec, problems: _Problems) -> None:
             names |= _shape_names(alt.shape) | expr.names_in(alt.when)
         problems.unknown(f"arrays.{name}.shape", names, known, from_dims)
     problems.unknown("output.shape", _shape_names(spec.output.shape), known, from_dims)
-    if spec.output.dtype not in arrays:
+    if spec.output.dtype not in arrays and spec.output.dtype != "bool":
         problems.add(
-            "output.dtype", f"the name of an input array ({sorted(arrays)})", spec.output.dtype
+            "output.dtype",
+            f"the name of an input array ({sorted(arrays)}) or 'bool'",
+            spec.output.dtype,
+        )
+    if spec.namespace is not None and spec.namespace in known | set(arrays):
+        problems.add(
+            "namespace", "a keyword that is not a dim, param or array name", spec.namespace
         )
     for i, text in enumerate(spec.constraints):
         problems.unknown(f"constraints[{i}]", expr.names_in(text), known, from_dims)

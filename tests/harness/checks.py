@@ -167,11 +167,20 @@ def _wrt(spec: Spec, prop: str, case: Case) -> list[str]:
     return [n for n in names if case.arrays.get(n) is not None]
 
 
-def gradients(spec: Spec, b: Backend, case: Case, dtype: str, names: list[str]) -> list[np.ndarray]:
-    """Gradients of ``sum(f)`` on ``b`` with respect to the arrays ``names``."""
+def gradients(
+    spec: Spec,
+    b: Backend,
+    case: Case,
+    dtype: str,
+    names: list[str],
+    *,
+    extra: dict | None = None,
+) -> list[np.ndarray]:
+    """Gradients of ``sum(f)`` on ``b`` with respect to the arrays ``names`` (``extra``:
+    more keyword arguments of the call)."""
 
     def f(*wrt: Any) -> Any:
-        replaced = dict(zip(names, wrt))
+        replaced = {**(extra or {}), **dict(zip(names, wrt))}
         return calls.call(
             spec,
             b,

@@ -12,7 +12,7 @@ import numpy as np
 import nmn_array
 from tests.backends import Backend
 from tests.harness import calls, families, tolerance
-from tests.harness.case import Case, plain
+from tests.harness.case import ArrayParam, Case, plain
 from tests.harness.spec import Spec
 
 
@@ -192,6 +192,7 @@ class _DenseView:
     arrays = {"x": {}, "w": {}, "bias": {"optional": True}}
     call = ["x", "w", "bias"]
     params = {"alpha": {}, "epsilon": {}, "weight_normalized": {}}
+    data = {"output": {"dtype": "x"}}  # the keys calls.call / calls.run read
     fn = staticmethod(nmn_array.yat)
 
 
@@ -263,6 +264,142 @@ def causal_prefix(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
         future = np.arange(lk)[None, :] > np.arange(lq)[:, None] + (lk - lq)
         leaked = np.broadcast_to(future, y.shape) & (y != 0)
         assert not leaked.any(), f"{what}: {int(leaked.sum())} nonzero weights on future keys"
+
+
+def _window_visible(lq: int, lk: int, window: tuple[int | None, int | None]) -> np.ndarray:
+    """The ``(Lq, Lk)`` visibility of ``window=(left, right)``, end-aligned like ``causal``:
+    query ``i`` sits at key position ``p = i + Lk - Lq`` and sees ``p - left <= j <= p + right``
+    (``None``: that side unlimited)."""
+    left, right = window
+    p = np.arange(lq)[:, None] + (lk - lq)
+    j = np.arange(lk)[None, :]
+    seen = np.ones((lq, lk), dtype=bool)
+    if left is not None:
+        seen &= j >= p - left
+    if right is not None:
+        seen &= j <= p + right
+    return seen
+
+
+def _with_window_mask(case: Case, window: tuple[int | None, int | None] | None) -> Case:
+    """``case`` whose ``mask`` also hides what ``window`` hides (for the tolerance only)."""
+    if window is None:
+        return case
+    lq, lk = case.arrays["q"].shape[-2], case.arrays["k"].shape[-2]
+    seen = _window_visible(lq, lk, window)
+    mask = case.arrays.get("mask")
+    return case.replace(arrays={"mask": seen if mask is None else np.logical_and(mask, seen)})
+
+
+def _rounded_case(case: Case, dtype: str) -> Case:
+    """``case`` with its float arrays and float parameters rounded to ``dtype`` (still
+    float64): the inputs a ``dtype`` run sees, for a float64 run on the same values."""
+    params = {}
+    for name, value in case.params.items():
+        if isinstance(value, ArrayParam):
+            params[name] = ArrayParam(calls.rounded(value, dtype), value.shape)
+        elif isinstance(value, float):
+            params[name] = calls.rounded(value, dtype)
+    arrays = {n: calls.rounded(a, dtype) for n, a in case.arrays.items() if a is not None}
+    return case.replace(params=params, arrays=arrays)
+
+
+#: float32 gradients of the tiled path may be this many times further from the float64
+#: gradient than the materialised path's (tiles sum in another order; measured up to ~1.5x)
+TILED_GRAD_ERROR_FACTOR = 4.0
+
+
+def blocked_equals_exact(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``block_size=1`` and ``2`` (tiles smaller than the sequences: running normalisers,
+    skipped tiles) equal the materialised ``block_size=None``, without and with a window drawn
+    from the case's data.
+
+    Outputs: within the sum of both sides' tolerances (the window's hidden keys count as
+    masked). Gradients w.r.t. q, k, v on autodiff backends: float64 within ``1e-9`` of the
+    largest |gradient| (of q, k and v); float32 no further from the float64 gradient (of the
+    same rounded inputs) than :data:`TILED_GRAD_ERROR_FACTOR` times the materialised float32
+    gradient's largest error, plus the spec's grad tolerance relative to the largest
+    |gradient|. A float32 gradient summed over several terms loses digits to cancellation,
+    so the materialised path itself is only that accurate; the bound follows it, never more.
+    """
+    from tests.harness import checks  # checks imports this module
+
+    rng = _rng(case)
+    lk = case.arrays["k"].shape[-2]
+    sides: list[int | None] = [int(rng.integers(0, lk)), int(rng.integers(0, lk))]
+    unlimited = int(rng.integers(0, 4))  # 0: left side unlimited, 1: right, else neither
+    if unlimited < 2:
+        sides[unlimited] = None
+    names = ["q", "k", "v"]
+    for window in (None, (sides[0], sides[1])):
+        exact = {"block_size": None, "window": window}
+        y = calls.run(spec, b, case, dtype, extra=exact)
+        tol = 2.0 * tolerance.allowed(spec, _with_window_mask(case, window), dtype)
+        if b.autodiff:
+            want = checks.gradients(spec, b, case, dtype, names, extra=exact)
+            # float64: relative to the largest gradient of all three, because d/dq or d/dk
+            # can cancel to ~1e-12 (a saturated softermax weight) and keep the absolute
+            # rounding error of its O(1) terms, which d/dv (sums of weights) has the size of
+            scale64 = max(float(np.max(np.abs(g), initial=0.0)) for g in want)
+            if dtype != "float64":
+                truth = checks.gradients(
+                    spec, b, _rounded_case(case, dtype), "float64", names, extra=exact
+                )
+        for size in (1, 2):
+            what = _what(spec, "blocked_equals_exact", b, dtype) + f" ({size=}, {window=})"
+            tiled = {"block_size": size, "window": window}
+            tolerance.assert_close(calls.run(spec, b, case, dtype, extra=tiled), y, tol, what)
+            if not b.autodiff:
+                continue
+            got = checks.gradients(spec, b, case, dtype, names, extra=tiled)
+            for i, name in enumerate(names):
+                grad_tol = spec.tolerances["grad"]
+                if dtype == "float64":
+                    bound = 1e-9 * scale64
+                    tolerance.assert_close(got[i], want[i], bound, what + f" d/d{name}")
+                    continue
+                exact_error = float(np.max(np.abs(want[i] - truth[i]), initial=0.0))
+                scale = float(np.max(np.abs(truth[i]), initial=0.0))
+                bound = (
+                    TILED_GRAD_ERROR_FACTOR * exact_error
+                    + grad_tol["rtol"] * scale
+                    + grad_tol["atol"]
+                )
+                tolerance.assert_close(
+                    got[i],
+                    truth[i],
+                    bound,
+                    what + f" d/d{name} vs float64 (materialised float32 error {exact_error:.3e})",
+                )
+
+
+def symmetric_reflexive(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """A neighbourhood relation: every token sees itself, and ``a`` sees ``b`` iff ``b``
+    sees ``a``."""
+    m = calls.run(spec, b, case, dtype) != 0
+    what = _what(spec, "symmetric_reflexive", b, dtype)
+    assert np.all(np.diagonal(m)), (
+        f"{what}: tokens {np.flatnonzero(~np.diagonal(m))} miss themselves"
+    )
+    asym = m != m.T
+    assert not asym.any(), f"{what}: asymmetric at {np.argwhere(asym)[:5].tolist()}"
+
+
+def grid_window_contains(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """``grid_window(grid_shape, radius)`` is the smallest symmetric 1-D window containing
+    the mask: no visible pair lies outside it, and one lies on its edge."""
+    from nmn_array.attention import grid_window
+
+    m = calls.run(spec, b, case, dtype) != 0
+    left, right = grid_window(case.params["grid_shape"], case.params["radius"])
+    offset = np.arange(m.shape[1])[None, :] - np.arange(m.shape[0])[:, None]
+    what = _what(spec, "grid_window_contains", b, dtype) + f" (window ({left}, {right}))"
+    outside = m & ((offset < -left) | (offset > right))
+    assert not outside.any(), (
+        f"{what}: visible pairs outside at {np.argwhere(outside)[:5].tolist()}"
+    )
+    widest = int(np.max(np.abs(offset[m])))
+    assert widest == left == right, f"{what}: the widest visible offset is {widest}"
 
 
 def masked_keys_zero(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
@@ -348,7 +485,10 @@ INVARIANTS: dict[str, Callable[[Spec, Backend, str, Case], None]] = {
     "rows_normalized": rows_normalized,
     "kv_permutation": kv_permutation,
     "causal_prefix": causal_prefix,
+    "blocked_equals_exact": blocked_equals_exact,
     "masked_keys_zero": masked_keys_zero,
+    "symmetric_reflexive": symmetric_reflexive,
+    "grid_window_contains": grid_window_contains,
     "rotation_preserves_norm": rotation_preserves_norm,
     "squasher_range": squasher_range,
     "soft_tanh_identity": soft_tanh_identity,
