@@ -291,8 +291,7 @@ def backward(
     d_all = xp.sum(dout * out, axis=-1, keepdims=True)
     kscal = _SCALARS
     dq = _Pieces(xp, q, blocks.rows(), [None])
-    dk = _Pieces(xp, k, [None], [None])
-    dk.rows = blocks.cols()
+    dk = _Pieces(xp, k, blocks.cols(), [None])
     dv = _Pieces(xp, v, blocks.cols(), [None])
     dscal: list = [None] * kscal
     dscore = [_score_pieces(xp, a, blocks) for a in extras[kscal:]]

@@ -26,7 +26,7 @@ def run(xp: ModuleType, prob: blocked.Problem, q, k, v, extras: list, materialis
     """The blocked attention output; ``materialised(q, k, v, *extras)`` computes the same
     with the whole score matrix (PyTorch's double backward)."""
     if is_torch(xp):
-        return _Torch.apply(prob, materialised, q, k, v, *extras)
+        return _LazyTorch.apply(prob, materialised, q, k, v, *extras)
     if is_jax(xp):
         return _jax(xp, prob, q, k, v, extras)
     if is_tf(xp):
@@ -46,11 +46,13 @@ def _filler(extras: list, index: list[int]) -> Callable[[Any], list]:
     return fill
 
 
-def _primal_grads(xp, prob, primals, index, full, saved, dout, pullback, zeros_like) -> list:
+def _primal_grads(
+    xp, prob, primals, index, full, saved, dout, pullback, zeros_like, backward=blocked.backward
+) -> list:
     """Cotangents of ``primals = (q, k, v, *extras at index)``, zeros where none flows."""
     q, k, v = primals[:3]
     wanted = [True, True, True] + [i in index for i in range(len(full))]
-    grads = blocked.backward(xp, prob, q, k, v, full, saved, dout, pullback, wanted)
+    grads = backward(xp, prob, q, k, v, full, saved, dout, pullback, wanted)
     picked = grads[:3] + [grads[3 + i] for i in index]
     return [zeros_like(p) if g is None else g for p, g in zip(primals, picked)]
 
@@ -146,9 +148,6 @@ class _LazyTorch:
         return cls._cls.apply(*args)
 
 
-_Torch = _LazyTorch
-
-
 def torch_transforms_active() -> bool:
     """True inside ``torch.func`` transforms (grad, vmap, jacrev), which need the ``ctx``-free
     Function protocol: the materialised path serves them."""
@@ -182,15 +181,17 @@ def _jax_pullback(fn, arrays):
 def _jax(xp, prob, q, k, v, extras):
     import jax
 
+    from nmn_array._native import blocked_jax
+
     index = [i for i, e in enumerate(extras) if isinstance(e, jax.Array)]
     fill = _filler(extras, index)
 
     @jax.custom_vjp
     def attend(q, k, v, *arrs):
-        return blocked.forward(xp, prob, q, k, v, fill(arrs))[0]
+        return blocked_jax.forward(xp, prob, q, k, v, fill(arrs))[0]
 
     def fwd(q, k, v, *arrs):
-        saved = blocked.forward(xp, prob, q, k, v, fill(arrs))
+        saved = blocked_jax.forward(xp, prob, q, k, v, fill(arrs))
         return saved[0], (q, k, v, arrs, saved)
 
     def bwd(res, dout):
@@ -198,7 +199,16 @@ def _jax(xp, prob, q, k, v, extras):
         primals = [q, k, v, *arrs]
         return tuple(
             _primal_grads(
-                xp, prob, primals, index, fill(arrs), saved, dout, _jax_pullback, xp.zeros_like
+                xp,
+                prob,
+                primals,
+                index,
+                fill(arrs),
+                saved,
+                dout,
+                _jax_pullback,
+                xp.zeros_like,
+                blocked_jax.backward,
             )
         )
 
