@@ -119,13 +119,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     where.add_argument(
         "--json",
         metavar="PATH",
-        help="write the results as JSON to PATH and the scaling plot next to it as "
-        "<name>_scaling.png (default: write nothing)",
+        help="write the results as JSON to PATH and the plots next to it as "
+        "<name>_scaling.png and (--study long) <name>_long.png (default: write nothing)",
     )
     where.add_argument(
         "--out",
         metavar="DIR",
-        help="write bench.json and bench_scaling.png into DIR (default: write nothing)",
+        help="write bench.json, bench_scaling.png and (--study long) bench_long.png into DIR "
+        "(default: write nothing)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1-2 repetitions")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads per framework")

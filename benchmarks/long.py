@@ -119,7 +119,16 @@ def ratios(sz: Sizes) -> tuple[Ratio, ...]:
     left, right = sz.long_window
     n_short, n_mid, n_long = sz.long_short, sz.long_mid, sz.long_len
 
-    def r(measure: str, suite: str, grp: str, num: str, den: str, text: str, op=None, t=None):
+    def r(
+        measure: str,
+        suite: str,
+        grp: str,
+        num: str,
+        den: str,
+        text: str,
+        op: str | None = None,
+        t: float | None = None,
+    ) -> Ratio:
         return Ratio(text, measure, suite, grp, num, den, op, t)
 
     return (
