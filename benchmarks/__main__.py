@@ -150,6 +150,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="longest sequence of the long study (default 4096; --smoke: 64); the "
         "lengths run are those of the study up to it (256, 512, ..., 16384)",
     )
+    p.add_argument(
+        "--min-tokens",
+        type=int,
+        default=0,
+        help="shortest sequence of the long study (default: all up to --max-tokens), e.g. "
+        "to measure only the largest points of the scaling table",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the ratios")
     p.add_argument("--verbose", action="store_true", help="print the traceback of a failed worker")
     args = p.parse_args(argv)
@@ -162,11 +169,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     sz = _sizes(args)
     if args.max_tokens is None:
         args.max_tokens = sz.long_max
-    elif args.max_tokens < min(sz.long_lengths):
+    if not long.lengths(sz, (args.min_tokens, args.max_tokens)):
         p.error(
-            f"--max-tokens must be >= {min(sz.long_lengths)} (the shortest length of the "
-            f"long study), got {args.max_tokens}"
+            f"--min-tokens {args.min_tokens} .. --max-tokens {args.max_tokens} leaves no "
+            f"length of the long study ({', '.join(map(str, sz.long_lengths))})"
         )
+    args.span = (args.min_tokens, args.max_tokens)
     return args
 
 
@@ -241,12 +249,12 @@ def _tasks(
     layers = args.study in ("layers", "all")
     cases = [(g, n) for g, n in MEMORY_CASES if n not in skip] if layers else []
     if args.study in ("long", "all"):
-        limit = ["--max-tokens", str(args.max_tokens)]
+        limit = ["--min-tokens", str(args.min_tokens), "--max-tokens", str(args.max_tokens)]
         if "jax" in suites:
             tasks.append(("long-jax", limit, None))
         if "torch" in suites:
             tasks.append(("long-torch", limit, None))
-        cases += long.memory_cases(_sizes(args), args.max_tokens)
+        cases += long.memory_cases(_sizes(args), args.span)
     # longest first, so that the two lanes of smoke mode finish together
     if "tf" in suites and layers:
         tasks.append(("tf", skips, None))
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     sz = _sizes(args)
     run_long = args.study in ("long", "all")
     # printed under the long study's table and kept in the JSON
-    notes = long.skip_reasons(sz, args.max_tokens) if run_long else []
+    notes = long.skip_reasons(sz, args.span) if run_long else []
     tasks = _tasks([s for s in args.suites if s not in missing], args, skip)
     if not tasks:
         print("nothing to run: every requested suite was skipped")
@@ -333,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "threads": args.threads,
             "study": args.study,
-            "max_tokens": args.max_tokens if run_long else None,
+            "tokens": list(args.span) if run_long else None,
             "sizes": sz.to_dict(),
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -366,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         study = (
             f"long-context study: batch {sz.long_batch}, "
-            f"{', '.join(map(str, long.lengths(sz, args.max_tokens)))} tokens, "
+            f"{', '.join(map(str, long.lengths(sz, args.span)))} tokens, "
             f"width {sz.attn_dim}, {sz.attn_heads} heads"
         )
         what = {"layers": layers, "long": study, "all": f"{layers}; {study}"}[args.study]

@@ -32,7 +32,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="group/name of a memory case (repeatable: measured one after another)",
     )
     p.add_argument("--scaling", action="store_true")
-    p.add_argument("--max-tokens", type=int, default=None, help="longest length of the long study")
+    p.add_argument("--min-tokens", type=int, default=0, help="shortest length, long study")
+    p.add_argument("--max-tokens", type=int, default=None, help="longest length, long study")
     p.add_argument(
         "--skip", action="append", default=[], help="case name to leave out (repeatable)"
     )
@@ -66,11 +67,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from . import torch_cases
 
         torch_cases.setup_threads(args.threads)
-        result = torch_cases.run_long(sz, args.max_tokens or sz.long_max)
+        result = torch_cases.run_long(sz, (args.min_tokens, args.max_tokens or sz.long_max))
     elif args.kind == "long-jax":
         from . import jax_cases
 
-        result = jax_cases.run_long(sz, args.max_tokens or sz.long_max)
+        result = jax_cases.run_long(sz, (args.min_tokens, args.max_tokens or sz.long_max))
     elif args.kind == "tf":
         from . import tf_cases
 

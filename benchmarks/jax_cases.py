@@ -315,18 +315,18 @@ def long_case(name: str, length: int, sz: Sizes) -> tuple[nnx.Module, jax.Array]
     return Deterministic(mha), x
 
 
-def run_long(sz: Sizes, max_tokens: int) -> dict[str, Any]:
+def run_long(sz: Sizes, span: tuple[int, int]) -> dict[str, Any]:
     """The JAX part of the long-context study: ours (blocked and materialised) against
     Flax's attention with ``jax.nn.dot_product_attention(implementation="xla")``, timed
     round-robin at ``long_mid`` tokens, and XLA's temp memory of every case's compiled
     forward + backward at ``long_len`` tokens (compiled only, never run), each length
-    skipped when above ``max_tokens``."""
+    skipped when outside ``span`` (shortest, longest)."""
     from . import long
     from ._common import interleaved, record
 
     names = list(long.JAX_LABELS)
     records, memory = [], []
-    if sz.long_mid <= max_tokens:
+    if span[0] <= sz.long_mid <= span[1]:
         grp = long.group(sz.long_mid)
         steps = {name: make_step(*long_case(name, sz.long_mid, sz))[0] for name in names}
         times = interleaved(
@@ -336,7 +336,7 @@ def run_long(sz: Sizes, max_tokens: int) -> dict[str, Any]:
             label = long.label(long.JAX_LABELS, name, sz)
             kind = "reference" if name == "native" else "frameworks"
             records.append(record("jax", grp, name, label, samples, impl=kind, x=sz.long_mid))
-    if sz.long_len <= max_tokens:
+    if span[0] <= sz.long_len <= span[1]:
         for name in names:
             _, fn, args = make_step(*long_case(name, sz.long_len, sz))
             analysis = fn.lower(*args).compile().memory_analysis()

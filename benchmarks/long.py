@@ -59,10 +59,11 @@ def label(labels: dict[str, str], name: str, sz: Sizes) -> str:
     return labels[name].format(block=sz.long_block, window=tuple(sz.long_window))
 
 
-def lengths(sz: Sizes, max_tokens: int | None = None) -> list[int]:
-    """The lengths of the study up to ``max_tokens`` (default ``sz.long_max``)."""
-    limit = sz.long_max if max_tokens is None else max_tokens
-    return [n for n in sz.long_lengths if n <= limit]
+def lengths(sz: Sizes, span: tuple[int, int] | None = None) -> list[int]:
+    """The lengths of the study from ``span[0]`` to ``span[1]`` tokens (default: up to
+    ``sz.long_max``)."""
+    lo, hi = (0, sz.long_max) if span is None else span
+    return [n for n in sz.long_lengths if lo <= n <= hi]
 
 
 def materialised_fits(sz: Sizes, length: int) -> bool:
@@ -75,22 +76,22 @@ def score_mib(sz: Sizes, length: int) -> float:
     return sz.long_batch * sz.attn_heads * length * length * 4 / 2**20
 
 
-def skip_reasons(sz: Sizes, max_tokens: int | None = None) -> list[str]:
+def skip_reasons(sz: Sizes, span: tuple[int, int] | None = None) -> list[str]:
     """One printed line per case of the study that is left out, and why."""
     out = []
-    for n in lengths(sz, max_tokens):
+    for n in lengths(sz, span):
         if not materialised_fits(sz, n):
             out.append(
                 f"long study: ours materialised (block_size=None) not run at {n} tokens "
                 f"(limit {sz.long_materialised_max}): one (B, H, L, L) float32 score array "
                 f"is {score_mib(sz, n):,.1f} MiB and that path holds several at once"
             )
-    measured = lengths(sz, max_tokens)
+    lo, hi = (0, sz.long_max) if span is None else span
     for n in sorted({sz.long_short, sz.long_mid, sz.long_len}):
-        if n not in measured:
+        if not lo <= n <= hi:
             out.append(
                 f"long study: the targets at {n} tokens are not measured "
-                f"(--max-tokens {max(measured, default=0)} < {n})"
+                f"(outside --min-tokens {lo} .. --max-tokens {hi})"
             )
     return out
 
@@ -108,9 +109,9 @@ def memory_names(sz: Sizes, length: int) -> list[str]:
     return ["ours"] + (["materialised"] if materialised_fits(sz, length) else []) + ["sdpa"]
 
 
-def memory_cases(sz: Sizes, max_tokens: int | None = None) -> list[tuple[str, str]]:
+def memory_cases(sz: Sizes, span: tuple[int, int] | None = None) -> list[tuple[str, str]]:
     """``(group, name)`` of every torch memory case of the study."""
-    return [(group(n), name) for n in lengths(sz, max_tokens) for name in memory_names(sz, n)]
+    return [(group(n), name) for n in lengths(sz, span) for name in memory_names(sz, n)]
 
 
 def ratios(sz: Sizes) -> tuple[Ratio, ...]:

@@ -395,7 +395,7 @@ def run_suite(sz: Sizes, *, scaling: bool, skip: Collection[str] = ()) -> dict[s
     return {"cases": records, "scaling": scale_records, "impl": impl}
 
 
-def run_long(sz: Sizes, max_tokens: int) -> dict[str, Any]:
+def run_long(sz: Sizes, span: tuple[int, int]) -> dict[str, Any]:
     """Time the long-context study: at each length, its cases round-robin (a length is one
     group, so the ratios of a length are measured side by side). From
     ``sz.long_single_from`` tokens on, one round without warm-up."""
@@ -403,7 +403,7 @@ def run_long(sz: Sizes, max_tokens: int) -> dict[str, Any]:
     from ._common import interleaved, record
 
     records = []
-    for length in long.lengths(sz, max_tokens):
+    for length in long.lengths(sz, span):
         grp = long.group(length)
         names = long.torch_names(sz, length)
         steps = {name: build(grp, name, sz) for name in names}

@@ -243,7 +243,7 @@ def long_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_long_writes_json_and_plot_only(long_report: dict) -> None:
     assert long_report["errors"] == []
-    assert long_report["meta"]["study"] == "long" and long_report["meta"]["max_tokens"] == 64
+    assert long_report["meta"]["study"] == "long" and long_report["meta"]["tokens"] == [0, 64]
     assert long_report["_files"] == {"results/bench.json", "results/bench_long.png"}
 
 
@@ -303,8 +303,13 @@ def test_long_max_tokens_is_validated_and_limits_the_study() -> None:
     args = _parse(["--smoke", "--study", "long", "--max-tokens", "32", "--only", "torch,memory"])
     tasks = _tasks(["torch", "memory"], args)
     assert [k for k, _, _ in tasks] == ["long-torch", "memory"]
-    assert tasks[0][1] == ["--max-tokens", "32"]
+    assert tasks[0][1] == ["--min-tokens", "0", "--max-tokens", "32"]
     assert "long-64/ours" not in tasks[1][1] and "long-32/materialised" in tasks[1][1]
-    assert long.skip_reasons(SMOKE, 32) == [
-        "long study: the targets at 64 tokens are not measured (--max-tokens 32 < 64)"
+    assert long.skip_reasons(SMOKE, (0, 32)) == [
+        "long study: the targets at 64 tokens are not measured "
+        "(outside --min-tokens 0 .. --max-tokens 32)"
     ]
+    with pytest.raises(SystemExit):
+        _parse(["--smoke", "--study", "long", "--min-tokens", "40", "--max-tokens", "50"])
+    args = _parse(["--smoke", "--study", "long", "--min-tokens", "64", "--only", "memory"])
+    assert _tasks(["memory"], args)[0][1] == ["--case", "long-64/ours", "--case", "long-64/sdpa"]
