@@ -10,6 +10,10 @@ prints a table of cases, the ratios with their targets (PASS/MISS) and the scali
 It writes files only where asked: the JSON to ``--json PATH`` (the scaling plot next to it)
 or ``bench.json`` and ``bench_scaling.png`` into ``--out DIR``; by default nothing.
 
+``--study long`` runs the long-context attention study of issue 13 instead (torch and JAX,
+batch 1, 256 to ``--max-tokens`` tokens; :mod:`.long`), with its targets, a table of time
+and peak memory against length and ``<name>_long.png``; ``--study all`` runs both.
+
 A suite whose framework is not installed is skipped with one line naming what is missing
 (and the pip command), as are the nmn 0.3.5 cases without nmn. Exit codes: 0 every suite
 that could run ran (including when some were skipped); 1 a worker failed (one line each;
@@ -18,6 +22,8 @@ that could run ran (including when some were skipped); 1 a worker failed (one li
 Examples
 --------
 ``python -m benchmarks --smoke --json out/smoke.json`` runs tiny sizes in well under a minute.
+``python -m benchmarks --study long --max-tokens 16384 --out out`` measures the long-context
+scaling table up to 16384 tokens (long: a 16384-token step takes minutes).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import report
+from . import long, report
 from ._common import DEFAULT_THREADS, sizes_for, thread_env
 from .memory import MALLOC_ENV
 
@@ -59,6 +65,8 @@ MEMORY_CASES = (
 )
 
 SUITES = ("torch", "jax", "tf", "memory")
+#: ``--study``: the layer benchmarks (default), the long-context study, or both.
+STUDIES = ("layers", "long", "all")
 
 #: What each suite imports (top-level packages) and the nmn-array extras that install it.
 REQUIRES = {
@@ -111,13 +119,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     where.add_argument(
         "--json",
         metavar="PATH",
-        help="write the results as JSON to PATH and the scaling plot next to it as "
-        "<name>_scaling.png (default: write nothing)",
+        help="write the results as JSON to PATH and the plots next to it as "
+        "<name>_scaling.png and (--study long) <name>_long.png (default: write nothing)",
     )
     where.add_argument(
         "--out",
         metavar="DIR",
-        help="write bench.json and bench_scaling.png into DIR (default: write nothing)",
+        help="write bench.json, bench_scaling.png and (--study long) bench_long.png into DIR "
+        "(default: write nothing)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1-2 repetitions")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="CPU threads per framework")
@@ -127,6 +136,27 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(SUITES)} (default: all)",
     )
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling study")
+    p.add_argument(
+        "--study",
+        choices=STUDIES,
+        default="layers",
+        help="layers: dense/conv/attention against native layers and nmn (default); "
+        "long: the long-context attention study (issue 13); all: both",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="longest sequence of the long study (default 4096; --smoke: 64); the "
+        "lengths run are those of the study up to it (256, 512, ..., 16384)",
+    )
+    p.add_argument(
+        "--min-tokens",
+        type=int,
+        default=0,
+        help="shortest sequence of the long study (default: all up to --max-tokens), e.g. "
+        "to measure only the largest points of the scaling table",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the ratios")
     p.add_argument("--verbose", action="store_true", help="print the traceback of a failed worker")
     args = p.parse_args(argv)
@@ -136,7 +166,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"unknown suite(s) {bad}; choose from {list(SUITES)}")
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    sz = _sizes(args)
+    if args.max_tokens is None:
+        args.max_tokens = sz.long_max
+    if not long.lengths(sz, (args.min_tokens, args.max_tokens)):
+        p.error(
+            f"--min-tokens {args.min_tokens} .. --max-tokens {args.max_tokens} leaves no "
+            f"length of the long study ({', '.join(map(str, sz.long_lengths))})"
+        )
+    args.span = (args.min_tokens, args.max_tokens)
     return args
+
+
+def _sizes(args: argparse.Namespace) -> Any:
+    """The :class:`~._common.Sizes` of the run (smoke or full)."""
+    return sizes_for("smoke" if args.smoke else "full")
 
 
 def _worker_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -176,7 +220,8 @@ def _run_worker(
             env=_worker_env(args.threads, env_extra),
             capture_output=True,
             text=True,
-            timeout=300 if args.smoke else 3600,
+            # a long-study step at 16384 tokens alone can take minutes
+            timeout=300 if args.smoke else (4 * 3600 if kind.startswith("long") else 3600),
         )
         try:
             with open(out) as f:
@@ -201,15 +246,23 @@ def _tasks(
     """The worker processes to start for ``suites``, leaving out the case names in ``skip``."""
     tasks: list[tuple[str, list[str], dict | None]] = []
     skips = [a for name in skip for a in ("--skip", name)]
+    layers = args.study in ("layers", "all")
+    cases = [(g, n) for g, n in MEMORY_CASES if n not in skip] if layers else []
+    if args.study in ("long", "all"):
+        limit = ["--min-tokens", str(args.min_tokens), "--max-tokens", str(args.max_tokens)]
+        if "jax" in suites:
+            tasks.append(("long-jax", limit, None))
+        if "torch" in suites:
+            tasks.append(("long-torch", limit, None))
+        cases += long.memory_cases(_sizes(args), args.span)
     # longest first, so that the two lanes of smoke mode finish together
-    if "tf" in suites:
+    if "tf" in suites and layers:
         tasks.append(("tf", skips, None))
-    if "jax" in suites:
+    if "jax" in suites and layers:
         tasks.append(("jax", skips, None))
-    if "torch" in suites:
+    if "torch" in suites and layers:
         tasks.append(("torch", (["--scaling"] if not args.no_scaling else []) + skips, None))
-    if "memory" in suites:
-        cases = [(g, n) for g, n in MEMORY_CASES if n not in skip]
+    if "memory" in suites and cases:
         if args.smoke:
             # smoke mode checks the path, not the numbers: one process for all cases
             flags = [a for g, n in cases for a in ("--case", f"{g}/{n}")]
@@ -237,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     if not _installed(NMN):
         print('skipping the nmn 0.3.5 cases: nmn is not installed (pip install "nmn==0.3.5")')
         skip.append(NMN)
+    sz = _sizes(args)
+    run_long = args.study in ("long", "all")
+    # printed under the long study's table and kept in the JSON
+    notes = long.skip_reasons(sz, args.span) if run_long else []
     tasks = _tasks([s for s in args.suites if s not in missing], args, skip)
     if not tasks:
         print("nothing to run: every requested suite was skipped")
@@ -262,15 +319,20 @@ def main(argv: list[str] | None = None) -> int:
         scaling += res.get("scaling", [])
         memory += res.get("memory", [])
 
-    ratios = report.compute_ratios(cases, memory, judge=not args.smoke)
+    targets = (report.RATIOS if args.study != "long" else ()) + (
+        long.ratios(sz) if run_long else ()
+    )
+    ratios = report.compute_ratios(cases, memory, judge=not args.smoke, ratios=targets)
     json_path = os.path.join(args.out, "bench.json") if args.out else args.json
-    png = None
+    png = long_png = None
     if json_path is not None:
-        json_path = os.path.abspath(json_path)  # the JSON names the plot by this path
+        json_path = os.path.abspath(json_path)  # the JSON names the plots by this path
         os.makedirs(os.path.dirname(json_path), exist_ok=True)
-        png = report.plot_scaling(scaling, os.path.splitext(json_path)[0] + "_scaling.png")
+        stem = os.path.splitext(json_path)[0]
+        png = report.plot_scaling(scaling, stem + "_scaling.png")
+        if run_long:
+            long_png = long.plot(cases, memory, stem + "_long.png")
     wall = time.perf_counter() - t_start
-    sz = sizes_for("smoke" if args.smoke else "full")
     payload = {
         "meta": {
             "mode": "smoke" if args.smoke else "full",
@@ -278,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                 ["python", "-m", PACKAGE, *(argv if argv is not None else sys.argv[1:])]
             ),
             "threads": args.threads,
+            "study": args.study,
+            "tokens": list(args.span) if run_long else None,
             "sizes": sz.to_dict(),
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -293,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "scaling": scaling,
         "plot": png,
+        "long": long.rows(cases, memory) if run_long else [],
+        "long_plot": long_png,
+        "long_skipped": notes,
         "errors": errors,
         "skipped": {"suites": missing, "cases": skip},
     }
@@ -301,17 +368,28 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(payload, f, indent=1)
 
     if not args.quiet:
-        print(
-            f"# nmn_array benchmarks ({payload['meta']['mode']}, {args.threads} threads, "
+        layers = (
             f"attention batch {sz.attn_batch}, {sz.attn_len} tokens, width {sz.attn_dim}, "
-            f"{sz.attn_heads} heads)\n"
+            f"{sz.attn_heads} heads"
+        )
+        study = (
+            f"long-context study: batch {sz.long_batch}, "
+            f"{', '.join(map(str, long.lengths(sz, args.span)))} tokens, "
+            f"width {sz.attn_dim}, {sz.attn_heads} heads"
+        )
+        what = {"layers": layers, "long": study, "all": f"{layers}; {study}"}[args.study]
+        print(
+            f"# nmn_array benchmarks ({payload['meta']['mode']}, {args.threads} threads, {what})\n"
         )
         print(report.cases_table(cases, memory))
         print()
     print(report.ratios_table(ratios))
-    if not args.quiet:
+    if not args.quiet and args.study != "long":
         print()
         print(report.scaling_table(scaling))
+    if not args.quiet and run_long:
+        print()
+        print(long.table(cases, memory, notes))
     for err in errors:
         first = str(err["error"]).strip().splitlines()[0]
         print(f"nmn-array bench: the {err['kind']} worker failed: {first}", file=sys.stderr)
@@ -322,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     if json_path is None:
         print(f"\nfinished in {wall:.0f} s; nothing written (--json PATH or --out DIR saves it)")
     else:
-        print(f"\nwrote {json_path}" + (f" and {png}" if png else "") + f" in {wall:.0f} s")
+        plots = " and ".join(p for p in (png, long_png) if p)
+        print(f"\nwrote {json_path}" + (f" and {plots}" if plots else "") + f" in {wall:.0f} s")
     return 1 if errors else 0
 
 

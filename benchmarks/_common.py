@@ -32,7 +32,8 @@ class Sizes:
     attn_batch, attn_len, attn_dim, attn_heads : int
         Self-attention on ``x (attn_batch, attn_len, attn_dim)`` with ``attn_heads`` heads.
     reps : dict
-        Timed repetitions per group (``dense``, ``conv``, ``attention``, ``scaling``).
+        Timed repetitions per group (``dense``, ``conv``, ``attention``, ``scaling``, and
+        ``long`` for each length of the long-context study).
     budget_s : dict
         Seconds of timed rounds after which a group (or the whole scaling study, whose
         points are interleaved in one round-robin) stops early, so that a heavily loaded
@@ -42,6 +43,26 @@ class Sizes:
     dense_batches, conv_batches, attn_lengths : tuple of int
         Points of the scaling study (batch size for dense and conv, sequence length for
         attention); empty tuples skip a study.
+    long_batch : int
+        Batch size of the long-context study (1, as in issue 13).
+    long_lengths : tuple of int
+        Sequence lengths of the long-context study (``--study long``): self-attention of
+        ``x (long_batch, L, attn_dim)`` with ``attn_heads`` heads at every ``L`` up to
+        ``--max-tokens`` (default ``long_max``).
+    long_short, long_mid, long_len : int
+        The lengths the issue-13 targets are judged at (256, 1024 and 4096 tokens in full
+        mode); each must be in ``long_lengths``.
+    long_window : tuple of int or None
+        ``window=(left, right)`` of the local-attention case (at ``long_len``).
+    long_block : int, "auto" or None
+        ``block_size`` of our blocked cases (``"auto"``, the modules' default, in full mode;
+        a small int in smoke mode, so that the tiny lengths run the blocked path).
+    long_materialised_max : int
+        Longest sequence at which the materialised path (``block_size=None``) is run; above
+        it the case is skipped with a printed reason (its score matrices alone would fill
+        the memory).
+    long_single_from : int
+        From this length on, one timed round and no warm-up (a step takes minutes).
     """
 
     dense_batch: int = 256
@@ -57,15 +78,37 @@ class Sizes:
     attn_dim: int = 256
     attn_heads: int = 8
     reps: dict = field(
-        default_factory=lambda: {"dense": 60, "conv": 15, "attention": 30, "scaling": 15}
+        default_factory=lambda: {
+            "dense": 60,
+            "conv": 15,
+            "attention": 30,
+            "scaling": 15,
+            "long": 10,
+        }
     )
     budget_s: dict = field(
-        default_factory=lambda: {"dense": 40.0, "conv": 90.0, "attention": 90.0, "scaling": 120.0}
+        default_factory=lambda: {
+            "dense": 40.0,
+            "conv": 90.0,
+            "attention": 90.0,
+            "scaling": 120.0,
+            "long": 60.0,
+        }
     )
     warmup: int = 3
     dense_batches: tuple = (32, 64, 128, 256, 512, 1024)
     conv_batches: tuple = (2, 4, 8, 16)
     attn_lengths: tuple = (64, 128, 256, 512, 1024)
+    long_batch: int = 1
+    long_lengths: tuple = (256, 512, 1024, 2048, 4096, 8192, 16384)
+    long_max: int = 4096
+    long_short: int = 256
+    long_mid: int = 1024
+    long_len: int = 4096
+    long_window: tuple = (128, 0)
+    long_block: Any = "auto"
+    long_materialised_max: int = 4096
+    long_single_from: int = 8192
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the sizes."""
@@ -87,11 +130,22 @@ SMOKE = Sizes(
     attn_len=16,
     attn_dim=32,
     attn_heads=4,
-    reps={"dense": 2, "conv": 2, "attention": 2, "scaling": 1},
+    reps={"dense": 2, "conv": 2, "attention": 2, "scaling": 1, "long": 2},
     warmup=1,
     dense_batches=(4, 8),
     conv_batches=(1, 2),
     attn_lengths=(8, 16),
+    # every branch of the long study at tiny sizes: blocked path (block 16), the
+    # materialised case skipped above 32 tokens, one round without warm-up at 64
+    long_lengths=(16, 32, 64),
+    long_max=64,
+    long_short=16,
+    long_mid=32,
+    long_len=64,
+    long_window=(8, 0),
+    long_block=16,
+    long_materialised_max=32,
+    long_single_from=64,
 )
 
 

@@ -1,4 +1,5 @@
-"""Worker process of the benchmarks: one suite (torch, jax, tf) or one memory case.
+"""Worker process of the benchmarks: one suite (torch, jax, tf), the torch or JAX part of the
+long-context study (long-torch, long-jax) or one memory case.
 
 Started by :mod:`.__main__` as ``python -m <package>._worker ...`` with the thread
 environment already set, so no framework is imported before its thread limits are in place.
@@ -20,7 +21,7 @@ from ._common import pin_cpus, sizes_for
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="benchmarks._worker")
-    p.add_argument("kind", choices=("torch", "jax", "tf", "memory"))
+    p.add_argument("kind", choices=("torch", "jax", "tf", "memory", "long-torch", "long-jax"))
     p.add_argument("--mode", choices=("full", "smoke"), default="full")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
@@ -31,6 +32,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="group/name of a memory case (repeatable: measured one after another)",
     )
     p.add_argument("--scaling", action="store_true")
+    p.add_argument("--min-tokens", type=int, default=0, help="shortest length, long study")
+    p.add_argument("--max-tokens", type=int, default=None, help="longest length, long study")
     p.add_argument(
         "--skip", action="append", default=[], help="case name to leave out (repeatable)"
     )
@@ -60,6 +63,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from . import jax_cases
 
         result = jax_cases.run_suite(sz, skip=args.skip)
+    elif args.kind == "long-torch":
+        from . import torch_cases
+
+        torch_cases.setup_threads(args.threads)
+        result = torch_cases.run_long(sz, (args.min_tokens, args.max_tokens or sz.long_max))
+    elif args.kind == "long-jax":
+        from . import jax_cases
+
+        result = jax_cases.run_long(sz, (args.min_tokens, args.max_tokens or sz.long_max))
     elif args.kind == "tf":
         from . import tf_cases
 

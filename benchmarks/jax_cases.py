@@ -285,6 +285,78 @@ def run_suite(sz: Sizes, skip: Collection[str] = ()) -> dict[str, Any]:
     return {"cases": records, "scaling": [], "impl": impl}
 
 
+def xla_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, mask: Any = None, **_: Any
+) -> jax.Array:
+    """``attention_fn`` of ``nnx.MultiHeadAttention`` running
+    ``jax.nn.dot_product_attention(implementation="xla")`` (dropout and the other
+    keywords are unused: the benchmark is deterministic and unmasked)."""
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="xla")
+
+
+def long_case(name: str, length: int, sz: Sizes) -> tuple[nnx.Module, jax.Array]:
+    """Case ``name`` of the long-context study at ``length`` tokens: our nnx
+    MultiHeadAttention (the study's ``block_size``, or ``None`` for ``materialised``) or
+    Flax's with the XLA dot-product attention, both with ``LinearGeneral`` q/k/v/out
+    projections of the same shapes."""
+    from nmn_array.frameworks import nnx as fw
+
+    rngs = nnx.Rngs(0)
+    x = _x(3, sz.long_batch, length, sz.attn_dim)
+    if name == "native":
+        mha = nnx.MultiHeadAttention(
+            sz.attn_heads, sz.attn_dim, decode=False, attention_fn=xla_attention, rngs=rngs
+        )
+    else:
+        block = sz.long_block if name == "ours" else None
+        mha = fw.MultiHeadAttention(
+            sz.attn_heads, sz.attn_dim, decode=False, block_size=block, rngs=rngs
+        )
+    return Deterministic(mha), x
+
+
+def run_long(sz: Sizes, span: tuple[int, int]) -> dict[str, Any]:
+    """The JAX part of the long-context study: ours (blocked and materialised) against
+    Flax's attention with ``jax.nn.dot_product_attention(implementation="xla")``, timed
+    round-robin at ``long_mid`` tokens, and XLA's temp memory of every case's compiled
+    forward + backward at ``long_len`` tokens (compiled only, never run), each length
+    skipped when outside ``span`` (shortest, longest)."""
+    from . import long
+    from ._common import interleaved, record
+
+    names = list(long.JAX_LABELS)
+    records, memory = [], []
+    if span[0] <= sz.long_mid <= span[1]:
+        grp = long.group(sz.long_mid)
+        steps = {name: make_step(*long_case(name, sz.long_mid, sz))[0] for name in names}
+        times = interleaved(
+            steps, reps=sz.reps["long"], warmup=sz.warmup, budget_s=sz.budget_s["long"]
+        )
+        for name, samples in times.items():
+            label = long.label(long.JAX_LABELS, name, sz)
+            kind = "reference" if name == "native" else "frameworks"
+            records.append(record("jax", grp, name, label, samples, impl=kind, x=sz.long_mid))
+    if span[0] <= sz.long_len <= span[1]:
+        for name in names:
+            _, fn, args = make_step(*long_case(name, sz.long_len, sz))
+            analysis = fn.lower(*args).compile().memory_analysis()
+            temp = int(analysis.temp_size_in_bytes)
+            memory.append(
+                {
+                    "suite": "jax",
+                    "group": long.group(sz.long_len),
+                    "name": name,
+                    "label": long.label(long.JAX_LABELS, name, sz),
+                    # the memory ratios divide peak_mb; here it is XLA's temp allocation
+                    "peak_mb": temp / 2**20,
+                    "temp_size_in_bytes": temp,
+                    "method": "XLA compiled.memory_analysis().temp_size_in_bytes",
+                    "x": sz.long_len,
+                }
+            )
+    return {"cases": records, "memory": memory, "scaling": [], "impl": "frameworks"}
+
+
 def cost_analysis(group: str, name: str, sz: Sizes) -> dict[str, float]:
     """XLA's flop and byte counts of one case's compiled forward + backward."""
     _, factory = CASES[group][name]

@@ -84,10 +84,11 @@ def torch_case(group: str, name: str, sz: Any) -> dict[str, Any]:
     """Peak memory of one torch case (run inside a memory worker)."""
     import torch
 
+    from . import long
     from . import torch_cases as tc
 
     torch.manual_seed(0)
-    label, factory = tc.CASES[group][name]
+    label, factory = tc.case(group, name, sz)
     module, inputs = factory(sz)
     step = tc.make_step(module, inputs)
 
@@ -99,4 +100,6 @@ def torch_case(group: str, name: str, sz: Any) -> dict[str, Any]:
     out.update({"suite": "torch", "group": group, "name": name, "label": label})
     if name == "ours":
         out["impl"] = tc.ours_impl()
+    if long.length_of(group) is not None:
+        out["x"] = long.length_of(group)
     return out

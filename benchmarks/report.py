@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,16 +80,30 @@ RATIOS: tuple[Ratio, ...] = (
     _r("time tf conv nmn ours", "tf conv: nmn 0.3.5 / ours"),
 )
 
-#: The reference case each group's "x native" column divides by.
+#: The reference case each torch group's "/ reference" column divides by (the groups of the
+#: long-context study, ``long-<L>``, divide by ``sdpa`` on torch and ``native`` on JAX).
 REFERENCE = {"dense": "native", "conv": "native", "attention": "sdpa"}
+
+
+def reference(suite: str, group: str) -> str:
+    """The case that ``group`` of ``suite`` is compared with in the cases table."""
+    if suite == "torch" and (group in REFERENCE or group.startswith("long-")):
+        return REFERENCE.get(group, "sdpa")
+    return "native"
 
 
 def _index(records: list[dict], key: str = "median_ms") -> dict[tuple, dict]:
     return {(r["suite"], r["group"], r["name"]): r for r in records if key in r}
 
 
-def compute_ratios(cases: list[dict], memory: list[dict], *, judge: bool) -> list[dict[str, Any]]:
-    """Evaluate :data:`RATIOS` on the records of one run.
+def compute_ratios(
+    cases: list[dict],
+    memory: list[dict],
+    *,
+    judge: bool,
+    ratios: Sequence[Ratio] = RATIOS,
+) -> list[dict[str, Any]]:
+    """Evaluate ``ratios`` (default :data:`RATIOS`) on the records of one run.
 
     A ratio whose cases are missing is skipped. ``judge=False`` (smoke mode) reports values
     without PASS/MISS.
@@ -96,7 +111,7 @@ def compute_ratios(cases: list[dict], memory: list[dict], *, judge: bool) -> lis
     times = _index(cases)
     mems = _index(memory, "peak_mb")
     out = []
-    for ratio in RATIOS:
+    for ratio in ratios:
         key_n = (ratio.suite, ratio.group, ratio.num)
         key_d = (ratio.suite, ratio.group, ratio.den)
         if ratio.measure == "time":
@@ -153,7 +168,7 @@ def cases_table(cases: list[dict], memory: list[dict]) -> str:
     ]
     for r in cases:
         s, g, n = r["suite"], r["group"], r["name"]
-        ref = REFERENCE.get(g, "native") if s == "torch" else "native"
+        ref = reference(s, g)
         ref_rec = times.get((s, g, ref))
         rel = r["median_ms"] / ref_rec["median_ms"] if ref_rec else None
         mem = mems.get((s, g, n), {}).get("peak_mb")

@@ -295,6 +295,40 @@ SCALING = {
 }
 
 
+def long_factory(group: str, name: str) -> Factory:
+    """The factory of case ``name`` of the long-context study at the length of ``group``
+    (batch ``long_batch``; ours through ``nmn_array.frameworks.torch`` with the study's
+    ``block_size`` and window)."""
+    from . import long
+
+    length = long.length_of(group)
+
+    def factory(sz: Sizes):
+        x = _x(sz.long_batch, length, sz.attn_dim)
+        if name == "sdpa":
+            return SDPAAttention(sz.attn_dim, sz.attn_heads), x
+        from nmn_array.frameworks import torch as fw
+
+        options = {
+            "ours": {"block_size": sz.long_block},
+            "materialised": {"block_size": None},
+            "causal": {"block_size": sz.long_block, "window": (None, 0)},
+            "window": {"block_size": sz.long_block, "window": tuple(sz.long_window)},
+        }[name]
+        return SelfAttention(fw.MultiHeadYatAttention(sz.attn_dim, sz.attn_heads, **options)), x
+
+    return factory
+
+
+def case(group: str, name: str, sz: Sizes) -> tuple[str, Factory]:
+    """``(label, factory)`` of a case of :data:`CASES` or of the long-context study."""
+    from . import long
+
+    if long.length_of(group) is None:
+        return CASES[group][name]
+    return long.label(long.TORCH_LABELS, name, sz), long_factory(group, name)
+
+
 def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
     """One forward + backward of ``module(*inputs).sum()``; gradients are reset to None
     first, as ``optimizer.zero_grad()`` does."""
@@ -313,7 +347,7 @@ def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[
 def build(group: str, name: str, sz: Sizes) -> Callable[[], None]:
     """The step of one case, with a fixed seed so every case sees the same input."""
     torch.manual_seed(0)
-    _, factory = CASES[group][name]
+    _, factory = case(group, name, sz)
     module, inputs = factory(sz)
     return make_step(module, inputs)
 
@@ -359,6 +393,33 @@ def run_suite(sz: Sizes, *, scaling: bool, skip: Collection[str] = ()) -> dict[s
             rec["x"] = point
             scale_records.append(rec)
     return {"cases": records, "scaling": scale_records, "impl": impl}
+
+
+def run_long(sz: Sizes, span: tuple[int, int]) -> dict[str, Any]:
+    """Time the long-context study: at each length, its cases round-robin (a length is one
+    group, so the ratios of a length are measured side by side). From
+    ``sz.long_single_from`` tokens on, one round without warm-up."""
+    from . import long
+    from ._common import interleaved, record
+
+    records = []
+    for length in long.lengths(sz, span):
+        grp = long.group(length)
+        names = long.torch_names(sz, length)
+        steps = {name: build(grp, name, sz) for name in names}
+        single = length >= sz.long_single_from
+        times = interleaved(
+            steps,
+            reps=1 if single else sz.reps["long"],
+            warmup=0 if single else 1,
+            budget_s=sz.budget_s["long"],
+        )
+        for name, samples in times.items():
+            kind = "frameworks" if name != "sdpa" else "reference"
+            label = long.label(long.TORCH_LABELS, name, sz)
+            records.append(record("torch", grp, name, label, samples, impl=kind, x=length))
+        del steps  # free this length's modules and inputs before the next one
+    return {"cases": records, "scaling": [], "impl": "frameworks"}
 
 
 def _impl(name: str, impl: str) -> str:

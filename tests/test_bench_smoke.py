@@ -192,3 +192,124 @@ def test_missing_framework_is_skipped_in_one_line_and_nothing_is_written(tmp_pat
     assert "| torch attention peak mem / nn.MHA | memory |" in proc.stdout  # memory ran
     assert files_under(tmp_path) == set()
     assert "nothing written" in proc.stdout
+
+
+def test_default_run_has_no_long_study(report: dict) -> None:
+    """The long-context study runs only with ``--study long|all``."""
+    groups = {r["group"] for r in report["cases"] + report["memory"]}
+    assert not any(g.startswith("long-") for g in groups), sorted(groups)
+    assert report["long"] == [] and report["long_plot"] is None
+
+
+# --- the long-context attention study (issue 13), ``--study long`` at tiny sizes ----------
+#: The issue-13 targets: label prefix (lengths of the smoke sizes: 16, 32, 64 tokens stand
+#: for 256, 1024, 4096) -> target, as written in the issue.
+LONG_TARGETS = {
+    "torch 16 tok / SDPA module": "<= 1.6",
+    "torch 32 tok / SDPA module": "<= 2.0",
+    "torch 64 tok / SDPA module": "<= 2.0",
+    "torch 64 tok peak mem / SDPA module": "<= 2.0",
+    "torch 64 tok causal / full": "<= 0.6",
+    "torch 64 tok window (8, 0) / causal": "<= 0.25",
+    "jax 64 tok XLA temp mem: blocked / materialised": "<= 0.125",
+    "jax 32 tok / dot_product_attention(xla)": "<= 1.5",
+}
+
+#: (suite, group, name) of every timed case of the smoke long study: the materialised
+#: path is skipped above 32 tokens, causal and window run at the target length (64).
+LONG_TIMED = {
+    *(("torch", f"long-{n}", c) for n in (16, 32) for c in ("ours", "materialised", "sdpa")),
+    *(("torch", "long-64", c) for c in ("ours", "sdpa", "causal", "window")),
+    *(("jax", "long-32", c) for c in ("ours", "materialised", "native")),
+}
+LONG_MEMORY = {
+    *(("torch", f"long-{n}", c) for n in (16, 32) for c in ("ours", "materialised", "sdpa")),
+    *(("torch", "long-64", c) for c in ("ours", "sdpa")),
+    *(("jax", "long-64", c) for c in ("ours", "materialised", "native")),
+}
+
+
+@pytest.fixture(scope="module")
+def long_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``nmn-array bench --smoke --study long --out results`` once for the module."""
+    cwd = tmp_path_factory.mktemp("bench_long_cwd")
+    proc = run_bench("--smoke", "--study", "long", "--out", "results", cwd=cwd)
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    data = json.loads((cwd / "results" / "bench.json").read_text())
+    data["_stdout"] = proc.stdout
+    data["_files"] = files_under(cwd)
+    return data
+
+
+def test_long_writes_json_and_plot_only(long_report: dict) -> None:
+    assert long_report["errors"] == []
+    assert long_report["meta"]["study"] == "long" and long_report["meta"]["tokens"] == [0, 64]
+    assert long_report["_files"] == {"results/bench.json", "results/bench_long.png"}
+
+
+def test_long_cases_and_memory_are_finite(long_report: dict) -> None:
+    got = {(c["suite"], c["group"], c["name"]): c for c in long_report["cases"]}
+    assert set(got) == LONG_TIMED
+    for key, case in got.items():
+        assert _finite(case["median_ms"]) and case["median_ms"] > 0, key
+        # from long_single_from (64 in smoke mode) on: one round, no warm-up
+        assert case["n"] == (1 if key[1] == "long-64" and key[0] == "torch" else 2), key
+    mem = {(m["suite"], m["group"], m["name"]): m for m in long_report["memory"]}
+    assert set(mem) == LONG_MEMORY
+    for key, m in mem.items():
+        assert _finite(m["peak_mb"]) and m["peak_mb"] >= 0, key
+        if key[0] == "jax":
+            assert m["temp_size_in_bytes"] > 0 and "memory_analysis" in m["method"], m
+
+
+def test_long_targets_reported(long_report: dict) -> None:
+    ratios = {r["label"]: r for r in long_report["ratios"]}
+    assert {label: ratios[label]["target"] for label in LONG_TARGETS if label in ratios} == (
+        LONG_TARGETS
+    )
+    for label in LONG_TARGETS:
+        assert ratios[label]["status"] == "-"  # smoke mode does not judge
+        if ratios[label]["measure"] == "time" or label.startswith("jax"):
+            assert _finite(ratios[label]["value"]) and ratios[label]["value"] > 0, label
+    # the layer benchmarks' ratios are not part of --study long
+    assert "torch dense / Linear+ReLU" not in ratios
+    for label in LONG_TARGETS:
+        assert f"| {label} |" in long_report["_stdout"]
+
+
+def test_long_table_and_skip_reason(long_report: dict) -> None:
+    rows = {r["tokens"]: r for r in long_report["long"]}
+    assert sorted(rows) == [16, 32, 64]
+    for n, row in rows.items():
+        assert _finite(row["ours_ms"]) and _finite(row["sdpa_ms"]), row
+        assert _finite(row["ours_mib"]) and _finite(row["sdpa_mib"]), row
+        assert (row["materialised_ms"] is None) == (n == 64), row
+    out = long_report["_stdout"]
+    assert "**long-context attention**" in out
+    assert "| 64 |" in out and "XLA temp memory" in out
+    reason = "ours materialised (block_size=None) not run at 64 tokens (limit 32)"
+    assert any(reason in line for line in long_report["long_skipped"])
+    assert reason in out
+
+
+def test_long_max_tokens_is_validated_and_limits_the_study() -> None:
+    from nmn_array.benchmarks import long
+    from nmn_array.benchmarks.__main__ import _parse, _tasks
+    from nmn_array.benchmarks._common import SMOKE
+
+    with pytest.raises(SystemExit) as err:
+        _parse(["--smoke", "--study", "long", "--max-tokens", "8"])
+    assert err.value.code == 2
+    args = _parse(["--smoke", "--study", "long", "--max-tokens", "32", "--only", "torch,memory"])
+    tasks = _tasks(["torch", "memory"], args)
+    assert [k for k, _, _ in tasks] == ["long-torch", "memory"]
+    assert tasks[0][1] == ["--min-tokens", "0", "--max-tokens", "32"]
+    assert "long-64/ours" not in tasks[1][1] and "long-32/materialised" in tasks[1][1]
+    assert long.skip_reasons(SMOKE, (0, 32)) == [
+        "long study: the targets at 64 tokens are not measured "
+        "(outside --min-tokens 0 .. --max-tokens 32)"
+    ]
+    with pytest.raises(SystemExit):
+        _parse(["--smoke", "--study", "long", "--min-tokens", "40", "--max-tokens", "50"])
+    args = _parse(["--smoke", "--study", "long", "--min-tokens", "64", "--only", "memory"])
+    assert _tasks(["memory"], args)[0][1] == ["--case", "long-64/ours", "--case", "long-64/sdpa"]
