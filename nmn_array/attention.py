@@ -373,8 +373,10 @@ def _dense_weights(a: _Inputs, native: bool) -> Any:
 
 #: ``block_size="auto"`` evaluates in blocks of this many queries and keys ...
 AUTO_BLOCK = 256
-#: ... when there are at least this many keys (measured: docs/performance.md).
+#: ... when there are at least this many keys (measured: docs/performance.md) ...
 AUTO_MIN_KEYS = 1024
+#: ... and in tiles down to this size for a window bounded on both sides.
+AUTO_MIN_WINDOW_BLOCK = 128
 
 
 def _lead(*shapes: tuple) -> tuple[int, ...]:
@@ -404,8 +406,19 @@ def _block(block_size: Any, a: _Inputs, v: Any, native: bool) -> int | None:
         if torch_transforms_active() or _exporting():
             return None
     if auto:
-        return AUTO_BLOCK if a.k.shape[-2] >= AUTO_MIN_KEYS else None
+        return _auto_block(a.window) if a.k.shape[-2] >= AUTO_MIN_KEYS else None
     return block_size
+
+
+def _auto_block(window: Window | None) -> int:
+    """``"auto"``'s tile: :data:`AUTO_BLOCK`, or for a window bounded on both sides the largest
+    power of two within its span, from 128 on (measured at 4096 tokens, window (128, 0): 128
+    computes half the keys of 256 per query; 64 costs more in per-tile overhead than it saves,
+    docs/performance.md)."""
+    if window is None or window[0] is None or window[1] is None:
+        return AUTO_BLOCK
+    span = window[0] + window[1] + 1
+    return max(AUTO_MIN_WINDOW_BLOCK, min(AUTO_BLOCK, 1 << (span.bit_length() - 1)))
 
 
 def _blocked_output(a: _Inputs, v: Any, size: int, native: bool) -> Any:
@@ -536,7 +549,8 @@ def yat_attention(
         recomputes tiles) holds an ``(Lq, Lk)`` array, and tiles that ``causal``/``window``
         hide entirely are skipped. The result equals the materialised one up to rounding.
         ``"auto"`` (default) uses blocks of :data:`AUTO_BLOCK` from :data:`AUTO_MIN_KEYS`
-        keys on. Symbolic or empty sizes, ``torch.func`` transforms and PyTorch exporters
+        keys on (for a window bounded on both sides, the largest power of two within its
+        span, at least :data:`AUTO_MIN_WINDOW_BLOCK`). Symbolic or empty sizes, ``torch.func`` transforms and PyTorch exporters
         always use the materialised path; PyTorch's double backward differentiates the
         materialised path (exact, not O(L) in memory).
 

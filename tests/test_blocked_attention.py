@@ -312,3 +312,18 @@ def test_local_window_mask_bad_arguments_raise(grid, radius, match):
 
     with pytest.raises(ValueError, match=match):
         local_window_mask(grid, radius)
+
+
+def test_auto_tiles_follow_a_two_sided_window():
+    from nmn_array.attention import _auto_block
+
+    assert _auto_block(None) == na.attention.AUTO_BLOCK
+    assert _auto_block((None, 0)) == na.attention.AUTO_BLOCK
+    assert _auto_block((128, 0)) == 128
+    assert _auto_block((3, 2)) == na.attention.AUTO_MIN_WINDOW_BLOCK
+    assert _auto_block((1000, 1000)) == na.attention.AUTO_BLOCK
+    long_k = RNG.normal(size=(1, na.attention.AUTO_MIN_KEYS, 4))
+    long_v = RNG.normal(size=(1, na.attention.AUTO_MIN_KEYS, 2))
+    got = na.yat_attention(long_k, long_k, long_v, window=(130, 0))  # auto: tiles of 128
+    want = na.yat_attention(long_k, long_k, long_v, window=(130, 0), block_size=None)
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
