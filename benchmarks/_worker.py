@@ -99,18 +99,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; errors are written to the JSON as ``error`` and give exit status 1."""
-    args = _parse(argv)
+def write_result(path: str, compute: Any) -> int:
+    """Write ``compute()`` as JSON to ``path``; an exception is written as ``error`` (with its
+    traceback) and gives exit status 1."""
     try:
-        result = run(args)
+        result = compute()
         status = 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent process
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         status = 1
-    with open(args.out, "w") as f:
+    with open(path, "w") as f:
         json.dump(result, f)
     return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; errors are written to the JSON as ``error`` and give exit status 1."""
+    args = _parse(argv)
+    return write_result(args.out, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from typing import Any, NamedTuple
 # check_rate is re-exported: the modules validate their rates with the core's rule
 from nmn_array._validation import check_rate as check_rate
 from nmn_array._validation import plain
+
+# re-exported: the modules zero the output of queries that see no key (the core decides which)
+from nmn_array.attention import keyed_queries as keyed_queries
 
 SQRT2 = math.sqrt(2.0)
 # the pip extra that provides each framework, for the error a user sees when it is missing
@@ -81,31 +85,75 @@ def attention_window(window: Any, block_size: Any) -> tuple[Any, Any]:
     return check_window(window), check_block_size(block_size)
 
 
-def keyed_queries(mask: Any, window: Any, lq: int, lk: int, like: Any) -> Any:
-    """Which queries see a key under ``mask (..., H, Lq, Lk)`` (or None) and ``window``: a
-    boolean whose any() over its head and key axes (-3, -1) is False for a query that sees
-    none (the modules zero its output); None when every query sees a key.
+def decode_visibility(index: Any, length: int, max_length: int, window: Any, like: Any) -> Any:
+    """Which cache slots the ``length`` queries written at ``index, index + 1, ...`` of a
+    key/value cache of ``max_length`` slots see: a boolean ``(length, max_length)``, True
+    for slot ``j`` of query ``i`` when ``index + i - left <= j <= index + i`` (causal, and
+    within the left side of ``window`` when there is one). ``index`` may be a Python int,
+    a backend scalar or a traced one; ``like`` is an array of the backend and device.
 
     >>> import numpy as np
-    >>> keyed_queries(None, (0, 0), 3, 2, np.zeros(1)).ravel().tolist()
-    [False, True, True]
+    >>> decode_visibility(1, 2, 4, (1, 0), np.zeros(1)).astype(int).tolist()
+    [[1, 1, 0, 0], [0, 1, 1, 0]]
     """
-    from nmn_array._attention_blocks import Blocks
-    from nmn_array._namespace import array_namespace, device_kw
+    from nmn_array._namespace import array_namespace, device_kw, index_dtype
 
-    if window is None:
-        return None if mask is None else mask_visibility(mask)
-    lq, lk = int(lq), int(lk)  # static (the window needs them), maybe as backend scalars
-    xp = array_namespace(like if mask is None else mask)
-    if mask is not None:
-        allowed = Blocks(lq, lk, lq, lk, window).visible(xp, 0, lq, 0, lk, mask)
-        return restrict_mask(mask_visibility(mask), allowed)
-    # query i sits at p = i + lk - lq and sees keys up to p + right; p <= lk - 1 always
-    right = window[1]
-    if right is None or lk - lq + right >= 0:
-        return None
-    rows = xp.arange(lq, dtype=xp.int64, **device_kw(xp, like))
-    return xp.reshape(rows >= lq - lk - right, (1, 1, lq, 1))
+    xp = array_namespace(like)
+    kw, dtype = device_kw(xp, like), index_dtype(xp)
+    slots = xp.reshape(xp.arange(max_length, dtype=dtype, **kw), (1, max_length))
+    queries = xp.reshape(xp.arange(length, dtype=dtype, **kw), (length, 1))
+    if not isinstance(index, int):
+        index = xp.astype(index, dtype)
+    queries = queries + index
+    visible = slots <= queries
+    left = None if window is None else window[0]
+    if left is not None:
+        visible = xp.logical_and(visible, slots >= queries - left)
+    return visible
+
+
+def is_traced(a: Any) -> bool:
+    """True while ``a`` is a placeholder of a compiler (a JAX tracer, a TensorFlow graph
+    tensor, or any tensor while ``torch.compile`` traces), whose values cannot be read."""
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(a, jax.core.Tracer):
+        return True
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(a, tf.Tensor) and not tf.executing_eagerly():
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(a, torch.Tensor) and torch.compiler.is_compiling()
+
+
+def explicit_positions(positions: Any, offset: Any, max_seq_len: int | None) -> Any:
+    """A rotary layer's ``positions=`` argument made ready for head-split ``(B, H, L, d)``
+    q and k: ``(L,)`` and ``(L, 2)`` as they are, per-sequence ``(B, L, 2)`` with a head
+    axis ``(B, 1, L, 2)``. ValueError when ``position_offset`` is also given, or when 1-D
+    positions reach ``max_seq_len`` (checked where their values can be read).
+
+    >>> import numpy as np
+    >>> explicit_positions(np.zeros((3, 5, 2), np.int64), 0, 8).shape
+    (3, 1, 5, 2)
+    """
+    from nmn_array._namespace import array_namespace
+
+    xp = array_namespace(positions)
+    shape = tuple(positions.shape)
+    if not (isinstance(offset, int) and offset == 0):
+        raise ValueError(
+            f"pass positions= or position_offset=, not both; got position_offset={offset} "
+            f"and positions of shape {shape}"
+        )
+    if len(shape) == 1 and shape[0] and max_seq_len is not None and not is_traced(positions):
+        top = int(xp.max(positions))
+        if top >= max_seq_len:
+            raise ValueError(
+                f"positions reach {top}, beyond max_seq_len={max_seq_len} "
+                "(positions must be < max_seq_len)"
+            )
+    if len(shape) > 2:
+        return xp.expand_dims(positions, axis=-3)
+    return positions
 
 
 def combine_masks(a: Any, b: Any) -> Any:

@@ -140,9 +140,12 @@ def split_heads(x: Array, num_heads: int, normalize: bool = False) -> Array:
     return nmn_array.attention.unit_heads(x) if normalize else x
 
 
-def rotate(t: Array, offset: Any, theta: float) -> Array:
-    """RoPE of ``(..., L, H, d)`` at positions ``offset + arange(L)``."""
-    positions = jnp.asarray(offset, jnp.int32) + jnp.arange(t.shape[-3], dtype=jnp.int32)
+def rotate(t: Array, offset: Any, theta: float, positions: Array | None = None) -> Array:
+    """RoPE of ``(..., L, H, d)`` at ``positions`` (as
+    :func:`nmn_array.frameworks._common.explicit_positions` returns them), by default
+    ``offset + arange(L)``."""
+    if positions is None:
+        positions = jnp.asarray(offset, jnp.int32) + jnp.arange(t.shape[-3], dtype=jnp.int32)
     rotated = nmn_array.rotary_embedding(jnp.swapaxes(t, -3, -2), positions, theta=theta)
     return jnp.swapaxes(rotated, -3, -2)
 
@@ -231,3 +234,64 @@ def zero_keyless(out: Array, mask: Array | None, window: Any = None, lk: int = 0
         return out
     has_key = jnp.any(keyed, axis=(-3, -1))
     return jnp.where(has_key[..., None], out, jnp.zeros_like(out))
+
+
+# --------------------------------------------------------------------------------------
+# Linear-time (performer) attention
+# --------------------------------------------------------------------------------------
+def performer_projection(
+    config: Any, head_dim: int, key: Array, epsilon: float, dtype: Any
+) -> dict:
+    """The performer projection (:func:`nmn_array.frameworks._performer.draw`) seeded by two
+    32-bit words drawn from the JAX ``key``, as JAX arrays (floating ones in ``dtype``,
+    ``degrees`` int32). The NumPy draw runs in a ``jax.pure_callback``, so a traced key
+    (``jax.jit(init)``, ``nnx.eval_shape``) works too; the shapes come from a draw with
+    seed 0."""
+    import numpy as np
+    from nmn_array.frameworks import _performer
+
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    shapes = _performer.draw(config, head_dim, 0, epsilon)
+
+    spec = {
+        name: jax.ShapeDtypeStruct(np.shape(value), np.int32 if name == "degrees" else dtype)
+        for name, value in shapes.items()
+    }
+
+    def host(words: Any) -> dict:
+        drawn = _performer.draw(config, head_dim, [int(w) for w in np.asarray(words)], epsilon)
+        return {name: np.asarray(value, dtype=spec[name].dtype) for name, value in drawn.items()}
+
+    words = jax.random.bits(key, (2,), jnp.uint32)
+    return jax.pure_callback(host, spec, words, vmap_method="sequential")
+
+
+def performer_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None,
+    config: Any,
+    projection: dict,
+    *,
+    dropout_rng: Array | None,
+    dropout_rate: float,
+    precision: Any = None,
+    **scalars: Any,
+) -> Array:
+    """The performer attention of head-split ``(..., L, H, d)`` arrays (key-padding ``mask
+    (..., H, 1, Lk)``; ``scalars``: alpha, epsilon), with inverted dropout on the output
+    drawn from ``dropout_rng`` (one Bernoulli per element, as nmn's NNX)."""
+    from nmn_array.frameworks import _performer
+
+    def heads_first(t: Array) -> Array:
+        return jnp.swapaxes(t, -3, -2)
+
+    with precision_scope(precision):
+        out = _performer.attention(
+            heads_first(q), heads_first(k), heads_first(v), config, projection, mask=mask,
+            **scalars,
+        )  # fmt: skip
+    out = heads_first(out)
+    hook = weights_hook(dropout_rng, dropout_rate, broadcast_dropout=False)
+    return out if hook is None else hook(out)

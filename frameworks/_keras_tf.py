@@ -8,17 +8,22 @@ framework is imported here and no yat arithmetic is done: that lives in ``nmn_ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from nmn_array.frameworks import _performer
 from nmn_array.frameworks._common import (
     alpha_config,
     attention_window,
     bias_config,
     check_epsilon,
+    decode_visibility,
+    dtype_name,
+    explicit_positions,
     keyed_queries,
     learnable_epsilon,
     ntuple,
+    restrict_mask,
     transpose_conv_call_args,
 )
 
@@ -26,7 +31,14 @@ import nmn_array
 
 # The public names of keras.py and tf.py (the same classes in both).
 PUBLIC = [f"YatConv{kind}{n}{d}" for kind in ("", "Transpose") for n in (1, 2, 3) for d in "Dd"]
-PUBLIC += ["MultiHeadYatAttention", "YatDense", "YatEmbed", "YatNMN", "normalize_qk"]
+PUBLIC += [
+    "MultiHeadYatAttention",
+    "RotaryYatAttention",
+    "YatDense",
+    "YatEmbed",
+    "YatNMN",
+    "normalize_qk",
+]
 PUBLIC += ["soft_tanh", "softer_sigmoid", "softermax", "yat_attention"]
 PUBLIC += ["yat_attention_normalized", "yat_attention_weights"]
 
@@ -88,6 +100,9 @@ class YatParams:
         if self._bias_cfg.mode == "learnable":
             self.bias = self._new_weight("bias", (n_out,), 0.0, **bias_options)
         self._build_alpha()
+        self._build_epsilon()
+
+    def _build_epsilon(self) -> None:
         if self.learnable_epsilon:
             # Decision 11: epsilon = softplus(epsilon_param), stored in >= float32
             raw, storage = self._raw_epsilon
@@ -104,11 +119,14 @@ class YatParams:
         variable = self.alpha if variable is None else variable
         return self._alpha_cfg.value if self._alpha_cfg.mode == "constant" else self._read(variable)
 
-    def _scalars(self) -> dict[str, Any]:
-        """``alpha`` and ``epsilon`` (``softplus(epsilon_param)`` when it learns) to call with."""
+    def _epsilon_arg(self) -> Any:
+        """``epsilon``, or ``softplus(epsilon_param)`` when it learns."""
         eps = self.epsilon_param
-        epsilon = self.epsilon if eps is None else self._ops.softplus(self._read(eps))
-        return {"alpha": self._alpha_arg(), "epsilon": epsilon}
+        return self.epsilon if eps is None else self._ops.softplus(self._read(eps))
+
+    def _scalars(self) -> dict[str, Any]:
+        """``alpha`` and ``epsilon`` to call with."""
+        return {"alpha": self._alpha_arg(), "epsilon": self._epsilon_arg()}
 
     def _dense(self, inputs: Any, kernel: Any, w_in_out: bool = False) -> Any:
         """The one ``nmn_array.yat`` call of a dense layer (``w_in_out``: kernel (in, out))."""
@@ -200,11 +218,61 @@ class YatConvShell(YatParams):
         return y
 
 
+def projection_storage(dtype: Any) -> str:
+    """The dtype a performer projection's float arrays are stored in: float32 for 16-bit
+    layers (the random features need the precision; the core computes in float32 there),
+    else the layer's dtype."""
+    name = dtype_name(dtype)
+    return "float32" if name in ("float16", "bfloat16") else name
+
+
+def causal_window(window: Any) -> tuple[Any, int]:
+    """``window`` (``(left, right)`` or None) with its right side closed at 0: a causal mask
+    on the tiled path (query ``i`` sits at key position ``i + Lk - Lq``)."""
+    left, right = (None, None) if window is None else window
+    return left, 0 if right is None else min(right, 0)
+
+
+def check_cache_room(index: Any, length: int, max_length: int) -> None:
+    """Raise ValueError when ``length`` tokens written at cache slot ``index`` (an int or a
+    concrete scalar) would not fit in ``max_length`` slots."""
+    if int(index) + length > max_length:
+        raise ValueError(
+            f"the key/value cache is full: max_length={max_length}, index={int(index)}, "
+            f"{length} new token(s) (L={length}); call reset_cache() or init_cache() with "
+            "a larger max_length"
+        )
+
+
 class YatAttentionShell(YatParams):
-    """Mixin: projections, head split, the one ``nmn_array`` attention call, merge."""
+    """Mixin: projections, head split, rotary positions, the key/value cache, the one
+    ``nmn_array`` attention call, merge. A framework class also supplies
+    ``_cache_variables(shape, dtype)`` (zeroed ``cache_key``/``cache_value`` and an int32
+    ``cache_index`` 0, as non-trainable variables), ``_assign(variable, value)``,
+    ``_update_slice(array, start, update)`` (``keras.ops.slice_update``'s contract),
+    ``_positions(start, length)`` (int32 ``start + arange(length)``) and
+    ``_check_room(index, length, max_length)`` (the full-cache error where the index is
+    traced)."""
 
     out_kernel: Any = None
     out_bias: Any = None
+    _cache_variables: Any
+    _assign: Any
+    _update_slice: Any
+    _positions: Any
+    _check_room: Any
+    # MultiHeadYatAttention: nmn's softmax of the plain scores, no rotary positions
+    normalization = "softmax"
+    power = 1.0
+    max_seq_len: int | None = None
+    theta = 10000.0
+    cache_key: Any = None
+    cache_value: Any = None
+    cache_index: Any = None
+    use_performer = False
+    causal = False
+    # the performer's non-trainable projection variables by nmn's keys (None: exact mode)
+    performer_projection: Any = None
 
     def _init_attention(self, s: dict[str, Any]) -> float:
         """Record the settings; return the dropout rate."""
@@ -220,10 +288,61 @@ class YatAttentionShell(YatParams):
         self.use_bias = bool(s["use_bias"])
         self._init_yat({k: v for k, v in s.items() if k not in ("use_bias", "spherical")})
         self._normalize_qk = bool(s["normalize_qk"])
-        self._spherical = bool(s["spherical"])
+        self._spherical = bool(s.get("spherical", False))
         self.use_out_proj = bool(s["use_out_proj"])
         self.window, self.block_size = attention_window(s["window"], s["block_size"])
         return float(dropout)
+
+    def _init_performer(self, s: dict[str, Any], draw_seed: Callable[[], int]) -> Any:
+        """Record the performer settings (:func:`_performer.settings`: ``use_performer``,
+        ``performer_kind``, the feature counts, ``causal``, ``performer_normalize``); with
+        ``use_performer``, return the projection as NumPy arrays, drawn from
+        ``numpy.random.default_rng(draw_seed())`` (None otherwise). Call after
+        :meth:`_init_attention`."""
+        config = _performer.settings(s)
+        self._performer_config = config
+        self.use_performer, self.causal = config.use, config.causal
+        self.performer_kind, self.performer_normalize = config.kind, config.normalize
+        for name, value in config.counts:
+            setattr(self, name, value)
+        if not config.use:
+            return None
+        if s.get("learnable_epsilon"):
+            raise ValueError(
+                "use_performer=True does not support learnable_epsilon=True: the projection "
+                "is drawn for the constant epsilon of the kernel"
+            )
+        _performer.refuse_conflicts(type(self).__name__, config, window=s.get("window"))
+        return _performer.draw(config, self.head_dim, draw_seed(), self.epsilon)
+
+    def _performer(self, q: Any, k: Any, v: Any, mask: Any, alpha: Any, dropout: Any) -> Any:
+        """The one performer call (:func:`_performer.attention`) of heads ``(B, H, L, d)``;
+        ``mask``: a key-padding mask (anything else raises the core's ValueError);
+        ``dropout`` on its output."""
+        projection = {key: self._read(var) for key, var in self.performer_projection.items()}
+        x = _performer.attention(
+            q, k, v, self._performer_config, projection,
+            mask=mask, epsilon=self.epsilon, alpha=alpha,
+        )  # fmt: skip
+        return x if dropout is None else dropout(x)
+
+    def _init_rotary(self, s: dict[str, Any]) -> float:
+        """:meth:`_init_attention` and the rotary settings (RotaryYatAttention)."""
+        dropout = self._init_attention(s)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for RoPE.")
+        max_seq_len, theta = s["max_seq_len"], s["theta"]
+        if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
+        self.max_seq_len, self.theta = max_seq_len, float(theta)
+        self.use_softermax = bool(s["use_softermax"])
+        normalization = "softermax" if self.use_softermax else s["normalization"]
+        if normalization not in ("softmax", "softermax", "l1"):
+            raise ValueError(
+                f"normalization must be 'softmax', 'softermax' or 'l1', got {normalization!r}"
+            )
+        self.normalization, self.power = normalization, float(s["power"])
+        return dropout
 
     def _build_projections(self, kernel: Any, rows: Sequence[Any]) -> None:
         """q/k/v kernels ``(rows, embed_dim)`` from ``kernel(name, rows)``, the biases
@@ -254,29 +373,154 @@ class YatAttentionShell(YatParams):
         x = o.reshape(x, (-1, o.shape(x)[1], self.num_heads, self.head_dim))
         return o.transpose(x, (0, 2, 1, 3))
 
-    def _attend(self, query: Any, key: Any, value: Any, mask: Any, alpha: Any, dropout: Any) -> Any:
-        """Attention of backend arrays; ``mask`` broadcasts to (B, H, Lq, Lk) or is None;
-        ``dropout`` is None or a function applied to the attention weights."""
+    # --- the key/value cache ---------------------------------------------------------
+    def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> None:
+        """Create a zeroed key/value cache of ``max_length`` slots for ``batch_size``
+        sequences (dtype: the layer's compute dtype by default) and set its index to 0;
+        then ``decode=True`` calls write their tokens into it. Called again, it replaces the
+        cache."""
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_seq_len is not None and max_length > self.max_seq_len:
+            raise ValueError(
+                f"max_length ({max_length}) exceeds max_seq_len={self.max_seq_len}, the "
+                "positions the rotary layer was made for"
+            )
+        shape = (batch_size, self.num_heads, max_length, self.head_dim)
+        self._cache_variables(shape, dtype)
+
+    def reset_cache(self) -> None:
+        """Zero the key/value cache and set its index back to 0."""
+        self._require_cache()
+        for variable in (self.cache_key, self.cache_value, self.cache_index):
+            self._assign(variable, self._ops.zeros_like(self._read(variable)))
+
+    def _require_cache(self) -> None:
+        if self.cache_key is None:
+            raise ValueError(
+                f"{type(self).__name__}: decode=True needs a key/value cache; call "
+                "init_cache(batch_size, max_length) first"
+            )
+
+    def _cache_index(self) -> Any:
+        """The cache index (raises ValueError without a cache)."""
+        self._require_cache()
+        return self._read(self.cache_index)
+
+    def _decode(self, q: Any, k: Any, v: Any, mask: Any) -> tuple[Any, Any, Any]:
+        """Write ``k``, ``v`` ``(B, H, L, d)`` at the cache index, advance it by L; return the
+        whole cache and the mask of the slots each query sees (causal, the window's left
+        side, and ``mask`` (broadcastable to (B, H, L, max_length)) if given)."""
         o = self._ops
+        index = self._cache_index()
+        # static sizes (``o.shape`` is a tensor in TensorFlow graphs)
+        cache_shape = tuple(int(n) for n in self.cache_key.shape)
+        batch, _, max_length, _ = cache_shape
+        length = int(k.shape[2])
+        if k.shape[0] != batch:
+            raise ValueError(
+                f"decode=True: the input's batch ({k.shape[0]}) differs from the cache's: "
+                f"cache_key has shape {cache_shape} (batch, heads, max_length, head_dim)"
+            )
+        self._check_room(index, length, max_length)
+        start = [0, 0, index, 0]
+        cache_k, cache_v = self._read(self.cache_key), self._read(self.cache_value)
+        cache_k = self._update_slice(cache_k, start, o.cast(k, cache_k.dtype))
+        cache_v = self._update_slice(cache_v, start, o.cast(v, cache_v.dtype))
+        visible = decode_visibility(index, length, max_length, self.window, q)
+        full = (batch, self.num_heads, length, max_length)
+        visible = o.broadcast_to(visible, full)
+        mask = visible if mask is None else restrict_mask(o.broadcast_to(mask, full), visible)
+        # last: on torch, ``index`` is a view of the variable that the assignment overwrites
+        self._assign(self.cache_key, cache_k)
+        self._assign(self.cache_value, cache_v)
+        self._assign(self.cache_index, index + length)
+        return o.cast(cache_k, q.dtype), o.cast(cache_v, q.dtype), mask
+
+    def _rotary_positions(self, length: int, offset: Any, positions: Any, decode: bool) -> Any:
+        """The positions of ``length`` tokens: ``positions`` as given, the cache index + t
+        (decoding) or ``offset + t`` (checked against ``max_seq_len`` when it is an int)."""
+        if positions is not None:
+            return explicit_positions(positions, offset, self.max_seq_len)
+        if decode:
+            return self._positions(self._cache_index(), length)
+        limit = self.max_seq_len
+        if isinstance(offset, int) and limit is not None and offset + length > limit:
+            raise ValueError(
+                f"position_offset + seq_len = {offset + length} exceeds "
+                f"max_seq_len={self.max_seq_len}"
+            )
+        return self._positions(offset, length)
+
+    def _attend(
+        self,
+        query: Any,
+        key: Any,
+        value: Any,
+        mask: Any,
+        alpha: Any,
+        dropout: Any,
+        rotary: Any = None,
+        decode: bool = False,
+    ) -> Any:
+        """Attention of backend arrays; ``mask`` broadcasts to (B, H, Lq, Lk) or is None;
+        ``dropout`` is None or a function applied to the attention weights; ``rotary``:
+        a function of the query length giving the positions of q and k (None: no RoPE);
+        ``decode``: over the key/value cache (:meth:`_decode`)."""
+        o = self._ops
+        if decode and self.use_performer:
+            raise ValueError(
+                "decode=True is not supported with use_performer=True: the linear-time "
+                "readout keeps no key/value cache (use the exact mode to decode)"
+            )
         q, k, v = self._heads(query, "q"), self._heads(key, "k"), self._heads(value, "v")
         if self._normalize_qk:
             q, k = nmn_array.attention.unit_heads(q), nmn_array.attention.unit_heads(k)
-        if mask is not None:
+        if rotary is not None:
+            positions = rotary(int(q.shape[2]))
+            q, k = (nmn_array.rotary_embedding(t, positions, theta=self.theta) for t in (q, k))
+        window, given_mask = self.window, mask is not None
+        if self.causal and not decode:  # decoding is causal already
+            window = causal_window(window)
+        if self.use_performer:
+            return self._finish(self._performer(q, k, v, mask, alpha, dropout), mask, None, q, k)
+        if decode:
+            if k.shape[2] != q.shape[2]:
+                raise ValueError(
+                    f"decode=True: key and value must have the query's length "
+                    f"({q.shape[2]}), got {k.shape[2]}"
+                )
+            # the window's left side is in the cache mask; its right side is past the index
+            k, v, mask = self._decode(q, k, v, mask)
+            window = None
+        elif mask is not None:
             full = (o.shape(q)[0], self.num_heads, o.shape(q)[2], o.shape(k)[2])
             mask = o.broadcast_to(mask, full)
-        options = dict(mask=mask, alpha=alpha, epsilon=self.epsilon, spherical=self._spherical)
-        options.update(window=self.window)
+        options = dict(mask=mask, alpha=alpha, epsilon=self._epsilon_arg(), window=window)
+        options.update(spherical=self._spherical, normalization=self.normalization)
+        options.update(power=self.power)
         if dropout is None:
             x = nmn_array.yat_attention(q, k, v, block_size=self.block_size, **options)
         else:
             # dropout needs the weights themselves: the materialised path
             x = dropout(nmn_array.yat_attention_weights(q, k, **options)) @ v
+        # decoding, each query sees its own slot: only a given mask can leave it none
+        keyed = given_mask or not decode
+        return self._finish(x, mask if keyed else None, window if keyed else False, q, k)
+
+    def _finish(self, x: Any, mask: Any, window: Any, q: Any, k: Any) -> Any:
+        """Heads ``x (B, H, Lq, d)`` merged, the output projection, and zeros for the
+        queries that see no key under ``mask`` and ``window`` (``window=False``: skip)."""
+        o = self._ops
         # (B, H, Lq, d) -> (B, Lq, E)
         x = o.transpose(x, (0, 2, 1, 3))
         x = o.reshape(x, (-1, o.shape(x)[1], self.embed_dim))
         if self.out_kernel is not None:
             x = self._linear(x, "out")
-        keyed = keyed_queries(mask, self.window, o.shape(q)[2], o.shape(k)[2], q)
+        keyed = None
+        if window is not False:
+            keyed = keyed_queries(mask, window, o.shape(q)[2], o.shape(k)[2], q)
         if keyed is not None:
             # nmn 0.3.5: a query that sees no key in any head outputs zeros, also after the
             # output projection's bias.

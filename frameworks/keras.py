@@ -56,6 +56,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import sys
@@ -82,7 +83,9 @@ from nmn_array.frameworks._keras_tf import (
     YatAttentionShell,
     YatConvShell,
     YatParams,
+    check_cache_room,
     declare,
+    projection_storage,
     settings,
 )
 
@@ -538,93 +541,48 @@ class YatEmbed(_Layer):
 
 
 # --- attention -----------------------------------------------------------------------
-@_register
-class MultiHeadYatAttention(YatAttentionShell, _Layer):
-    """Multi-head attention whose scores are yat products of queries and keys.
+def _numpy_seed(seed: int | None) -> int:
+    """The NumPy seed of a performer projection: ``seed``, or a draw from a
+    ``keras.random.SeedGenerator`` (reproduced by ``keras.utils.set_random_seed``)."""
+    if seed is not None:
+        return seed
+    draw = keras.random.randint((), 0, 2**31 - 1, seed=keras.random.SeedGenerator())
+    return int(ops.convert_to_numpy(draw))
 
-    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head, with
-    linear projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim, embed_dim)``,
-    ``out_kernel`` ``(embed_dim, embed_dim)``, biases ``q_bias`` ... ``out_bias``
-    ``(embed_dim,)`` and ``alpha`` ``(1,)``. ``dropout``: on the attention weights (with
-    ``training=True``); ``use_alpha``/``constant_alpha`` scale the scores before the softmax
-    (Decision 1); ``normalize_qk``: ``q / max(|q|, 1e-12)`` per head (Decision 2);
-    ``spherical``: ``v / sqrt(|v|^2 + epsilon)`` inside the score; ``window=(left, right)``
-    and ``block_size``: local attention and the tiling, as :func:`nmn_array.yat_attention`
-    (the materialised path when dropout needs the weights; both in ``get_config``); others:
-    module docstring.
 
-    ``call(query, key=None, value=None, mask=None, attention_mask=None, training=False)``:
-    ``key`` defaults to ``query``, ``value`` to ``key``. ``attention_mask`` broadcasts to
-    ``(batch, heads, q_len, kv_len)``: boolean (True = attend) or floating (additive; -inf
-    hides a key); other dtypes raise TypeError. ``mask``: a boolean Keras sequence mask
-    ``(batch, seq)`` (e.g. from ``Embedding(mask_zero=True)``; in self-attention it masks
-    queries and keys) or another attention mask. A query that sees no key outputs zeros.
+def _from_numpy(array: Any, shape: Any = None, dtype: Any = None) -> Any:
+    """An initializer giving ``array`` exactly (Keras' Constant goes through float32)."""
+    return np.asarray(array, dtype=keras.backend.standardize_dtype(dtype))
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from nmn_array.frameworks.keras import MultiHeadYatAttention
-    >>> mha = MultiHeadYatAttention(embed_dim=8, num_heads=2)
-    >>> x = np.random.default_rng(0).normal(size=(2, 5, 6)).astype("float32")
-    >>> causal = np.tril(np.ones((5, 5), dtype=bool))
-    >>> tuple(mha(x, attention_mask=causal).shape)
-    (2, 5, 8)
-    """
+
+class _Attention(YatAttentionShell, _Layer):
+    """What the Keras attention layers share: masks, dropout, the key/value cache's
+    variables (non-trainable weights ``cache_key``, ``cache_value`` ``(batch, heads,
+    max_length, head_dim)`` and ``cache_index`` (int32), made by :meth:`init_cache`)."""
 
     _CONFIG_ATTRS = dict(
         dropout="dropout_rate", normalize_qk="_normalize_qk", spherical="_spherical"
     )
 
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        use_bias: bool = True,
-        use_alpha: bool = True,
-        constant_alpha: bool | float | None = None,
-        normalize_qk: bool = False,
-        spherical: bool = False,
-        use_out_proj: bool = True,
-        epsilon: float = 1e-5,
-        kernel_initializer: Any = "glorot_normal",
-        window: tuple[int | None, int | None] | None = None,
-        block_size: int | str | None = "auto",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.dropout_rate = self._init_attention(settings(locals()))
+    def _setup(self, dropout_rate: float, s: dict[str, Any]) -> None:
+        self.dropout_rate = dropout_rate
         self.supports_masking = True
         # Dropout draws from a seeded generator so it also works under jax.jit (model.fit).
         self._seed_generator = keras.random.SeedGenerator() if self.dropout_rate > 0 else None
-
-    def build(
-        self,
-        query_shape: Sequence[int | None],
-        key_shape: Sequence[int | None] | None = None,
-        value_shape: Sequence[int | None] | None = None,
-    ) -> None:
-        key_shape = query_shape if key_shape is None else key_shape
-        value_shape = key_shape if value_shape is None else value_shape
-
-        def kernel(name: str, rows: int | None) -> Any:
-            # A fresh initializer per projection: nmn.keras reuses one unseeded instance,
-            # which gives q_kernel == k_kernel == v_kernel at init (each token then attends
-            # only to itself and q/k get no gradient). A seeded initializer still repeats.
-            init = type(self.kernel_initializer).from_config(self.kernel_initializer.get_config())
-            shape = (known_size(rows, f"the feature axis for {name}"), self.embed_dim)
-            return self.add_weight(name=name, shape=shape, initializer=init, trainable=True)
-
-        self._build_projections(kernel, (query_shape[-1], key_shape[-1], value_shape[-1]))
-        self.alpha_param = None
-        self._build_alpha("alpha_param")
-        self.built = True
+        seed = s["seed"]
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        self.seed = seed
+        # drawn now (eagerly, also where build is traced); made weights in build
+        self._performer_arrays = self._init_performer(s, functools.partial(_numpy_seed, seed))
 
     def _effective_mask(
         self, query: Any, mask: Any, attention_mask: Any, self_attention: bool
-    ) -> Any:
+    ) -> tuple[Any, Any]:
         """One mask broadcastable to (B, H, Lq, Lk), or None (nmn's rules); boolean unless an
-        additive (floating) mask was given, which is kept additive."""
+        additive (floating) mask was given, which is kept additive. With ``use_performer``,
+        which takes key-padding masks only, a sequence mask masks the keys (self-attention)
+        and is also returned, as the queries whose outputs are zeroed (else None)."""
         sequence_mask = None
         # backend tensors (a NumPy mask would not mix with the backend's q and k)
         if attention_mask is not None:
@@ -653,6 +611,11 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
         effective = attention_mask
         while effective is not None and len(effective.shape) < 4:
             effective = ops.expand_dims(effective, 0)
+        if sequence_mask is not None and self.use_performer:
+            if self_attention:
+                keys = ops.expand_dims(ops.expand_dims(sequence_mask, 1), 1)
+                effective = keys if effective is None else restrict_mask(effective, keys)
+            return effective, sequence_mask
         if sequence_mask is not None:
             # (B, S) -> queries (B, 1, Lq, 1); for self-attention also keys (B, 1, 1, Lk)
             queries = ops.expand_dims(ops.expand_dims(sequence_mask, 1), -1)
@@ -660,24 +623,14 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
                 keys = ops.expand_dims(ops.expand_dims(sequence_mask, 1), 1)
                 queries = ops.logical_and(queries, keys)
             effective = queries if effective is None else restrict_mask(effective, queries)
-        return effective
+        return effective, None
 
-    def call(
-        self,
-        query: Any,
-        key: Any = None,
-        value: Any = None,
-        mask: Any = None,
-        attention_mask: Any = None,
-        training: Any = False,
-    ) -> Any:
-        effective = self._effective_mask(query, mask, attention_mask, key is None)
-        key = query if key is None else key
-        value = key if value is None else value
-        query, key, value = (ops.convert_to_tensor(t) for t in (query, key, value))
-        dropout = self._dropout if training and self.dropout_rate > 0 else None
-        alpha = self._alpha_arg(self.alpha_param)
-        return self._attend(query, key, value, effective, alpha, dropout)
+    @staticmethod
+    def _zero_masked_queries(y: Any, queries: Any) -> Any:
+        """``y (B, Lq, E)`` with zeros at the queries ``(B, Lq)`` marks False (None: as is)."""
+        if queries is None:
+            return y
+        return ops.where(ops.expand_dims(queries, -1), y, ops.zeros_like(y))
 
     def _dropout(self, weights: Any) -> Any:
         return keras.random.dropout(weights, self.dropout_rate, seed=self._seed_generator)
@@ -687,6 +640,235 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
             return previous_mask
         return None
 
+    def _cache_variables(self, shape: tuple[int, ...], dtype: Any) -> None:
+        dtype = self.compute_dtype if dtype is None else keras.backend.standardize_dtype(dtype)
+        old = [v for v in (self.cache_key, self.cache_value, self.cache_index) if v is not None]
+        for variable in old:
+            self._untrack_variable(variable)
+        # Keras locks a built layer's state; the cache is state made after build, on request.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            made = {}
+            for name, size, kind in (
+                ("cache_key", shape, dtype),
+                ("cache_value", shape, dtype),
+                ("cache_index", (), "int32"),
+            ):
+                made[name] = self.add_weight(
+                    name=name, shape=size, dtype=kind, initializer="zeros", trainable=False,
+                    autocast=False,
+                )  # fmt: skip
+            self.cache_key, self.cache_value = made["cache_key"], made["cache_value"]
+            self.cache_index = made["cache_index"]
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def _build_attention(self, rows: Sequence[int | None]) -> None:
+        """The projections (``rows``: the q, k, v input widths) and alpha."""
+
+        def kernel(name: str, rows: int | None) -> Any:
+            # A fresh initializer per projection: nmn.keras reuses one unseeded instance,
+            # which gives q_kernel == k_kernel == v_kernel at init (each token then attends
+            # only to itself and q/k get no gradient). A seeded initializer still repeats.
+            init = type(self.kernel_initializer).from_config(self.kernel_initializer.get_config())
+            shape = (known_size(rows, f"the feature axis for {name}"), self.embed_dim)
+            return self.add_weight(name=name, shape=shape, initializer=init, trainable=True)
+
+        self._build_projections(kernel, rows)
+        self.alpha_param = None
+        self._build_alpha("alpha_param")
+        if self._performer_arrays is not None:
+            storage = projection_storage(self.variable_dtype)
+            self.performer_projection = {
+                key: self.add_weight(
+                    name=f"performer_{key}",
+                    shape=np.shape(array),
+                    trainable=False,
+                    dtype="int32" if key == "degrees" else storage,
+                    autocast=False,
+                    initializer=functools.partial(_from_numpy, array),
+                )
+                for key, array in self._performer_arrays.items()
+            }
+
+    def _saved_variables(self) -> list[Any]:
+        """The layer's variables but the cache: decoding state, not weights, which a saved
+        model leaves out (it loads into layers with or without a cache)."""
+        cache = {id(v) for v in (self.cache_key, self.cache_value, self.cache_index)}
+        variables = self._trainable_variables + self._non_trainable_variables
+        return [v for v in variables if id(v) not in cache]
+
+    def save_own_variables(self, store: Any) -> None:
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
+
+    def load_own_variables(self, store: Any) -> None:
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer {self.name!r} expected {len(variables)} variables, but received "
+                f"{len(store.keys())} variables during loading"
+            )
+        for i, variable in enumerate(variables):
+            variable.assign(store[f"{i}"])
+
+    @staticmethod
+    def _assign(variable: Any, value: Any) -> None:
+        variable.assign(value)
+
+    @staticmethod
+    def _update_slice(array: Any, start: list, update: Any) -> Any:
+        return ops.slice_update(array, ops.stack([ops.cast(i, "int32") for i in start]), update)
+
+    @staticmethod
+    def _positions(start: Any, length: int) -> Any:
+        return ops.arange(length, dtype="int32") + ops.cast(start, "int32")
+
+    @staticmethod
+    def _check_room(index: Any, length: int, max_length: int) -> None:
+        backend = keras.backend.backend()
+        if backend == "tensorflow" and not sys.modules["tensorflow"].executing_eagerly():
+            tf = sys.modules["tensorflow"]
+            tf.debugging.assert_less_equal(
+                index + length, max_length,
+                message=f"the key/value cache is full: max_length={max_length}, L={length}",
+            )  # fmt: skip
+        elif backend == "jax" and isinstance(index, sys.modules["jax"].core.Tracer):
+            # under jax.jit: the error from a callback, before the write is used
+            check = functools.partial(check_cache_room, length=length, max_length=max_length)
+            sys.modules["jax"].debug.callback(check, index, ordered=True)
+        elif backend != "torch" or not sys.modules["torch"].compiler.is_compiling():
+            check_cache_room(index, length, max_length)
+
+
+@_register
+class MultiHeadYatAttention(_Attention):
+    """Multi-head attention whose scores are yat products of queries and keys.
+
+    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head, with
+    linear projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim, embed_dim)``,
+    ``out_kernel`` ``(embed_dim, embed_dim)``, biases ``q_bias`` ... ``out_bias``
+    ``(embed_dim,)`` and ``alpha`` ``(1,)``. ``dropout``: on the attention weights (with
+    ``training=True``); ``use_alpha``/``constant_alpha`` scale the scores before the softmax
+    (Decision 1); ``normalize_qk``: ``q / max(|q|, 1e-12)`` per head (Decision 2);
+    ``spherical``: ``v / sqrt(|v|^2 + epsilon)`` inside the score; ``window=(left, right)``
+    and ``block_size``: local attention and the tiling, as :func:`nmn_array.yat_attention`
+    (the materialised path when dropout needs the weights; both in ``get_config``); others:
+    module docstring.
+
+    ``call(query, key=None, value=None, mask=None, attention_mask=None, training=False,
+    decode=False)``: ``key`` defaults to ``query``, ``value`` to ``key``. ``attention_mask``
+    broadcasts to ``(batch, heads, q_len, kv_len)``: boolean (True = attend) or floating
+    (additive; -inf hides a key); other dtypes raise TypeError. ``mask``: a boolean Keras
+    sequence mask ``(batch, seq)`` (e.g. from ``Embedding(mask_zero=True)``; in
+    self-attention it masks queries and keys) or another attention mask. A query that sees
+    no key outputs zeros. ``decode=True`` (after :meth:`init_cache`): the L new tokens are
+    written into the key/value cache at its index and attend causally to the cache
+    (``docs/frameworks/keras.md``); masks then broadcast to ``(batch, heads, L,
+    max_length)``.
+
+    ``use_performer=True``: linear-time attention,
+    :func:`~nmn_array.linear_attention.performer_attention` of the projected heads (after
+    ``normalize_qk``), with the feature map ``performer_kind`` (``"slay"``:
+    ``num_anchor_features``, ``num_prf_features``, ``num_quad_nodes``; ``"maclaurin"``:
+    ``performer_num_features``, ``performer_nmax``, ``performer_bias``; ``"radial"``:
+    ``performer_sketch_m``, ``performer_num_radial``, ``performer_radial_dim``,
+    ``performer_bias``), the layer's ``epsilon``, and the output (not the scores) times
+    alpha; dropout on its output. The projection is drawn once, at construction, from
+    ``numpy.random.default_rng(s)``, ``s`` = ``seed`` or a draw from a
+    ``keras.random.SeedGenerator`` (which ``keras.utils.set_random_seed`` reproduces), and
+    stored as non-trainable weights ``performer_<key>`` (the dict
+    ``performer_projection``; nmn's keys: ``anchors``, ``projections``, ``quad_nodes``,
+    ``quad_weights`` / ``omegas``, ``degrees`` (int32), ``Z`` / ``W1``, ``W2``, ``omegas``,
+    ``phases``, ``coef``, ``bias``; float32 for 16-bit layers), which ``model.save`` /
+    ``keras.models.load_model``, ``save_weights`` and ``get_weights`` carry. Masks must be
+    key padding, broadcastable to ``(batch, heads, 1, kv_len)`` (others raise the core's
+    ValueError); a Keras sequence mask masks the keys (self-attention) and zeroes the padded
+    queries' outputs. ``decode=True``, ``window`` and ``learnable_epsilon`` raise ValueError
+    with it; ``normalization``, ``power`` and ``spherical`` apply to the exact mode only.
+    ``performer_normalize`` is accepted for nmn's signature: the feature maps always
+    normalise q and k (nmn's flag adds a normalisation before SLAY's). ``causal=True``: key
+    ``j`` is visible to query ``i`` only if ``j <= i``, in both modes; in the exact mode
+    (which nmn's modules lack) it is combined with any given mask, and cross-attention
+    aligns the last query with the last key.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nmn_array.frameworks.keras import MultiHeadYatAttention
+    >>> mha = MultiHeadYatAttention(embed_dim=8, num_heads=2)
+    >>> x = np.random.default_rng(0).normal(size=(2, 5, 6)).astype("float32")
+    >>> causal = np.tril(np.ones((5, 5), dtype=bool))
+    >>> tuple(mha(x, attention_mask=causal).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        normalize_qk: bool = False,
+        spherical: bool = False,
+        use_out_proj: bool = True,
+        epsilon: float = 1e-5,
+        kernel_initializer: Any = "glorot_normal",
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        s = settings(locals())
+        self._setup(self._init_attention(s), s)
+
+    def build(
+        self,
+        query_shape: Sequence[int | None],
+        key_shape: Sequence[int | None] | None = None,
+        value_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        key_shape = query_shape if key_shape is None else key_shape
+        value_shape = key_shape if value_shape is None else value_shape
+        self._build_attention((query_shape[-1], key_shape[-1], value_shape[-1]))
+
+    def call(
+        self,
+        query: Any,
+        key: Any = None,
+        value: Any = None,
+        mask: Any = None,
+        attention_mask: Any = None,
+        training: Any = False,
+        decode: bool = False,
+    ) -> Any:
+        effective, queries = self._effective_mask(query, mask, attention_mask, key is None)
+        key = query if key is None else key
+        value = key if value is None else value
+        query, key, value = (ops.convert_to_tensor(t) for t in (query, key, value))
+        dropout = self._dropout if training and self.dropout_rate > 0 else None
+        alpha = self._alpha_arg(self.alpha_param)
+        y = self._attend(query, key, value, effective, alpha, dropout, decode=decode)
+        return self._zero_masked_queries(y, queries)
+
     def compute_output_shape(
         self,
         query_shape: Sequence[int | None],
@@ -694,6 +876,112 @@ class MultiHeadYatAttention(YatAttentionShell, _Layer):
         value_shape: Sequence[int | None] | None = None,
     ) -> tuple:
         return (*tuple(query_shape)[:-1], self.embed_dim)
+
+
+@_register
+class RotaryYatAttention(_Attention):
+    """Multi-head yat attention with rotary position embeddings (RoPE, interleaved pairs),
+    as the torch, NNX and Linen ``RotaryYatAttention`` (nmn.keras has none).
+
+    Self-attention of ``x (batch, L, embed_dim)``: projections ``q_kernel``/``k_kernel``/
+    ``v_kernel``/``out_kernel`` ``(embed_dim, embed_dim)`` (``(in, out)``: torch's
+    ``q_proj.weight`` transposed), biases ``q_bias`` ... ``out_bias`` ``(embed_dim,)`` when
+    ``use_bias`` (default off), ``alpha`` ``(1,)``, ``epsilon_param`` ``(1,)`` when
+    ``learnable_epsilon``; q and k rotated by :func:`nmn_array.rotary_embedding` (``theta``)
+    after ``normalize_qk``; ``normalization`` ``"softmax"``, ``"softermax"``
+    (``use_softermax``) or ``"l1"`` of the scores to ``power``; ``embed_dim / num_heads``
+    must be even. Other arguments as :class:`MultiHeadYatAttention` (``use_performer``
+    and ``causal`` too; RoPE before the performer's features).
+
+    ``call(x, mask=None, position_offset=0, positions=None, training=False,
+    decode=False)``: positions ``position_offset + t`` (up to ``max_seq_len``), or the
+    integer array ``positions`` (L,) as given; ``mask`` as ``attention_mask`` of
+    :class:`MultiHeadYatAttention` (or a Keras sequence mask). ``decode=True`` (after
+    :meth:`init_cache`): positions continue from the cache index.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nmn_array.frameworks.keras import RotaryYatAttention
+    >>> attn = RotaryYatAttention(8, 2, max_seq_len=16)
+    >>> x = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    >>> tuple(attn(x).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        max_seq_len: int = 2048,
+        theta: float = 10000.0,
+        dropout: float = 0.0,
+        use_bias: bool = False,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        normalize_qk: bool = False,
+        use_out_proj: bool = True,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        normalization: str = "softmax",
+        use_softermax: bool = False,
+        power: float = 1.0,
+        kernel_initializer: Any = "glorot_normal",
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        s = settings(locals())
+        self._setup(self._init_rotary(s), s)
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        width = known_size(input_shape[-1], "the last axis of x")
+        if width != self.embed_dim:
+            raise ValueError(
+                f"RotaryYatAttention: x must have embed_dim={self.embed_dim} features, got "
+                f"shape {tuple(input_shape)}"
+            )
+        self._build_attention((width,) * 3)
+        self._build_epsilon()
+        self.built = True
+
+    def call(
+        self,
+        x: Any,
+        mask: Any = None,
+        position_offset: Any = 0,
+        positions: Any = None,
+        training: Any = False,
+        decode: bool = False,
+    ) -> Any:
+        effective, queries = self._effective_mask(x, mask, None, True)
+        x = ops.convert_to_tensor(x)
+        positions = None if positions is None else ops.convert_to_tensor(positions)
+        rotary = functools.partial(
+            self._rotary_positions, offset=position_offset, positions=positions, decode=decode
+        )
+        dropout = self._dropout if training and self.dropout_rate > 0 else None
+        alpha = self._alpha_arg(self.alpha_param)
+        y = self._attend(x, x, x, effective, alpha, dropout, rotary, decode)
+        return self._zero_masked_queries(y, queries)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple:
+        return (*tuple(input_shape)[:-1], self.embed_dim)
 
 
 # nmn.keras's functional attention: q, k, v (batch, length, heads, dim)

@@ -14,9 +14,26 @@ share mean the same in each:
   ``epsilon_param`` holding its softplus inverse (Decision 11).
 - ``kernel_init``; ``dtype``, ``param_dtype``: compute and parameter dtypes;
   ``precision``: applied as ``jax.default_matmul_precision``.
-- ``window``, ``block_size`` (attention, the last fields; not in nmn): local attention
+- ``window``, ``block_size`` (attention; not in nmn): local attention
   ``(left, right)`` and the tiling, as :func:`nmn_array.yat_attention` (the materialised
   path when dropout needs the weights).
+- ``causal`` (attention, not in nmn.linen): key ``j`` visible to query ``i`` iff
+  ``j <= i + Lk - Lq``, combined with any ``mask`` (decoding is causal anyway).
+- Linear-time attention (attention, the last fields; nmn.nnx's Rotary names and
+  defaults): ``use_performer``, ``performer_kind`` ("slay", "maclaurin", "radial"),
+  ``num_anchor_features``, ``num_prf_features``, ``num_quad_nodes`` (SLAY),
+  ``performer_num_features``, ``performer_nmax`` (MAY), ``performer_sketch_m``,
+  ``performer_num_radial``, ``performer_radial_dim`` (RAY), ``performer_bias`` (MAY, RAY),
+  ``performer_normalize`` (SLAY: q, k first scaled to ``v / sqrt(|v|^2 + epsilon)``, as
+  nmn): :func:`nmn_array.linear_attention.performer_attention` of the heads after the
+  projections, ``normalize_qk`` and RoPE, its output times alpha (learnable or constant,
+  as nmn's NNX), dropout on that output. ``mask`` must be a key-padding mask
+  ``(..., H, 1, Lk)``; ``decode`` and ``window`` are refused. ``init`` draws the
+  projection with NumPy, seeded by two words drawn from the ``"params"`` rng (in a
+  ``jax.pure_callback``, so ``jax.jit(init)`` gives the same arrays), into the
+  ``"performer"`` collection, ``perf_<key>`` (the keys of
+  :mod:`nmn_array.frameworks.nnx`'s ``PerformerProjection`` variables); ``apply`` needs
+  that collection, gradients of ``"params"`` leave it alone.
 
 The functions take nmn.linen's ``q, k, v (*batch, length, heads, dim)``.
 
@@ -37,31 +54,37 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence  # noqa: F401 (conv field annotations name it)
 from typing import TYPE_CHECKING, Any
 
 from nmn_array.frameworks import _attention_api as _api
-from nmn_array.frameworks import _flax
+from nmn_array.frameworks import _flax, _performer
 from nmn_array.frameworks._common import (
     alpha_config,
     attention_window,
     bias_config,
     check_epsilon,
     check_rate,
+    decode_visibility,
+    explicit_positions,
     reject_nondefault,
     require,
+    restrict_mask,
     softermax,
     unit_normalized,
 )
 
 from nmn_array import soft_tanh, softer_sigmoid
+from nmn_array._attention_blocks import merge_windows
 
 jax = require("jax")
 # Any: the module is imported at run time and its classes are our base classes; mypy
 # takes a base class from an Any-typed name, not from a plain module object.
 nn: Any = require("flax.linen")
 jnp = jax.numpy
+lax = jax.lax
 _promote_dtype = require("flax.linen.dtypes").promote_dtype
 
 __all__ = [
@@ -97,6 +120,9 @@ Array = Any
 
 #: ``constant_alpha=True``.
 DEFAULT_CONSTANT_ALPHA = math.sqrt(2.0)
+#: The attention fields of linear-time attention and ``causal`` (nmn's names, defaults).
+_PERFORMER_FIELDS = ("use_performer", "performer_kind", *_performer.COUNTS, "causal")
+_PERFORMER_FIELDS += ("performer_normalize",)
 
 
 def _ones(key: Any, shape: tuple[int, ...], dtype: Any) -> Array:
@@ -403,31 +429,136 @@ class _AttentionMixin(_YatMixin):
         features: int,
         mask: Array | None,
         deterministic: bool,
+        decode: bool,
+        rotary: Callable[[int, Any], Array] | None,
+        output: Callable[[Array], Array],
         **options: Any,
-    ) -> tuple[Array, Array | None]:
+    ) -> Array:
         """Project ``inputs`` (q, k, v) with the Dense layers ``names``, split the heads,
-        attend (``options``: epsilon, normalization, ...; ``offset``: rotate q and k from
-        that position) and merge the heads; returns the output and the broadcast mask."""
+        rotate q and k at ``rotary(length, index)`` (``index``: the cache index when
+        decoding, else None), with ``decode`` write k and v into the cache and attend to
+        it, attend (``options``: epsilon, normalization, ...), merge the heads; the queries
+        that see no key give zeros (``output`` is applied to the merged heads first)."""
+        config = _performer.settings({name: getattr(self, name) for name in _PERFORMER_FIELDS})
+        window, block_size = attention_window(self.window, self.block_size)
+        _performer.refuse_conflicts(type(self).__name__, config, window=window)
+        if decode and config.use:
+            _performer.refuse_decode(type(self).__name__)
         q, k, v = (
             _flax.split_heads(self._dense(features, name)(t), self.num_heads, normalize)
             for t, name, normalize in zip(inputs, names, (self.normalize_qk,) * 2 + (False,))
         )
         alpha = self._alpha(self.constant_alpha)
         q, k, v = _promote((q, k, v), dtype=self.dtype)
-        window, block_size = attention_window(self.window, self.block_size)
-        offset = options.pop("offset", None)
-        if offset is not None:
-            q, k = _flax.rotate(q, offset, self.theta), _flax.rotate(k, offset, self.theta)
-        mask = _flax.head_mask(mask, q, k)
+        index = self._cache_index(q, k, v) if decode else None
+        if rotary is not None:
+            positions = rotary(q.shape[-3], index)
+            q, k = (_flax.rotate(t, None, self.theta, positions) for t in (q, k))
+        masked = mask is not None
         rate = check_rate(self.dropout_rate)
         rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
-        options.update(window=window, block_size=block_size)
+        if config.use:
+            # a key-padding mask (..., H, 1, Lk) as it is (the core refuses any other)
+            projection = self._performer_projection(config, q.shape[-1])
+            x = _flax.performer_attention(
+                q, k, v, mask, config, projection, dropout_rng=rng, dropout_rate=rate,
+                alpha=alpha, epsilon=options["epsilon"],
+            )  # fmt: skip
+            x = output(x.reshape(x.shape[:-2] + (features,)))
+            return _flax.zero_keyless(x, mask, None, k.shape[-3])
+        causal = config.causal and index is None  # decoding is causal through its mask
+        if index is not None:
+            k, v, visible = self._write_cache(k, v, index, window)
+            mask = _flax.head_mask(mask, q, k)
+            mask = visible if mask is None else restrict_mask(mask, visible)
+            window = None  # its left side is in the decode mask; its right side: causal
+        else:
+            mask = _flax.head_mask(mask, q, k)
+        options.update(window=window, block_size=block_size, causal=causal)
         x = _flax.attend(q, k, v, mask, dropout_rng=rng, dropout_rate=rate, alpha=alpha, **options)
-        return x.reshape(x.shape[:-2] + (features,)), mask
+        x = output(x.reshape(x.shape[:-2] + (features,)))
+        # decoding without a mask: each query sees its own slot at least
+        window = merge_windows(causal, window)
+        return _flax.zero_keyless(x, mask if masked else None, window, k.shape[-3])
 
-    def _zero_keyless(self, out: Array, mask: Array | None, lk: int) -> Array:
-        """``out`` with the queries that see no key (``mask``, ``window``) zeroed."""
-        return _flax.zero_keyless(out, mask, attention_window(self.window, None)[0], lk)
+    def _performer_projection(self, config: Any, head_dim: int) -> dict[str, Array]:
+        """The projection in the ``"performer"`` collection (``perf_<key>``): drawn by
+        ``init`` (seeded from the ``"params"`` rng), read by ``apply``."""
+        names = {key: f"perf_{key}" for key in config.keys}
+        if not all(self.has_variable("performer", name) for name in names.values()):
+            if not self.is_mutable_collection("performer"):
+                raise ValueError(
+                    f"{type(self).__name__}(use_performer=True) needs its 'performer' "
+                    "collection: apply the variables that init returned (not only 'params')"
+                )
+            drawn = _flax.performer_projection(
+                config, head_dim, self.make_rng("params"), self.epsilon, self.param_dtype
+            )
+            for key, name in names.items():
+                self.put_variable("performer", name, drawn[key])
+        return {key: self.get_variable("performer", name) for key, name in names.items()}
+
+    def _cache_index(self, q: Array, k: Array, v: Array) -> Array | None:
+        """The cache variables (made zeroed, index 0, by ``init`` with ``decode=True``,
+        shaped as its keys and values ``(*batch, max_length, H, d)``) and, once they exist,
+        the index where the new tokens go, after checking that they fit; None while
+        initialising."""
+        made = self.has_variable("cache", "cached_key")
+        if not made and not self.is_initializing():
+            raise ValueError(
+                f"{type(self).__name__}: decode=True needs the 'cache' collection: create it "
+                "with init(..., decode=True) on inputs of shape (*batch, max_length, "
+                "features), then apply(..., decode=True, mutable=['cache'])"
+            )
+        if not made:
+            self.put_variable("cache", "cached_key", jnp.zeros(k.shape, k.dtype))
+            self.put_variable("cache", "cached_value", jnp.zeros(v.shape, v.dtype))
+            self.put_variable("cache", "cache_index", jnp.array(0, dtype=jnp.int32))
+            return None
+        index = self.get_variable("cache", "cache_index")
+        cached = self.get_variable("cache", "cached_key")
+        *batch, max_length, heads, depth = cached.shape
+        length = q.shape[-3]
+        expected = (*batch, length, heads, depth)
+        if q.shape != expected or k.shape != expected:
+            raise ValueError(
+                f"decode=True: the new tokens give queries of shape {q.shape} and keys of "
+                f"shape {k.shape}; the cache (cached_key of shape {cached.shape}) needs "
+                f"{expected}: the batch of init and as many keys as queries"
+            )
+        full = functools.partial(_check_cache_room, length=length, max_length=max_length)
+        if isinstance(index, jax.core.Tracer):
+            # fail before the write, eagerly or (through a callback) under jax.jit
+            jax.debug.callback(full, index, ordered=True)
+        else:
+            full(index)
+        return index
+
+    def _write_cache(self, k: Array, v: Array, index: Array, window: Any) -> tuple:
+        """Write ``k``, ``v`` ``(*batch, L, H, d)`` at slot ``index`` and advance the index;
+        returns the cached keys and values and the slots each query sees, ``(*batch, 1, L,
+        max_length)``."""
+        zero = jnp.zeros((), index.dtype)  # one integer type for every start index
+        start = (zero,) * (k.ndim - 3) + (index, zero, zero)
+        cached = []
+        for name, new in (("cached_key", k), ("cached_value", v)):
+            old = self.get_variable("cache", name)
+            cached.append(lax.dynamic_update_slice(old, new.astype(old.dtype), start))
+            self.put_variable("cache", name, cached[-1])
+        length, max_length = k.shape[-3], cached[0].shape[-3]
+        self.put_variable("cache", "cache_index", index + length)
+        visible = decode_visibility(index, length, max_length, window, k)
+        visible = jnp.broadcast_to(visible, k.shape[:-3] + (1, length, max_length))
+        return cached[0].astype(k.dtype), cached[1].astype(v.dtype), visible
+
+
+def _check_cache_room(index: Any, length: int, max_length: int) -> None:
+    """ValueError when ``length`` new tokens at ``index`` overflow the cache."""
+    if int(index) + length > max_length:
+        raise ValueError(
+            f"decode=True: the cache is full: max_length={max_length}, index={int(index)}, "
+            f"L={length} new tokens; start again from the cache of init"
+        )
 
 
 class MultiHeadAttention(_AttentionMixin, nn.Module):
@@ -468,6 +599,20 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
     normalization: str = "softmax"
     window: Any = None
     block_size: Any = "auto"
+    decode: bool = False
+    use_performer: bool = False
+    performer_kind: str = "slay"
+    num_anchor_features: int = 16
+    num_prf_features: int = 8
+    num_quad_nodes: int = 1
+    performer_num_features: int = 256
+    performer_bias: float = 1.0
+    performer_nmax: int = 40
+    performer_sketch_m: int = 128
+    performer_num_radial: int = 8
+    performer_radial_dim: int = 64
+    causal: bool = False
+    performer_normalize: bool = True
 
     @nn.compact
     def __call__(
@@ -477,10 +622,17 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
         inputs_v: Array | None = None,
         mask: Array | None = None,
         deterministic: bool = True,
+        decode: bool | None = None,
     ) -> Array:
         """``inputs_q (*batch, Lq, in)`` -> ``(*batch, Lq, out_features)``; ``mask``
         broadcastable to ``(*batch, H, Lq, Lk)``: boolean (True = attend) or floating
-        (additive, -inf hides a key; softmax only)."""
+        (additive, -inf hides a key; softmax only).
+
+        ``decode`` (the call's, else the field): ``init`` makes the ``"cache"`` collection
+        from inputs ``(*batch, max_length, in)``; ``apply(..., mutable=["cache"])`` then
+        writes the ``L`` new tokens (``Lk = Lq``) at the cache index, which advances by
+        ``L``, and query ``t`` attends to the slots ``0 .. index + t`` (and the left side
+        of ``window``); ``mask`` is then broadcastable to ``(*batch, H, L, max_length)``."""
         if self.normalization not in ("softmax", "l1"):
             raise ValueError(
                 f"normalization must be either 'softmax' or 'l1', got {self.normalization!r}"
@@ -492,18 +644,19 @@ class MultiHeadAttention(_AttentionMixin, nn.Module):
             raise ValueError(
                 f"qkv_features ({qkv}) must be divisible by num_heads ({self.num_heads})."
             )
-        x, mask = self._attention(
+        return self._attention(
             (inputs_q, inputs_k, inputs_v),
             ("query", "key", "value"),
             qkv,
             mask,
             deterministic,
+            self.decode if decode is None else decode,
+            None,
+            lambda x: self._dense(self.out_features or qkv, "out")(x),  # after q, k, v
             epsilon=self.epsilon,
             spherical=self.spherical,
             normalization=self.normalization,
         )
-        out = self._dense(self.out_features or qkv, "out")(x)
-        return self._zero_keyless(out, mask, inputs_k.shape[-2])
 
 
 MultiHeadYatAttention = MultiHeadAttention
@@ -552,6 +705,20 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
     alpha_init: Any = _ones
     window: Any = None
     block_size: Any = "auto"
+    decode: bool = False
+    use_performer: bool = False
+    performer_kind: str = "slay"
+    num_anchor_features: int = 16
+    num_prf_features: int = 8
+    num_quad_nodes: int = 1
+    performer_num_features: int = 256
+    performer_bias: float = 1.0
+    performer_nmax: int = 40
+    performer_sketch_m: int = 128
+    performer_num_radial: int = 8
+    performer_radial_dim: int = 64
+    causal: bool = False
+    performer_normalize: bool = True
 
     @nn.compact
     def __call__(
@@ -560,33 +727,59 @@ class RotaryYatAttention(_AttentionMixin, nn.Module):
         mask: Array | None = None,
         deterministic: bool = True,
         position_offset: int = 0,
+        decode: bool | None = None,
+        positions: Array | None = None,
     ) -> Array:
         """``x (B, L, embed_dim)`` -> ``(B, L, embed_dim)``; ``mask`` broadcastable to
-        ``(B, H, L, L)``."""
+        ``(B, H, L, L)``.
+
+        RoPE turns q and k at ``positions`` (an integer array of shape ``(L,)``, passed to
+        :func:`nmn_array.rotary_embedding` as it is), else at ``position_offset + t``, or
+        when decoding at ``index + t``. ``decode``: as :class:`MultiHeadAttention`'s; the
+        cache keeps the rotated keys, and ``init`` on ``max_length`` tokens checks
+        ``max_length <= max_seq_len``."""
         if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 2:
             raise ValueError(
                 f"embed_dim ({self.embed_dim}) must split into {self.num_heads} heads of even size"
             )
-        if position_offset + x.shape[1] > self.max_seq_len:
+        decode = self.decode if decode is None else decode
+        if decode and position_offset and not self.is_initializing():
+            raise ValueError(
+                f"decode=True takes the positions from the cache index; got "
+                f"position_offset={position_offset} (pass positions= to override them)"
+            )
+
+        def rotary(length: int, index: Any) -> Array:
+            """The RoPE positions, checked against max_seq_len when they are 1-D."""
+            if positions is not None:
+                return explicit_positions(positions, position_offset, self.max_seq_len)
+            start = position_offset if index is None else index
+            return jnp.asarray(start, jnp.int32) + jnp.arange(length, dtype=jnp.int32)
+
+        if positions is None and position_offset + x.shape[1] > self.max_seq_len:
+            # decoding: init on max_length tokens checked it
             raise ValueError(
                 f"position_offset + seq_len = {position_offset + x.shape[1]} exceeds "
                 f"max_seq_len={self.max_seq_len}"
             )
-        out, mask = self._attention(
+
+        def o_proj(out: Array) -> Array:  # made after q, k and v, as before
+            return self._dense(self.embed_dim, "o_proj")(out) if self.use_out_proj else out
+
+        return self._attention(
             (x, x, x),
             ("q_proj", "k_proj", "v_proj"),
             self.embed_dim,
             mask,
             deterministic,
-            offset=position_offset,
+            decode,
+            rotary,
+            o_proj,
             epsilon=self._epsilon(),
             spherical=False,
             normalization=self.normalization,
             power=self.power,
         )
-        if self.use_out_proj:
-            out = self._dense(self.embed_dim, "o_proj")(out)
-        return self._zero_keyless(out, mask, x.shape[-2])
 
 
 # --------------------------------------------------------------------------------------

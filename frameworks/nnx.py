@@ -35,8 +35,25 @@ name; the arguments the layers share mean the same in each:
   dtype, float64 stays float64 (Decision 3); ``precision``: as
   ``jax.default_matmul_precision``.
 - Decision 13, non-default values raise NotImplementedError: ``dot_general``,
-  ``conv_general_dilated``, ``use_performer``, ``causal``; only checked or kept:
-  ``performer_*``, ``num_*_features``, ``num_quad_nodes``, ``*_dot_general*``.
+  ``conv_general_dilated``; only kept: ``*_dot_general*``.
+- Attention ``causal`` (both classes; nmn: performer only): key ``j`` is visible to query
+  ``i`` iff ``j <= i + Lk - Lq``, combined with any ``mask`` (decoding is causal anyway).
+- Attention ``use_performer`` (both classes), ``performer_kind`` ("slay", "maclaurin",
+  "radial"), ``num_anchor_features``, ``num_prf_features``, ``num_quad_nodes``
+  (SLAY), ``performer_num_features``, ``performer_nmax`` (MAY), ``performer_sketch_m``,
+  ``performer_num_radial``, ``performer_radial_dim`` (RAY), ``performer_bias`` (MAY, RAY),
+  ``performer_normalize``: linear-time attention,
+  :func:`nmn_array.linear_attention.performer_attention` of the heads after the
+  projections, ``normalize_qk`` and RoPE, its output times alpha (learnable or constant,
+  as nmn's NNX), dropout on that output; ``mask`` must then be a key-padding mask
+  ``(..., H, 1, Lk)``, ``decode``, ``window``, ``attention_fn`` and ``sow_weights`` are
+  refused. The projection is drawn once at construction by NumPy, seeded from
+  ``rngs.params()`` (Rotary: where nmn draws it, before the projections; MHA: after them),
+  and held in :class:`PerformerProjection` variables ``perf_<key>`` (SLAY: ``perf_anchors``,
+  ``perf_projections``, ``perf_quad_nodes``, ``perf_quad_weights``, nmn's names; MAY:
+  ``perf_omegas``, ``perf_degrees``, ``perf_Z``; RAY: ``perf_W1``, ``perf_W2``,
+  ``perf_omegas``, ``perf_phases``, ``perf_coef``, ``perf_bias``), which ``nnx.state`` and
+  checkpoints carry and ``nnx.Param`` filters (optimisers) skip.
 - ``rngs``: the ``nnx.Rngs`` the variables are drawn from, in nmn's order.
 - ``window``, ``block_size`` (attention, keyword; not in nmn): local attention
   ``(left, right)`` and the tiling, as :func:`nmn_array.yat_attention` (the materialised
@@ -69,7 +86,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from nmn_array.frameworks import _attention_api as _api
-from nmn_array.frameworks import _flax
+from nmn_array.frameworks import _flax, _performer
 from nmn_array.frameworks._common import (
     KernelBanks,
     alpha_config,
@@ -77,6 +94,8 @@ from nmn_array.frameworks._common import (
     bias_config,
     check_epsilon,
     check_rate,
+    decode_visibility,
+    explicit_positions,
     reject_nondefault,
     require,
     restrict_mask,
@@ -86,6 +105,7 @@ from nmn_array.frameworks._common import (
 
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid
+from nmn_array._attention_blocks import merge_windows
 from nmn_array._validation import check_floor
 
 jax = require("jax")
@@ -107,6 +127,7 @@ __all__ = [
     "FrozenParam",
     "MultiHeadAttention",
     "MultiHeadYatAttention",
+    "PerformerProjection",
     "RotaryYatAttention",
     "YatConv",
     "YatConv1D",
@@ -153,7 +174,6 @@ default_bias_init = _initializers.zeros_init()
 default_alpha_init = _initializers.ones_init()
 default_embed_init = _linear.default_embed_init
 
-_PERFORMER = "linear-time (performer) attention is Decision 13; pass a causal mask instead"
 #: Arguments accepted for nmn's signatures that only their default may take: (default, why).
 _UNSUPPORTED = {
     "dot_general": (lax.dot_general, "the product is computed by nmn_array.yat"),
@@ -161,8 +181,6 @@ _UNSUPPORTED = {
         lax.conv_general_dilated,
         "the convolution is computed by nmn_array.yat_conv",
     ),
-    "use_performer": (False, _PERFORMER),
-    "causal": (False, _PERFORMER),
 }
 _RATES = ("drop_rate", "dropconnect_rate", "dropout_rate")
 #: YatNMN's compute_mode values (its docstring says what each means).
@@ -196,6 +214,18 @@ class FrozenParam(nnx.Variable):
     --------
     >>> import jax.numpy as jnp
     >>> FrozenParam(jnp.zeros(2))[...].shape
+    (2,)
+    """
+
+
+class PerformerProjection(nnx.Variable):
+    """A performer projection array (``use_performer``): in ``nnx.state`` and checkpoints,
+    not in ``nnx.state(model, nnx.Param)``, so optimisers leave it fixed.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> PerformerProjection(jnp.zeros(2))[...].shape
     (2,)
     """
 
@@ -661,6 +691,59 @@ def _raise_cache_full(index: Array, max_length: int) -> None:
 class _Attention(_Layer):
     """What the attention layers share: projections, the key/value cache, the yat call."""
 
+    def _setup_performer(self, args: dict[str, Any], rngs: nnx.Rngs) -> None:
+        """The performer settings (and ``causal``); with ``use_performer``, the projection
+        seeded from ``rngs.params()`` into :class:`PerformerProjection` variables."""
+        layer, attention_fn = type(self).__name__, args.get("attention_fn")
+        self._performer = _performer.settings(args)
+        self.performer_kind = self._performer.kind
+        _performer.refuse_conflicts(
+            layer, self._performer, window=self.window, attention_fn=attention_fn
+        )
+        if self._performer.causal and attention_fn is not None:
+            raise ValueError(
+                f"{layer}: causal=True applies to nmn_array's attention: it needs "
+                "attention_fn=None (pass a causal mask to a custom attention_fn)"
+            )
+        if not self._performer.use:
+            return
+        projection = _flax.performer_projection(
+            self._performer, self.head_dim, rngs.params(), self.epsilon, self.param_dtype
+        )
+        for key in self._performer.keys:
+            setattr(self, f"perf_{key}", PerformerProjection(projection[key]))
+
+    def _performer_attend(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        mask: Array | None,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None,
+        sow_weights: bool,
+        **_: Any,
+    ) -> Array:
+        """Performer attention on head-split ``(..., L, H, d)`` arrays, dropout on its
+        output (the exact path's options, ``_``, do not apply)."""
+        if sow_weights:
+            raise ValueError(
+                f"{type(self).__name__}: sow_weights=True needs attention weights, which "
+                "use_performer=True never computes"
+            )
+        q, k, v = _dtypes.promote_dtype((q, k, v), dtype=self.dtype)
+        rng = None
+        if self.dropout_rate > 0.0 and not deterministic:
+            if rngs is None:
+                raise ValueError("'rngs' must be provided for dropout.")
+            rng = rngs.dropout()
+        projection = {key: getattr(self, f"perf_{key}")[...] for key in self._performer.keys}
+        return _flax.performer_attention(
+            q, k, v, mask, self._performer, projection, dropout_rng=rng,
+            dropout_rate=self.dropout_rate, precision=self.precision, **self._scalars(),
+        )  # fmt: skip
+
     def _linear(self, in_features: Any, out_features: int, rngs: nnx.Rngs, **kwargs: Any) -> Any:
         settings = dict(
             dtype=self.dtype,
@@ -682,12 +765,17 @@ class _Attention(_Layer):
             else:
                 setattr(self, name, nnx.Cache(jnp.zeros(shape, dtype)))
 
+    def reset_cache(self) -> None:
+        """Empty the key/value cache (zeros, index 0) to decode a new sequence."""
+        if self.cached_key is None or self.cached_value is None or self.cache_index is None:
+            raise ValueError("Autoregressive cache not initialized, call `init_cache` first.")
+        for cache in (self.cached_key, self.cached_value, self.cache_index):
+            cache[...] = jnp.zeros_like(cache[...])
+
     def _decode_step(self, q: Array, k: Array, v: Array, mask: Array | None) -> tuple:
         """Write one token's ``k``, ``v`` ``(*batch, 1, H, d)`` into the cache (applied by the
         caller after the call, through the returned ``pending`` triple); the query sees the
         cached positions ``0..index``."""
-        if self.cached_key is None or self.cached_value is None or self.cache_index is None:
-            raise ValueError("Autoregressive cache not initialized, call `init_cache` first.")
         *batch, max_length, heads, depth = self.cached_key[...].shape
         expected = tuple(batch) + (1, heads, depth)
         for name, t in (("query", q), ("key", k), ("value", v)):
@@ -709,12 +797,9 @@ class _Attention(_Layer):
         v = lax.dynamic_update_slice(
             self.cached_value[...], v.astype(self.cached_value.dtype), start
         )
-        visible = jnp.arange(max_length) <= index
-        left = None if self.window is None else self.window[0]
-        if left is not None:
-            # the window around the query at the cache index (the core's end alignment
-            # would place it at the end of the cache)
-            visible = jnp.logical_and(visible, jnp.arange(max_length) >= index - left)
+        # the window around the query at the cache index (the core's end alignment would
+        # place it at the end of the cache)
+        visible = decode_visibility(index, 1, max_length, self.window, k)
         mask = restrict_mask(mask, jnp.broadcast_to(visible, tuple(batch) + (1, 1, max_length)))
         return k, v, mask, (k, v, index + 1)
 
@@ -724,31 +809,41 @@ class _Attention(_Layer):
         inputs: tuple,
         mask: Array | None,
         decode: bool,
-        offset: Any,
+        rotate: Callable[[Array, Any], Array] | None,
         attention: Callable[..., Array],
         output: Callable[[Array], Array],
     ) -> Array:
         """The attention: ``projections`` of ``inputs`` split into heads (q and k normalised
-        with ``normalize_qk``), one step over the cache with ``decode``, RoPE from position
-        ``offset`` (None: none), ``attention(q, k, v, mask=...)``, ``output`` of that with
-        the queries that see no key zeroed, and the cache written."""
+        with ``normalize_qk``), ``rotate(t, cache index or None)`` of q and k (None: no RoPE),
+        one step over the cache with ``decode``, ``attention(q, k, v, mask=...)``, ``output``
+        of that with the queries that see no key zeroed, and the cache written."""
+        performer = self._performer.use
+        if decode and performer:
+            _performer.refuse_decode(type(self).__name__)
         q, k, v = (
             _flax.split_heads(project(t), self.num_heads, normalize and self.normalize_qk)
             for project, t, normalize in zip(projections, inputs, (True, True, False))
         )
-        pending, key_offset = None, offset
+        pending, index = None, None
+        if decode:
+            if self.cached_key is None or self.cached_value is None or self.cache_index is None:
+                raise ValueError("Autoregressive cache not initialized, call `init_cache` first.")
+            index = self.cache_index[...]
+        if rotate is not None:
+            # the cache keeps keys rotated at their own positions
+            q, k = rotate(q, index), rotate(k, index)
         if decode:
             k, v, mask, pending = self._decode_step(q, k, v, mask)
-            # the query at the cache index; the cached (un-rotated) keys from position 0
-            offset, key_offset = (None, None) if offset is None else (pending[2] - 1, 0)
-        if offset is not None:
-            q, k = self._rotate(q, offset), self._rotate(k, key_offset)
-        mask = _flax.head_mask(mask, q, k)
-        # decoding applies the window in the cache mask above
+        if not performer:  # the performer takes key-padding masks (..., H, 1, Lk) as they are
+            mask = _flax.head_mask(mask, q, k)
+        # decoding applies the window and causality in the cache mask above
         window = None if decode else self.window
+        causal = self._performer.causal and not decode and not performer
         options = {} if window is None else {"window": window}
+        if causal:
+            options["causal"] = True
         out = output(attention(q, k, v, mask=mask, **options))
-        out = _flax.zero_keyless(out, mask, window, k.shape[-3])
+        out = _flax.zero_keyless(out, mask, merge_windows(causal, window), k.shape[-3])
         if pending is not None:
             self.cached_key[...], self.cached_value[...], self.cache_index[...] = pending
         return out
@@ -861,6 +956,19 @@ class MultiHeadAttention(_Attention):
         spherical: bool = False,
         window: tuple[int | None, int | None] | None = None,
         block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
     ) -> None:
         qkv_features = in_features if qkv_features is None else qkv_features
         out_features = in_features if out_features is None else out_features
@@ -889,6 +997,8 @@ class MultiHeadAttention(_Attention):
             kernel_init=out_kernel_init or kernel_init,
             bias_init=out_bias_init or bias_init,
         )
+        # after the projections: their weights are the exact module's of the same seed
+        self._setup_performer(locals(), rngs)
         self._cache(None)
 
     def __call__(
@@ -931,7 +1041,7 @@ class MultiHeadAttention(_Attention):
             "as either a __call__ argument, class attribute, or nnx.flag.",
         )
         attention: Callable[..., Array] = functools.partial(
-            self._attend,
+            self._performer_attend if self._performer.use else self._attend,
             deterministic=deterministic,
             rngs=rngs,
             sow_weights=sow_weights,
@@ -1004,8 +1114,10 @@ class RotaryYatAttention(_Attention):
     ``theta``) of q and k at positions ``position_offset + t`` (up to ``max_seq_len``);
     ``normalization`` 'softmax', 'softermax' (``use_softermax``) or 'l1' of the scores to
     ``power``; ``normalize_qk``: ``q / max(|q|, 1e-12)`` (Decision 2; nmn: a LayerNorm);
-    ``decode=True`` (after :meth:`init_cache`): one token over the cache. Other arguments:
-    :class:`MultiHeadAttention`, the module docstring (``performer_kind`` is checked).
+    ``decode=True`` (after :meth:`init_cache`): one token over the cache; ``causal`` and
+    ``use_performer`` (its projection drawn before the projections' kernels, as nmn draws
+    it, so one ``nnx.Rngs`` seed gives nmn's kernels): the module docstring. Other
+    arguments: :class:`MultiHeadAttention`.
 
     Examples
     --------
@@ -1059,11 +1171,6 @@ class RotaryYatAttention(_Attention):
         block_size: int | str | None = "auto",
     ) -> None:
         window, block_size = attention_window(window, block_size)
-        if performer_kind not in ("slay", "maclaurin", "radial"):
-            raise ValueError(
-                "performer_kind must be one of 'slay', 'maclaurin', 'radial', "
-                f"got {performer_kind!r}."
-            )
         normalization = "softermax" if use_softermax else normalization
         if normalization not in ("softmax", "softermax", "l1"):
             raise ValueError(
@@ -1077,13 +1184,16 @@ class RotaryYatAttention(_Attention):
         self.head_dim = embed_dim // num_heads
         if self.head_dim % 2:
             raise ValueError(f"head_dim ({self.head_dim}) must be even for RoPE.")
+        self._setup_performer(locals(), rngs)  # drawn where nmn draws it: before q, k, v
         self.q_proj, self.k_proj, self.v_proj = (
             self._linear(embed_dim, embed_dim, rngs) for _ in range(3)
         )
         self.o_proj = self._linear(embed_dim, embed_dim, rngs) if use_out_proj else nnx.data(None)
         self._cache(None)
 
-    def _rotate(self, t: Array, offset: Any) -> Array:
+    def _rotate(self, t: Array, offset: Any, positions: Array | None) -> Array:
+        if positions is not None:
+            return _flax.rotate(t, None, self.theta, positions)
         if not isinstance(offset, jax.core.Tracer) and int(offset) + t.shape[1] > self.max_seq_len:
             raise ValueError(
                 f"Rotary frequencies were precomputed for max_seq_len={self.max_seq_len}, "
@@ -1099,14 +1209,19 @@ class RotaryYatAttention(_Attention):
         deterministic: bool = True,
         decode: bool = False,
         position_offset: int = 0,
+        positions: Array | None = None,
         rngs: nnx.Rngs | None = None,
         sow_weights: bool = False,
     ) -> Array:
-        """``x (B, L, E)`` -> ``(B, L, E)``; ``mask`` broadcastable to ``(B, H, L, Lk)``."""
+        """``x (B, L, E)`` -> ``(B, L, E)``; ``mask`` broadcastable to ``(B, H, L, Lk)``.
+
+        RoPE at ``positions``, integers ``(L,)`` or 2-D ``(..., L, 2)`` (row, column), when
+        given; otherwise at ``position_offset + t``, or at the cache index with ``decode``.
+        """
         if decode and x.shape[1] != 1:
             raise ValueError(f"Autoregressive decode expects one token, got seq_len={x.shape[1]}.")
         attention = functools.partial(
-            self._attend,
+            self._performer_attend if self._performer.use else self._attend,
             deterministic=deterministic,
             rngs=rngs,
             sow_weights=sow_weights,
@@ -1118,8 +1233,14 @@ class RotaryYatAttention(_Attention):
             out = out.reshape(x.shape[:-1] + (self.embed_dim,))
             return out if self.o_proj is None else self.o_proj(out)
 
+        if positions is not None:
+            positions = explicit_positions(positions, position_offset, self.max_seq_len)
+
+        def rotate(t: Array, index: Array | None) -> Array:
+            return self._rotate(t, position_offset if index is None else index, positions)
+
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        return self._run(projections, (x, x, x), mask, decode, position_offset, attention, output)
+        return self._run(projections, (x, x, x), mask, decode, rotate, attention, output)
 
     def init_cache(self, batch_size: int, max_length: int, dtype: Dtype = jnp.float32) -> None:
         """Create the key/value cache for ``decode=True``."""

@@ -49,7 +49,9 @@ from nmn_array.frameworks._keras_tf import (
     YatAttentionShell,
     YatConvShell,
     YatParams,
+    check_cache_room,
     declare,
+    projection_storage,
     settings,
 )
 
@@ -64,7 +66,7 @@ __all__ = PUBLIC
 # The keras.ops names the shared code in _keras_tf.py uses, as TensorFlow functions.
 _OPS = types.SimpleNamespace(
     **{name: getattr(tf, name) for name in "broadcast_to expand_dims reshape shape".split()},
-    **{name: getattr(tf, name) for name in "transpose where zeros_like".split()},
+    **{name: getattr(tf, name) for name in "cast transpose where zeros_like".split()},
     any=tf.reduce_any,
     softplus=tf.nn.softplus,
 )
@@ -368,7 +370,89 @@ class YatEmbed(YatParams, _Module):
 
 
 # --- attention -----------------------------------------------------------------------
-class MultiHeadYatAttention(YatAttentionShell, _Module):
+def _numpy_seed() -> int:
+    """The NumPy seed of a performer projection: a draw from TensorFlow's global generator
+    (reproduced by ``tf.random.set_seed``)."""
+    return int(tf.random.uniform((), maxval=2**31 - 1, dtype=tf.int64))
+
+
+class _Attention(YatAttentionShell, _Module):
+    """What the attention modules share: dropout and the key/value cache's variables
+    (non-trainable ``cache_key``, ``cache_value`` ``(batch, heads, max_length, head_dim)``
+    and ``cache_index`` (int32), made by :meth:`init_cache`, eagerly)."""
+
+    is_built = False
+
+    def _dropout(self, weights: Any) -> Any:
+        return tf.nn.dropout(weights, rate=self.dropout)
+
+    def _build_performer(self, s: dict[str, Any]) -> None:
+        """The performer settings and, with ``use_performer``, its projection as
+        non-trainable variables ``performer_<key>`` (NumPy seed: a ``tf.random`` draw)."""
+        arrays = self._init_performer(s, _numpy_seed)
+        if arrays is not None:
+            storage = tf.as_dtype(projection_storage(self.dtype))
+            self.performer_projection = {
+                key: tf.Variable(
+                    tf.constant(array, dtype=tf.int32 if key == "degrees" else storage),
+                    trainable=False,
+                    name=f"performer_{key}",
+                )
+                for key, array in arrays.items()
+            }
+
+    def _kernels(self, input_dim: int, rows: Sequence[int]) -> None:
+        """q/k/v kernels ``(rows, embed_dim)``, the biases, the output projection."""
+        std = math.sqrt(2.0 / (int(input_dim) + self.embed_dim))
+
+        def kernel(name: str, rows: int) -> Any:
+            init = tf.random.normal((int(rows), self.embed_dim), stddev=std, dtype=self.dtype)
+            return tf.Variable(init, name=name)
+
+        self._build_projections(kernel, rows)
+        self.is_built = True
+
+    def _cache_variables(self, shape: tuple[int, ...], dtype: Any) -> None:
+        dtype = self.dtype if dtype is None else tf.as_dtype(dtype)
+        with self.name_scope:
+            zeros = tf.zeros(shape, dtype)
+            self.cache_key = tf.Variable(zeros, trainable=False, name="cache_key")
+            self.cache_value = tf.Variable(zeros, trainable=False, name="cache_value")
+            index = tf.zeros((), tf.int32)
+            self.cache_index = tf.Variable(index, trainable=False, name="cache_index")
+
+    @staticmethod
+    def _assign(variable: Any, value: Any) -> None:
+        variable.assign(value)
+
+    @staticmethod
+    def _update_slice(array: Any, start: list, update: Any) -> Any:
+        # the slots start..start+L of axis 2, by a scatter (works traced, and under XLA)
+        length = update.shape[2]
+        slots = tf.range(length, dtype=tf.int32) + tf.cast(start[2], tf.int32)
+        moved = tf.tensor_scatter_nd_update(
+            tf.transpose(array, (2, 0, 1, 3)),
+            tf.reshape(slots, (length, 1)),
+            tf.transpose(update, (2, 0, 1, 3)),
+        )
+        return tf.transpose(moved, (1, 2, 0, 3))
+
+    @staticmethod
+    def _positions(start: Any, length: int) -> Any:
+        return tf.range(length, dtype=tf.int32) + tf.cast(start, tf.int32)
+
+    @staticmethod
+    def _check_room(index: Any, length: int, max_length: int) -> None:
+        if tf.executing_eagerly():
+            check_cache_room(index, length, max_length)
+        else:
+            tf.debugging.assert_less_equal(
+                index + length, max_length,
+                message=f"the key/value cache is full: max_length={max_length}, L={length}",
+            )  # fmt: skip
+
+
+class MultiHeadYatAttention(_Attention):
     """Multi-head attention whose scores are yat products of queries and keys.
 
     ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head, with
@@ -383,9 +467,36 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
     others (``use_bias``, ``use_out_proj``, ``epsilon``, ``dtype``, ``name``): module
     docstring.
 
-    ``__call__(query, key=None, value=None, mask=None, training=False)``: ``mask`` broadcasts
-    to ``(batch, heads, q_len, kv_len)``, boolean (True = attend) or floating (additive, added
-    to the scores; -inf hides a key); a query that sees no key outputs zeros.
+    ``__call__(query, key=None, value=None, mask=None, training=False, decode=False)``:
+    ``mask`` broadcasts to ``(batch, heads, q_len, kv_len)``, boolean (True = attend) or
+    floating (additive, added to the scores; -inf hides a key); a query that sees no key
+    outputs zeros. ``decode=True`` (after :meth:`init_cache`): the L new tokens are written
+    into the key/value cache at its index and attend causally to the cache
+    (``docs/frameworks/tf.md``); ``mask`` then broadcasts to ``(batch, heads, L,
+    max_length)``.
+
+    ``use_performer=True``: linear-time attention,
+    :func:`~nmn_array.linear_attention.performer_attention` of the projected heads (after
+    ``normalize_qk``), with the feature map ``performer_kind`` (``"slay"``:
+    ``num_anchor_features``, ``num_prf_features``, ``num_quad_nodes``; ``"maclaurin"``:
+    ``performer_num_features``, ``performer_nmax``, ``performer_bias``; ``"radial"``:
+    ``performer_sketch_m``, ``performer_num_radial``, ``performer_radial_dim``,
+    ``performer_bias``), the layer's ``epsilon``, and the output (not the scores) times
+    alpha; dropout on its output. The projection is drawn once, at construction, from
+    ``numpy.random.default_rng(s)``, ``s`` a draw from ``tf.random`` (which
+    ``tf.random.set_seed`` reproduces), and stored as non-trainable variables
+    ``performer_<key>`` in the dict ``performer_projection`` (nmn's keys: ``anchors``,
+    ``projections``, ``quad_nodes``, ``quad_weights`` / ``omegas``, ``degrees`` (int32),
+    ``Z`` / ``W1``, ``W2``, ``omegas``, ``phases``, ``coef``, ``bias``; float32 for 16-bit
+    layers), which ``tf.train.Checkpoint`` carries (``.../performer_projection/<key>``).
+    Masks must be key padding, broadcastable to ``(batch, heads, 1, kv_len)`` (others raise
+    the core's ValueError). ``decode=True``, ``window`` and ``learnable_epsilon`` raise
+    ValueError with it; ``normalization``, ``power`` and ``spherical`` apply to the exact
+    mode only. ``performer_normalize`` is accepted for nmn's signature: the feature maps
+    always normalise q and k (nmn's flag adds a normalisation before SLAY's).
+    ``causal=True``: key ``j`` is visible to query ``i`` only if ``j <= i``, in both modes;
+    in the exact mode (which nmn's modules lack) it is combined with any given mask, and
+    cross-attention aligns the last query with the last key.
 
     Examples
     --------
@@ -413,12 +524,26 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
         name: str | None = None,
         window: tuple[int | None, int | None] | None = None,
         block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
     ) -> None:
         self._setup(name, dtype)
-        self.dropout = self._init_attention(settings(locals()))
+        s = settings(locals())
+        self.dropout = self._init_attention(s)
         with self.name_scope:
             self._build_alpha()
-        self.is_built = False
+            self._build_performer(s)
 
     @tf.Module.with_name_scope
     def build(
@@ -429,14 +554,7 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
             return
         key_dim = input_dim if key_dim is None else key_dim
         value_dim = key_dim if value_dim is None else value_dim
-        std = math.sqrt(2.0 / (int(input_dim) + self.embed_dim))
-
-        def kernel(name: str, rows: int) -> Any:
-            init = tf.random.normal((int(rows), self.embed_dim), stddev=std, dtype=self.dtype)
-            return tf.Variable(init, name=name)
-
-        self._build_projections(kernel, (input_dim, key_dim, value_dim))
-        self.is_built = True
+        self._kernels(input_dim, (input_dim, key_dim, value_dim))
 
     @tf.Module.with_name_scope
     def __call__(
@@ -446,17 +564,16 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
         value: Any = None,
         mask: Any = None,
         training: bool = False,
+        decode: bool = False,
     ) -> Any:
         key = query if key is None else key
         value = key if value is None else value
         query, key, value = (_as_input(t, self.dtype) for t in (query, key, value))
+        mask = None if mask is None else tf.convert_to_tensor(mask)
         if not self.is_built:
             self.build(int(query.shape[-1]), int(key.shape[-1]), int(value.shape[-1]))
         dropout = self._dropout if training and self.dropout > 0 else None
-        return self._attend(query, key, value, mask, self._alpha_arg(), dropout)
-
-    def _dropout(self, weights: Any) -> Any:
-        return tf.nn.dropout(weights, rate=self.dropout)
+        return self._attend(query, key, value, mask, self._alpha_arg(), dropout, decode=decode)
 
     def export(
         self,
@@ -483,6 +600,114 @@ class MultiHeadYatAttention(YatAttentionShell, _Module):
             specs["mask"] = mask_signature
         inference = functools.partial(self.__call__, training=False)
         _save(self, export_dir, serving_default=(inference, specs))
+
+
+class RotaryYatAttention(_Attention):
+    """Multi-head yat attention with rotary position embeddings (RoPE, interleaved pairs),
+    as the torch, NNX and Linen ``RotaryYatAttention`` (nmn.tf has none).
+
+    Self-attention of ``x (batch, L, embed_dim)``: projections ``q_kernel``/``k_kernel``/
+    ``v_kernel``/``out_kernel`` ``(embed_dim, embed_dim)`` (``(in, out)``: torch's
+    ``q_proj.weight`` transposed) from ``N(0, 1 / embed_dim)`` on the first call, biases
+    ``q_bias`` ... ``out_bias`` ``(embed_dim,)`` when ``use_bias`` (default off), ``alpha``
+    ``(1,)``, ``epsilon_param`` ``(1,)`` when ``learnable_epsilon``; q and k rotated by
+    :func:`nmn_array.rotary_embedding` (``theta``) after ``normalize_qk``;
+    ``normalization`` ``"softmax"``, ``"softermax"`` (``use_softermax``) or ``"l1"`` of the
+    scores to ``power``; ``embed_dim / num_heads`` must be even. Other arguments as
+    :class:`MultiHeadYatAttention` (``use_performer``
+    and ``causal`` too; RoPE before the performer's features).
+
+    ``__call__(x, mask=None, position_offset=0, positions=None, training=False,
+    decode=False)``: positions ``position_offset + t`` (up to ``max_seq_len``), or the
+    integer tensor ``positions`` (L,) as given; ``mask`` as for
+    :class:`MultiHeadYatAttention`. ``decode=True`` (after :meth:`init_cache`): positions
+    continue from the cache index.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from nmn_array.frameworks.tf import RotaryYatAttention
+    >>> attn = RotaryYatAttention(8, 2, max_seq_len=16)
+    >>> attn(tf.random.normal((2, 5, 8))).shape
+    TensorShape([2, 5, 8])
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        max_seq_len: int = 2048,
+        theta: float = 10000.0,
+        dropout: float = 0.0,
+        use_bias: bool = False,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        normalize_qk: bool = False,
+        use_out_proj: bool = True,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        normalization: str = "softmax",
+        use_softermax: bool = False,
+        power: float = 1.0,
+        dtype: Any = tf.float32,
+        name: str | None = None,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
+    ) -> None:
+        self._setup(name, dtype)
+        s = settings(locals())
+        self.dropout = self._init_rotary(s)
+        with self.name_scope:
+            self._build_alpha()
+            self._build_epsilon()
+            self._build_performer(s)
+
+    @tf.Module.with_name_scope
+    def build(self, input_dim: int) -> None:
+        """Create the projections (``input_dim`` must be ``embed_dim``)."""
+        if self.is_built:
+            return
+        if int(input_dim) != self.embed_dim:
+            raise ValueError(
+                f"RotaryYatAttention: x must have embed_dim={self.embed_dim} features, got "
+                f"{int(input_dim)}"
+            )
+        self._kernels(input_dim, (input_dim,) * 3)
+
+    @tf.Module.with_name_scope
+    def __call__(
+        self,
+        x: Any,
+        mask: Any = None,
+        position_offset: Any = 0,
+        positions: Any = None,
+        training: bool = False,
+        decode: bool = False,
+    ) -> Any:
+        x = _as_input(x, self.dtype)
+        if x.shape.rank != 3:
+            raise ValueError(f"x must be (batch, L, embed_dim), got shape {x.shape}")
+        self.build(int(x.shape[-1]))
+        positions = None if positions is None else tf.convert_to_tensor(positions)
+        mask = None if mask is None else tf.convert_to_tensor(mask)
+        rotary = functools.partial(
+            self._rotary_positions, offset=position_offset, positions=positions, decode=decode
+        )
+        dropout = self._dropout if training and self.dropout > 0 else None
+        return self._attend(x, x, x, mask, self._alpha_arg(), dropout, rotary, decode)
 
 
 # nmn.tf's functional attention: q, k, v (batch, length, heads, dim)

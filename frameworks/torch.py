@@ -45,6 +45,29 @@ docstring names the ones it takes):
   Both (keyword): ``window=(left, right)``, local attention as in
   :func:`nmn_array.yat_attention` (with ``mask``, a key must pass both); ``block_size``
   (``None``, ``"auto"``, int) as there, the materialised path when dropout needs the weights.
+  ``causal`` (not in nmn.torch): key ``j`` visible to query ``i`` iff ``j <= i + Lk - Lq``,
+  combined with any ``mask`` and ``window`` (decoding is causal anyway).
+- Linear-time attention (both, keyword; nmn.nnx's Rotary arguments and defaults):
+  ``use_performer``, ``performer_kind`` ("slay", "maclaurin", "radial"),
+  ``num_anchor_features``, ``num_prf_features``, ``num_quad_nodes`` (SLAY),
+  ``performer_num_features``, ``performer_nmax`` (MAY), ``performer_sketch_m``,
+  ``performer_num_radial``, ``performer_radial_dim`` (RAY), ``performer_bias`` (MAY, RAY),
+  ``performer_normalize`` (SLAY: q and k first scaled to ``v / sqrt(|v|^2 + epsilon)``, as
+  nmn; the feature map normalises them again). The forward is
+  :func:`nmn_array.linear_attention.performer_attention` of the heads after the
+  projections, ``normalize_qk`` and RoPE, with ``causal``, the layer's epsilon, its output
+  times alpha (learnable or constant: after normalisation a score factor would cancel, so
+  nmn.nnx scales the output), then dropout on that output in training mode. ``mask`` must
+  be a key-padding mask broadcastable to ``(B, H, 1, Lk)`` (boolean); ``decode=True`` and
+  ``window`` are refused; ``spherical``, ``normalization``, ``power`` and ``block_size``
+  do not apply. The projection is drawn once at construction by NumPy, seeded by a draw
+  from torch's default generator after the projections' weights (``torch.manual_seed``
+  reproduces it; the weights equal the exact module's of that seed), and stored in
+  persistent buffers ``perf_<key>`` (SLAY: ``perf_anchors``, ``perf_projections``,
+  ``perf_quad_nodes``, ``perf_quad_weights``; MAY: ``perf_omegas``, ``perf_degrees``,
+  ``perf_Z``; RAY: ``perf_W1``, ``perf_W2``, ``perf_omegas``, ``perf_phases``,
+  ``perf_coef``, ``perf_bias``): ``state_dict`` saves them, ``.to()`` casts and moves
+  them, they are not parameters.
 
 The functional attention API (``yat_attention``, ``yat_attention_weights``,
 ``yat_attention_normalized``, ``normalize_qk``) and ``softermax`` have ``nmn.torch``'s
@@ -71,10 +94,11 @@ from functools import partial
 from typing import Any
 
 from nmn_array.frameworks import _attention_api as _api
-from nmn_array.frameworks import _common
+from nmn_array.frameworks import _common, _performer
 
 import nmn_array
 from nmn_array import soft_tanh, softer_sigmoid
+from nmn_array._attention_blocks import merge_windows
 
 torch = _common.require("torch")
 # Any: the module is imported at run time and its classes are our base classes; mypy
@@ -630,6 +654,122 @@ class _YatAttention(_YatParams):
         setattr(self, out_name, linear() if a["use_out_proj"] else None)
         self._out_name = out_name
         self.window, self.block_size = _common.attention_window(a["window"], a["block_size"])
+        # the key/value cache of decode=True (init_cache makes it): buffers, so .to() moves
+        # them, but not persistent, so state_dict keeps nmn's keys
+        for name in ("cached_key", "cached_value", "cache_index"):
+            self.register_buffer(name, None, persistent=False)
+        self._setup_performer(a)
+
+    def _setup_performer(self, a: dict[str, Any]) -> None:
+        """The performer settings; with ``use_performer``, the projection drawn with a seed
+        from torch's default generator (after the projections' weights, which are then those
+        of the exact module) into persistent buffers ``perf_<key>``: state_dict saves them,
+        ``.to()`` moves and casts them, no optimiser sees them."""
+        self._performer = _performer.settings(a)
+        _performer.refuse_conflicts(type(self).__name__, self._performer, window=self.window)
+        self._keep(a, "use_performer performer_kind causal performer_normalize")
+        self.performer_kind = self._performer.kind
+        for name in _performer.COUNTS:
+            setattr(self, name, a[name])
+        if not self._performer.use:
+            return
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        projection = _performer.draw(self._performer, self.head_dim, seed, self.epsilon)
+        for key in self._performer.keys:
+            value = torch.as_tensor(projection[key], device=a["device"])
+            if value.is_floating_point():
+                value = value.to(self.param_dtype or torch.get_default_dtype())
+            self.register_buffer(f"perf_{key}", value)
+
+    def _projection(self) -> dict[str, Tensor]:
+        """The stored performer projection, by nmn's keys."""
+        return {key: getattr(self, f"perf_{key}") for key in self._performer.keys}
+
+    def init_cache(
+        self, batch_size: int, max_length: int, dtype: Any = None, device: Any = None
+    ) -> None:
+        """Create a zeroed key/value cache of ``max_length`` slots for ``batch_size``
+        sequences, at index 0, for ``forward(..., decode=True)``: the buffers ``cached_key``
+        and ``cached_value`` ``(batch_size, num_heads, max_length, head_dim)`` (keys stored
+        after ``normalize_qk`` and RoPE) and ``cache_index`` (a 0-d int64 tensor, the next
+        slot). ``dtype`` and ``device`` default to the module's (its ``dtype``, else its
+        parameters'). A second call replaces the cache."""
+        for name, n in (("batch_size", batch_size), ("max_length", max_length)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"init_cache: {name} must be a positive int, got {n!r}")
+        weight = self.q_proj.weight
+        dtype = dtype or self.compute_dtype or weight.dtype
+        device = weight.device if device is None else device
+        shape = (batch_size, self.num_heads, max_length, self.head_dim)
+        self.cached_key = torch.zeros(shape, dtype=dtype, device=device)
+        self.cached_value = torch.zeros(shape, dtype=dtype, device=device)
+        self.cache_index = torch.zeros((), dtype=torch.int64, device=device)
+
+    def reset_cache(self) -> None:
+        """Zero the cache and set its index back to 0 (in place: a compiled module keeps
+        its buffers)."""
+        self._cache_shape()
+        with torch.no_grad():
+            for t in (self.cached_key, self.cached_value, self.cache_index):
+                t.zero_()
+
+    def _cache_shape(self) -> tuple[int, ...]:
+        """``(batch, heads, max_length, head_dim)`` of the cache; ValueError without one."""
+        if self.cached_key is None:
+            raise ValueError(
+                f"{type(self).__name__} has no key/value cache: call "
+                "init_cache(batch_size, max_length) before decode=True or reset_cache()"
+            )
+        return tuple(self.cached_key.shape)
+
+    def _cache_start(self, b: int, lq: int, lk: int) -> Tensor:
+        """The cache index for ``lq`` new tokens of batch ``b`` (``lk`` keys), after
+        checking that they fit the cache."""
+        batch, _, max_length, _ = self._cache_shape()
+        if b != batch or lk != lq:
+            raise ValueError(
+                f"decode=True: the new tokens must be (batch, L, E) with the cache's batch "
+                f"{batch} and as many keys as queries; got batch {b}, {lq} queries and {lk} "
+                f"keys (cached_key of shape {tuple(self.cached_key.shape)})"
+            )
+        index = self.cache_index
+        advice = "call reset_cache() or init_cache() with a larger max_length"
+        if torch.compiler.is_compiling():
+            # reading the index would break the graph: a RuntimeError from the compiled step
+            torch._assert_async(
+                index + lq <= max_length,
+                f"decode=True: the cache is full: index + L > max_length={max_length} for "
+                f"L={lq} new tokens; {advice}",
+            )
+        else:
+            start = int(index)
+            if start + lq > max_length:
+                raise ValueError(
+                    f"decode=True: the cache is full: max_length={max_length}, index={start}, "
+                    f"L={lq} new tokens; {advice}"
+                )
+        return index
+
+    def _write_cache(self, k: Tensor, v: Tensor, mask: Any, index: Tensor) -> tuple:
+        """Write the new keys and values ``(B, H, L, d)`` at slots ``index ...`` and advance
+        the index; returns the whole cache and the mask of the slots each query sees
+        (:func:`_common.decode_visibility`, with the left side of ``window``, and ``mask``)."""
+        b, h, lq, _ = k.shape
+        max_length = self.cached_key.shape[2]
+        slots = index + torch.arange(lq, dtype=index.dtype, device=index.device)
+        if torch.compiler.is_compiling():
+            # in bounds, so that the step's assertion (_cache_start) reports a full cache
+            slots = slots.clamp(max=max_length - 1)
+        with torch.no_grad():  # the cache holds values, not autograd history
+            self.cached_key.index_copy_(2, slots, k.detach().to(self.cached_key.dtype))
+            self.cached_value.index_copy_(2, slots, v.detach().to(self.cached_value.dtype))
+        visible = _common.decode_visibility(index, lq, max_length, self.window, k)
+        visible = torch.broadcast_to(visible, (b, h, lq, max_length))
+        mask = visible if mask is None else _common.restrict_mask(mask, visible)
+        keys, values = (t.to(k.dtype) for t in (self.cached_key, self.cached_value))
+        with torch.no_grad():
+            self.cache_index.add_(lq)
+        return keys, values, mask
 
     def _linear(self, x: Tensor, proj: Any) -> Tensor:
         # run in the compute dtype while keeping stored parameters as they are
@@ -638,11 +778,20 @@ class _YatAttention(_YatParams):
         return F.linear(x.to(dtype), proj.weight.to(dtype), bias)
 
     def _attend(
-        self, inputs: dict[str, Tensor], mask: Any, deterministic: bool, offset: int | None = None
+        self,
+        inputs: dict[str, Tensor],
+        mask: Any,
+        deterministic: bool,
+        *,
+        decode: bool = False,
+        offset: int | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """Query, key, value (one input: all three; unbatched ``(L, E)`` as in
         ``torch.nn.MultiheadAttention``) -> heads (unit q, k if ``_normalize_qk``; RoPE at
-        ``offset + t``) -> yat attention (dropout on the weights when training) -> output
+        ``positions``, else ``offset + t``, else the cache index + t when decoding; None:
+        no RoPE) -> with ``decode``, k and v written into the cache, which the queries then
+        attend -> yat attention (dropout on the weights when training) -> output
         projection; a query that sees no key in any head gives zeros."""
         (first, x), *others = inputs.items()
         rank = x.dim()
@@ -659,6 +808,9 @@ class _YatAttention(_YatParams):
                 )
         tensors = [t.unsqueeze(0) if rank == 2 else t for t in inputs.values()] * 3
         b, lq, lk, h = tensors[0].shape[0], tensors[0].shape[1], tensors[1].shape[1], self.num_heads
+        if decode and self._performer.use:
+            _performer.refuse_decode(type(self).__name__)
+        index = self._cache_start(b, lq, lk) if decode else None
         projections = (self.q_proj, self.k_proj, self.v_proj)
         q, k, v = (
             self._linear(t, proj).reshape(b, t.shape[1], h, -1).transpose(1, 2)
@@ -667,32 +819,60 @@ class _YatAttention(_YatParams):
         if self._normalize_qk:
             q, k = nmn_array.attention.unit_heads(q), nmn_array.attention.unit_heads(k)
         if offset is not None:
-            if offset + lq > self.max_seq_len:
-                raise ValueError(
-                    f"position_offset + seq_len = {offset + lq} exceeds "
-                    f"max_seq_len={self.max_seq_len}"
-                )
-            positions = torch.arange(offset, offset + lq, device=q.device)
+            positions = self._positions(lq, offset, positions, index, q.device)
             q, k = (nmn_array.rotary_embedding(t, positions, theta=self.theta) for t in (q, k))
-        if mask is not None:
-            mask = torch.broadcast_to(mask, (b, h, lq, lk))
-        kw = dict(mask=mask, spherical=self._spherical, normalization=self.normalization)
-        kw.update(power=self.power, window=self.window, **self._scalars())
         p = self.dropout if self.training and not deterministic else 0.0
+        if index is not None:
+            lk = self.cached_key.shape[2]  # the cache's slots are the keys
+        if self._performer.use:
+            x, window, masked = self._linear_attention(q, k, v, mask, p), None, mask is not None
+            if masked:  # a key-padding mask (the core refused any other)
+                mask = torch.broadcast_to(mask, (b, h, 1, lk))
+        else:
+            x, mask, window, masked = self._exact_attention(q, k, v, mask, index, p)
+        x = x.transpose(1, 2).reshape(b, lq, -1)
+        out_proj = getattr(self, self._out_name)
+        x = x if out_proj is None else self._linear(x, out_proj)
+        # decoding without a mask: each query sees its own slot at least
+        keyed = _common.keyed_queries(mask if masked else None, window, lq, lk, q)
+        if keyed is not None:
+            has_key = keyed.any(dim=-1).any(dim=-2)  # (B, Lq)
+            x = torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
+        return x.squeeze(0) if rank == 2 else x
+
+    def _exact_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Any, index: Tensor | None, p: float
+    ) -> tuple:
+        """Yat attention of the heads ``(B, H, L, d)`` (over the cache when decoding, at
+        ``index``), dropout ``p`` on its weights; returns the output and the mask and window
+        the queries saw (``causal`` merged into the window; decoding: in the mask)."""
+        b, h, lq, _ = q.shape
+        lk = k.shape[2] if index is None else self.cached_key.shape[2]  # decoding: the slots
+        window, masked = self.window, mask is not None
+        if masked:
+            mask = torch.broadcast_to(mask, (b, h, lq, lk))
+        causal = self._performer.causal
+        if index is not None:
+            # the window's left side is in the decode mask (its right side and causal:
+            # the slots after the query's are not visible)
+            k, v, mask = self._write_cache(k, v, mask, index)
+            window, causal = None, False
+        kw = dict(mask=mask, spherical=self._spherical, normalization=self.normalization)
+        kw.update(power=self.power, window=window, causal=causal, **self._scalars())
         if p > 0.0:
             # dropout needs the weights themselves: the materialised path
             weights = nmn_array.yat_attention_weights(q, k, **kw)
             x = torch.matmul(F.dropout(weights, p=p, training=True), v)
         else:
             x = nmn_array.yat_attention(q, k, v, block_size=self.block_size, **kw)
-        x = x.transpose(1, 2).reshape(b, lq, -1)
-        out_proj = getattr(self, self._out_name)
-        x = x if out_proj is None else self._linear(x, out_proj)
-        keyed = _common.keyed_queries(mask, self.window, lq, lk, q)
-        if keyed is not None:
-            has_key = keyed.any(dim=-1).any(dim=-2)  # (B, Lq)
-            x = torch.where(has_key.unsqueeze(-1), x, torch.zeros_like(x))
-        return x.squeeze(0) if rank == 2 else x
+        return x, mask, merge_windows(causal, window), masked
+
+    def _linear_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Any, p: float) -> Tensor:
+        """The performer attention of the heads ``(B, H, L, d)`` (key-padding ``mask``),
+        dropout ``p`` on its output."""
+        scalars = self._scalars()
+        x = _performer.attention(q, k, v, self._performer, self._projection(), mask=mask, **scalars)
+        return F.dropout(x, p=p, training=True) if p > 0.0 else x
 
 
 class MultiHeadYatAttention(_YatAttention):
@@ -726,6 +906,19 @@ class MultiHeadYatAttention(_YatAttention):
         *,
         window: tuple[int | None, int | None] | None = None,
         block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
     ) -> None:
         self._setup(locals(), "out_proj")
 
@@ -737,14 +930,20 @@ class MultiHeadYatAttention(_YatAttention):
         mask: Tensor | None = None,
         *,
         deterministic: bool = False,
+        decode: bool = False,
     ) -> Tensor:
         """``query (B, Lq, E)``, ``key``/``value`` ``(B, Lk, E)`` (default: self-attention);
         ``mask`` broadcastable to ``(B, H, Lq, Lk)``: boolean (True = attend) or floating
         (additive, -inf hides a key; softmax only). Returns ``(B, Lq, E)``. Unbatched
-        ``(L, E)`` inputs (mask broadcastable to ``(H, Lq, Lk)``) give ``(Lq, E)``."""
+        ``(L, E)`` inputs (mask broadcastable to ``(H, Lq, Lk)``) give ``(Lq, E)``.
+
+        ``decode=True`` (after :meth:`init_cache`): the ``L`` new tokens (``Lk = Lq``) are
+        written into the cache at its index, which advances by ``L``, and query ``t`` attends
+        to the slots ``0 .. index + t`` (and the left side of ``window``); ``mask`` is then
+        broadcastable to ``(B, H, L, max_length)``."""
         key = query if key is None else key
         inputs = {"query": query, "key": key, "value": key if value is None else value}
-        return self._attend(inputs, mask, deterministic)
+        return self._attend(inputs, mask, deterministic, decode=decode)
 
 
 class RotaryYatAttention(_YatAttention):
@@ -786,6 +985,19 @@ class RotaryYatAttention(_YatAttention):
         param_dtype: Any = None,
         window: tuple[int | None, int | None] | None = None,
         block_size: int | str | None = "auto",
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        causal: bool = False,
+        performer_normalize: bool = True,
     ) -> None:
         if embed_dim % num_heads == 0 and (embed_dim // num_heads) % 2:
             raise ValueError(f"head_dim ({embed_dim // num_heads}) must be even for RoPE.")
@@ -799,11 +1011,53 @@ class RotaryYatAttention(_YatAttention):
         *,
         position_offset: int = 0,
         deterministic: bool = False,
+        decode: bool = False,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """``x (B, L, E)`` -> ``(B, L, E)``, or unbatched ``(L, E)`` -> ``(L, E)``; ``mask``
         broadcastable to ``(B, H, L, L)``: boolean (True = attend) or floating (additive,
-        -inf hides a key; softmax only)."""
-        return self._attend({"x": x}, mask, deterministic, position_offset)
+        -inf hides a key; softmax only).
+
+        RoPE turns q and k at ``positions`` (an integer tensor of shape ``(L,)``, passed to
+        :func:`nmn_array.rotary_embedding` as it is), else at ``position_offset + t``, or
+        when decoding at ``index + t``. ``decode=True`` (after :meth:`init_cache`): as
+        :meth:`MultiHeadYatAttention.forward`; the cache keeps the rotated keys."""
+        if decode and position_offset:
+            raise ValueError(
+                f"decode=True takes the positions from the cache index; got "
+                f"position_offset={position_offset} (pass positions= to override them)"
+            )
+        return self._attend(
+            {"x": x}, mask, deterministic, decode=decode, offset=position_offset,
+            positions=positions,
+        )  # fmt: skip
+
+    def init_cache(
+        self, batch_size: int, max_length: int, dtype: Any = None, device: Any = None
+    ) -> None:
+        """As :meth:`MultiHeadYatAttention.init_cache`; ``max_length`` is at most
+        ``max_seq_len`` (the positions of the cache are its slots)."""
+        if isinstance(max_length, int) and max_length > self.max_seq_len:
+            raise ValueError(
+                f"init_cache: max_length={max_length} exceeds max_seq_len={self.max_seq_len}"
+            )
+        super().init_cache(batch_size, max_length, dtype, device)
+
+    def _positions(
+        self, length: int, offset: int, positions: Any, index: Tensor | None, device: Any
+    ) -> Tensor:
+        """The RoPE positions of ``length`` tokens (see :meth:`forward`), checked against
+        ``max_seq_len`` when they are 1-D (decoding: by :meth:`init_cache`)."""
+        if positions is not None:
+            return _common.explicit_positions(positions, offset, self.max_seq_len)
+        if index is not None:
+            return index + torch.arange(length, dtype=index.dtype, device=index.device)
+        if offset + length > self.max_seq_len:
+            raise ValueError(
+                f"position_offset + seq_len = {offset + length} exceeds "
+                f"max_seq_len={self.max_seq_len}"
+            )
+        return torch.arange(offset, offset + length, device=device)
 
 
 # --- nmn.torch's functional attention: q, k, v (batch, length, heads, dim) -------------

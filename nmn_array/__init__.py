@@ -38,6 +38,21 @@ for _public in (
     _public.__dict__["autograph_info__"] = frozenset()
 del _public
 
+# The linear-time attention functions are public in their modules
+# (nmn_array.linear_attention, nmn_array.random_features) and join the top level with their
+# spec entries (every top-level function has one).
+from nmn_array import linear_attention, random_features  # noqa: E402
+
+for _linear in (
+    linear_attention.performer_attention,
+    linear_attention.yat_linear_attention,
+    random_features.maclaurin_features,
+    random_features.radial_features,
+    random_features.slay_features,
+):
+    _linear.__dict__["autograph_info__"] = frozenset()
+del _linear
+
 __all__ = [
     "drop_connect",
     "local_window_mask",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from nmn_array._namespace import device_kw
+from nmn_array._namespace import device_kw, index_dtype
 
 Window = tuple[int | None, int | None]
 
@@ -79,23 +79,27 @@ class Blocks:
         first, last = r0 + self.offset, r1 - 1 + self.offset
         return (left is None or c0 >= last - left) and (right is None or c1 - 1 <= first + right)
 
-    def visible(self, xp: ModuleType, r0: int, r1: int, c0: int, c1: int, like: Any) -> Any:
-        """Boolean ``(r1 - r0, c1 - c0)``: which pairs of the tile the window lets through."""
+    def visible(
+        self, xp: ModuleType, r0: Any, c0: Any, nr: int, nc: int, like: Any, dtype: Any = None
+    ) -> Any:
+        """Boolean ``(nr, nc)``: which pairs of the tile of queries ``r0 + [0, nr)`` and keys
+        ``c0 + [0, nc)`` the window lets through. ``r0`` and ``c0`` may be traced scalars;
+        the positions are ``dtype`` integers (default: the namespace's index dtype)."""
         kw = device_kw(xp, like)
-        rows = xp.reshape(
-            xp.arange(r0 + self.offset, r1 + self.offset, dtype=xp.int64, **kw), (-1, 1)
-        )
-        cols = xp.reshape(xp.arange(c0, c1, dtype=xp.int64, **kw), (1, -1))
+        dtype = index_dtype(xp) if dtype is None else dtype
+        rows = xp.reshape(xp.arange(nr, dtype=dtype, **kw), (-1, 1)) + (r0 + self.offset)
+        cols = xp.reshape(xp.arange(nc, dtype=dtype, **kw), (1, -1)) + c0
         seen = None
         if self.window is not None:
-            left, right = self.window
+            # a side wider than both sequences hides nothing; clamping keeps it in range
+            left, right = (None if w is None else min(w, self.lq + self.lk) for w in self.window)
             if left is not None:
                 seen = cols >= rows - left
             if right is not None:
                 upper = cols <= rows + right
                 seen = upper if seen is None else xp.logical_and(seen, upper)
         if seen is None:
-            return xp.ones((r1 - r0, c1 - c0), dtype=xp.bool, **kw)
+            return xp.ones((nr, nc), dtype=xp.bool, **kw)
         return seen
 
 
@@ -135,13 +139,12 @@ def local_window_mask(
     """
     shape, radii = _grid_args(grid_shape, radius)
     if xp is None:
-        import array_api_compat.numpy
+        import array_api_compat.numpy as default_xp
 
-        xp = array_api_compat.numpy
-    assert xp is not None
+        xp = default_xp
     kw = {} if device is None else {"device": device}
     n = math.prod(shape)
-    index = xp.arange(n, dtype=xp.int64, **kw)
+    index = xp.arange(n, dtype=index_dtype(xp), **kw)
     seen = xp.ones((n, n), dtype=xp.bool, **kw)
     stride = n
     for size, r in zip(shape, radii):

@@ -70,22 +70,39 @@ def _exponent(prob: Problem) -> float:
     return 1.0 if prob.normalization == "l1" else float(prob.power)
 
 
-def tile_of(a: Any, r0: int, r1: int, c0: int, c1: int) -> Any:
+def is_score_array(a: Any) -> bool:
+    """Whether ``a`` (None, a float or an array) is an array with a score axis to tile."""
+    return a is not None and not isinstance(a, (int, float)) and a.ndim > 0
+
+
+def _cut(a: Any, start: int, size: int, axis: int) -> Any:
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(start, start + size)
+    return a[tuple(index)]
+
+
+def tile_of(a: Any, r0: Any, c0: Any, nr: int, nc: int, cut: Callable = _cut) -> Any:
     """The part of ``a`` (None, a float, or broadcastable to ``(..., Lq, Lk)``) that the tile
-    ``[r0, r1) x [c0, c1)`` uses; axes of size 1 are kept whole."""
-    if a is None or isinstance(a, (int, float)) or a.ndim == 0:
+    of queries ``r0 + [0, nr)`` and keys ``c0 + [0, nc)`` uses; axes of size 1 are kept
+    whole. ``cut(a, start, size, axis)`` slices one axis (a traced start needs the
+    backend's dynamic slice)."""
+    if not is_score_array(a):
         return a
-    cols = slice(None) if a.shape[-1] == 1 else slice(c0, c1)
-    if a.ndim == 1:
-        return a[cols]
-    rows = slice(None) if a.shape[-2] == 1 else slice(r0, r1)
-    return a[..., rows, cols]
+    if a.shape[-1] != 1:
+        a = cut(a, c0, nc, a.ndim - 1)
+    if a.ndim >= 2 and a.shape[-2] != 1:
+        a = cut(a, r0, nr, a.ndim - 2)
+    return a
 
 
-def _seen(xp, prob: Problem, extras, r0, r1, c0, c1, whole, like):
-    """Boolean of the tile's visible pairs, or None when all are."""
-    seen = None if whole else prob.blocks.visible(xp, r0, r1, c0, c1, like)
-    parts = [tile_of(prob.mask, r0, r1, c0, c1)] if prob.mask is not None else []
+def seen_in(xp, prob: Problem, extras, r0, c0, nr, nc, like, **options) -> Any:
+    """Boolean of the visible pairs of the tile ``r0 + [0, nr)`` x ``c0 + [0, nc)`` (the
+    window, the boolean mask, the keys an additive mask keeps), or None when all are;
+    ``options``: ``whole`` (the window hides none of the tile), ``cut`` (for
+    :func:`tile_of`), ``dtype`` (of the positions)."""
+    whole, cut = options.get("whole", False), options.get("cut", _cut)
+    seen = None if whole else prob.blocks.visible(xp, r0, c0, nr, nc, like, options.get("dtype"))
+    parts = [tile_of(prob.mask, r0, c0, nr, nc, cut)] if prob.mask is not None else []
     if extras[_SCALARS + 1] is not None:
         amask = extras[_SCALARS + 1]
         parts.append(amask > scalar_like(xp, -math.inf, amask))
@@ -94,8 +111,10 @@ def _seen(xp, prob: Problem, extras, r0, r1, c0, c1, whole, like):
     return seen
 
 
-def _extras_of(extras, r0, r1, c0, c1) -> list:
-    return list(extras[:_SCALARS]) + [tile_of(a, r0, r1, c0, c1) for a in extras[_SCALARS:]]
+def extras_of(extras, r0, c0, nr, nc, cut: Callable = _cut) -> list:
+    """The extras a tile uses: the scalars whole, the per-score arrays' tiles."""
+    tiles = [tile_of(a, r0, c0, nr, nc, cut) for a in extras[_SCALARS:]]
+    return list(extras[:_SCALARS]) + tiles
 
 
 def _hide(xp, seen, a, fill):
@@ -176,9 +195,9 @@ def forward(xp: ModuleType, prob: Problem, q, k, v, extras: list) -> tuple[Any, 
     for r0, r1 in prob.blocks.rows():
         qb, state = q[..., r0:r1, :], None
         for c0, c1, whole in prob.blocks.tiles(r0, r1):
-            ex = _extras_of(extras, r0, r1, c0, c1)
+            ex = extras_of(extras, r0, c0, r1 - r0, c1 - c0)
             s = prob.tile(qb, k[..., c0:c1, :], *ex)
-            seen = _seen(xp, prob, ex, r0, r1, c0, c1, whole, s)
+            seen = seen_in(xp, prob, ex, r0, c0, r1 - r0, c1 - c0, s, whole=whole)
             vb = v[..., c0:c1, :]
             if prob.normalization == "softmax":
                 state = _softmax_step(xp, state, s, seen, vb)
@@ -271,6 +290,15 @@ def _tile_grads(xp, prob, n, s, seen, stats, dout_b, d_b, vb):
     return p, _hide(xp, seen, ds, 0.0)
 
 
+def l1_epsilon_grad(xp, prob: Problem, epsilon, d_all, st1, st2) -> Any:
+    """The part of epsilon's gradient that comes through the l1 normaliser (d/d eps of
+    ``S / (eps + sum S)``: ``-sum D / (m Z)``), shaped as ``epsilon``; None when the
+    normalisation is not l1 or epsilon is a Python float."""
+    if prob.normalization != "l1" or isinstance(epsilon, (int, float)):
+        return None
+    return xp.reshape(-xp.sum(d_all / (st1 * st2)), tuple(epsilon.shape))
+
+
 def backward(
     xp: ModuleType,
     prob: Problem,
@@ -301,9 +329,9 @@ def backward(
         stats = (st1[..., r0:r1, :], st2[..., r0:r1, :])
         for c0, c1, whole in blocks.tiles(r0, r1):
             kb, vb = k[..., c0:c1, :], v[..., c0:c1, :]
-            ex = _extras_of(extras, r0, r1, c0, c1)
+            ex = extras_of(extras, r0, c0, r1 - r0, c1 - c0)
             s, pull = pullback(prob.tile, [qb, kb, *ex])
-            seen = _seen(xp, prob, ex, r0, r1, c0, c1, whole, s)
+            seen = seen_in(xp, prob, ex, r0, c0, r1 - r0, c1 - c0, s, whole=whole)
             p, ds = _tile_grads(xp, prob, n, s, seen, stats, dout_b, d_b, vb)
             if wanted[2]:
                 g = xp.matmul(xp.matrix_transpose(p), dout_b)
@@ -318,10 +346,9 @@ def backward(
                 if pieces is not None and g is not None:
                     a = extras[kscal + i]
                     pieces.add(_key_of(a, (r0, r1), (c0, c1)), g)
-    if prob.normalization == "l1" and wanted[4] and not isinstance(extras[1], (int, float)):
-        # epsilon also sits in the l1 normaliser: d/d eps of S / (eps + sum S)
-        g = -xp.sum(d_all / (st1 * st2))
-        dscal[1] = _add(dscal[1], xp.reshape(g, tuple(extras[1].shape)))
+    g = l1_epsilon_grad(xp, prob, extras[1], d_all, st1, st2) if wanted[4] else None
+    if g is not None:
+        dscal[1] = _add(dscal[1], g)
     result = [dq.result(), dk.result(), dv.result() if wanted[2] else None]
     result += dscal
     result += [None if p is None else p.result() for p in dscore]

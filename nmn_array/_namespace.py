@@ -105,6 +105,13 @@ def device_kw(xp: ModuleType, x: Any) -> dict:
     return {} if dev is None else {"device": dev}
 
 
+def index_dtype(xp: ModuleType) -> Any:
+    """The namespace's default integer dtype for indices and positions: int64, or int32
+    where the library defaults to it (JAX without x64, which warns for int64 requests)."""
+    info = getattr(xp, "__array_namespace_info__", None)
+    return xp.int64 if info is None else info().default_dtypes()["indexing"]
+
+
 def scalar_like(xp: ModuleType, value: float, like: Any) -> Any:
     """A 0-d array holding ``value`` with the dtype and device of ``like``."""
     return xp.asarray(value, dtype=like.dtype, **device_kw(xp, like))

@@ -28,6 +28,7 @@ __all__ = [
     "broadcast_to",
     "concat",
     "cos",
+    "cumulative_sum",
     "exp",
     "expand_dims",
     "finfo",
@@ -282,6 +283,18 @@ def argmin(x, /, *, axis=None, keepdims: builtins.bool = False):
     out = tf.math.argmin(x, axis=-1 if axis is None else axis, output_type=tf.int64)
     if keepdims:
         out = tf.expand_dims(out, axis=-1 if axis is None else axis)
+    return out
+
+
+def cumulative_sum(x, /, *, axis=None, dtype=None, include_initial: builtins.bool = False):
+    if axis is None:
+        if x.shape.rank != 1:
+            raise ValueError("cumulative_sum needs axis= for arrays of more than one dimension")
+        axis = 0
+    out = tf.math.cumsum(x if dtype is None else tf.cast(x, dtype), axis=axis)
+    if include_initial:
+        first = tf.zeros_like(tf.gather(out, [0], axis=axis))
+        out = tf.concat([first, out], axis=axis)
     return out
 
 

@@ -18,7 +18,7 @@ from nmn_array._attention_blocks import (  # noqa: F401  (public here)
 )
 from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, is_torch, scalar_like
+from nmn_array._namespace import array_namespace, device_kw, index_dtype, is_torch, scalar_like
 from nmn_array._native import blocked as native_blocked
 from nmn_array.dense import DISTANCES, safe_norm
 from nmn_array.squashers import softermax_impl
@@ -194,18 +194,25 @@ class _Tile:
 
             self.vjp = partial(tile_scores, unit=unit, refine=refine)
 
+    def closed_form(self, bias, amask):
+        """``vjp`` when it serves a tile with this ``bias`` and additive mask ``amask`` (it
+        knows neither), else None."""
+        return self.vjp if bias is None and amask is None else None
+
     def __call__(self, qb, kb, factor, epsilon, bias, amask):
-        if self.vjp is not None and bias is None and amask is None:
-            return self.vjp(qb, kb, factor, epsilon)[0]
+        vjp = self.closed_form(bias, amask)
+        if vjp is not None:
+            return vjp(qb, kb, factor, epsilon)[0]
         xp = self.xp
         s = _pair_scores(xp, qb, kb, factor, epsilon, self.unit, self.native, self.refine, bias)
         s = _finite(xp, s)
         return s if amask is None else _finite(xp, s + amask)
 
 
-def _tile_function(a: _Inputs, native: bool) -> _Tile:
+def _tile_function(a: _Inputs, native: bool, additive: bool) -> _Tile:
     bounded = False
-    if native and is_torch(a.xp):
+    # the closed form serves only tiles without bias or additive mask: check only then
+    if native and is_torch(a.xp) and a.bias is None and not additive:
         from nmn_array._native.torch_yat import scores_bounded
 
         bounded = scores_bounded(a.q, a.k, a.factor, a.epsilon)
@@ -248,7 +255,29 @@ def _visible(xp, mask, window, lq, lk, like):
     or additive, with the window (causal included) folded in."""
     if window is None:
         return mask
-    return _restrict(xp, mask, Blocks(lq, lk, lq, lk, window).visible(xp, 0, lq, 0, lk, like))
+    return _restrict(xp, mask, Blocks(lq, lk, lq, lk, window).visible(xp, 0, 0, lq, lk, like))
+
+
+def keyed_queries(mask: Any, window: Any, lq: int, lk: int, like: Any) -> Any:
+    """Which queries see a key under ``mask (..., H, Lq, Lk)`` (or None) and ``window``: a
+    boolean whose any() over its head and key axes (-3, -1) is False for a query that sees
+    none (the framework modules zero its output, as nmn does); None when every query sees
+    a key. ``like``: an array of the backend and device when ``mask`` is None.
+
+    >>> import numpy as np
+    >>> keyed_queries(None, (0, 0), 3, 2, np.zeros(1)).ravel().tolist()
+    [False, True, True]
+    """
+    lq, lk = int(lq), int(lk)  # static (the window needs them), maybe as backend scalars
+    xp = array_namespace(like if mask is None else mask)
+    if mask is not None:
+        return _shown(xp, _visible(xp, mask, window, lq, lk, mask))
+    # query i sits at p = i + lk - lq and sees keys up to p + right; p <= lk - 1 always
+    right = None if window is None else window[1]
+    if right is None or lk - lq + right >= 0:
+        return None
+    rows = xp.arange(lq, dtype=index_dtype(xp), **device_kw(xp, like))
+    return xp.reshape(rows >= lq - lk - right, (1, 1, lq, 1))
 
 
 def _finite(xp, scores):
@@ -429,7 +458,7 @@ def _blocked_output(a: _Inputs, v: Any, size: int, native: bool) -> Any:
     per_score = [t.shape[:-2] for t in (a.mask, a.bias) if hasattr(t, "ndim") and t.ndim > 2]
     prob = blocked.Problem(
         blocks=Blocks(lq, lk, min(size, lq), min(size, lk), a.window),
-        tile=_tile_function(a, native),
+        tile=_tile_function(a, native, additive),
         normalization=a.normalization,
         power=a.power,
         mask=None if additive else a.mask,
@@ -550,8 +579,8 @@ def yat_attention(
         hide entirely are skipped. The result equals the materialised one up to rounding.
         ``"auto"`` (default) uses blocks of :data:`AUTO_BLOCK` from :data:`AUTO_MIN_KEYS`
         keys on (for a window bounded on both sides, the largest power of two within its
-        span, at least :data:`AUTO_MIN_WINDOW_BLOCK`). Symbolic or empty sizes, ``torch.func`` transforms and PyTorch exporters
-        always use the materialised path; PyTorch's double backward differentiates the
+        span, at least :data:`AUTO_MIN_WINDOW_BLOCK`). Symbolic or empty sizes,
+        ``torch.func`` transforms and PyTorch exporters always use the materialised path; PyTorch's double backward differentiates the
         materialised path (exact, not O(L) in memory).
 
     Examples

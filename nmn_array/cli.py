@@ -2,7 +2,9 @@
 
 Commands
 --------
-demo     activation-free yat networks on scikit-learn's digits, beside ReLU baselines
+demo     activation-free yat networks on scikit-learn's digits, beside ReLU baselines;
+         ``demo lm``: a yat transformer language model beside a standard one;
+         ``demo attention``: copy and reverse tasks with exact and linear-time attention
 xor      one yat neuron separates XOR, one linear neuron cannot
 doctor   installed array libraries and frameworks, and a check that they agree with NumPy
 spec     generate, check or list the spec-driven tests (``nmn_array._spec.cli``)
@@ -99,6 +101,222 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         init=args.init,
     )
     return run(opts, started=args.started)
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _cmd_demo_lm(args: argparse.Namespace) -> int:
+    from nmn_array.demo.lm import LMOptions, check_options, run
+
+    _no_digits_options(args, "lm", "language-model")
+    opts = LMOptions(
+        framework=args.lm_framework,
+        steps=args.lm_steps,
+        seed=args.lm_seed,
+        out=args.lm_out,
+        quick=args.lm_quick,
+        quiet=args.lm_quiet,
+        threads=args.lm_threads,
+        sample_chars=args.lm_sample_chars,
+        temperature=args.lm_temperature,
+        grid=args.lm_grid,
+    )
+    return _checked_run(check_options, run, opts, args)
+
+
+def _checked_run(check, run, opts, args: argparse.Namespace) -> int:
+    """``run(opts)`` after ``check(opts)``, whose ValueError is a usage error (exit 2)."""
+    try:
+        check(opts)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    return run(opts, started=args.started)
+
+
+class _UsageError(Exception):
+    """A combination of options that the parser cannot reject by itself."""
+
+
+def _no_digits_options(args: argparse.Namespace, name: str, what: str) -> None:
+    """Refuse options written before ``demo <name>``: they belong to the digits demo and
+    would be ignored."""
+    given = [
+        a.option_strings[0]
+        for a in args.digits_parser._actions
+        if a.option_strings and a.dest != "help" and getattr(args, a.dest) != a.default
+    ]
+    if given:
+        raise _UsageError(
+            f"options before '{name}' belong to the digits demo ({', '.join(given)}); write the "
+            f"options of the {what} demo after '{name}' (see nmn-array demo {name} --help)"
+        )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """argparse type: a comma-separated list of names (checked by the demo)."""
+    return tuple(t.strip().lower() for t in text.split(",") if t.strip())
+
+
+def _cmd_demo_attention(args: argparse.Namespace) -> int:
+    _no_digits_options(args, "attention", "attention")
+    from nmn_array.demo import registry
+
+    if not registry.FRAMEWORKS["torch"].installed():
+        raise registry.MissingFramework(
+            "the attention demo needs torch, which is not installed; install it with: "
+            'pip install "nmn-array[torch]"'
+        )
+    from nmn_array.demo.attention import AttentionOptions, check_options, run
+
+    opts = AttentionOptions(
+        steps=args.att_steps,
+        seed=args.att_seed,
+        quick=args.att_quick,
+        workers=args.att_workers,
+        tasks=args.att_tasks,
+        variants=args.att_variants,
+        quiet=args.att_quiet,
+    )
+    return _checked_run(check_options, run, opts, args)
+
+
+def _add_demo_attention(sub: argparse._SubParsersAction, demo: argparse.ArgumentParser) -> None:
+    """``nmn-array demo attention`` (destinations ``att_*``, as ``lm_*`` for ``demo lm``)."""
+    from nmn_array.demo import registry
+
+    tasks, variants = registry.ATTENTION_TASKS, registry.ATTENTION_VARIANTS
+    att = sub.add_parser(
+        "attention",
+        help="copy and reverse tasks: softmax, exact yat and linear-time yat attention",
+        description="Train an attention-only model (2 layers, d_model 64, 4 heads; PyTorch) "
+        "on the synthetic copy and reverse tasks of the SLAY paper with six attention "
+        f"variants ({', '.join(variants)}) and print the per-token accuracy on the output "
+        "half of held-out sequences beside the paper's reverse-task figures. About three "
+        "minutes on two cores.",
+    )
+    att.add_argument(
+        "--steps",
+        dest="att_steps",
+        metavar="N",
+        type=_positive_int,
+        help=f"training steps per model (default {registry.ATTENTION_STEPS}; "
+        f"--quick: {registry.ATTENTION_QUICK_STEPS})",
+    )
+    att.add_argument(
+        "--seed", dest="att_seed", metavar="SEED", type=int, default=0, help="seed (default 0)"
+    )
+    att.add_argument(
+        "--quick", dest="att_quick", action="store_true", help="short sequences, few steps (tests)"
+    )
+    att.add_argument(
+        "--workers",
+        dest="att_workers",
+        metavar="N",
+        type=_positive_int,
+        default=2,
+        help="processes of one thread each (default 2; 1 trains in this process)",
+    )
+    att.add_argument(
+        "--tasks",
+        dest="att_tasks",
+        metavar="LIST",
+        type=_names,
+        default=tasks,
+        help=f"comma-separated subset of {','.join(tasks)} (default: both)",
+    )
+    att.add_argument(
+        "--variants",
+        dest="att_variants",
+        metavar="LIST",
+        type=_names,
+        default=variants,
+        help=f"comma-separated subset of {','.join(variants)} (default: all)",
+    )
+    att.add_argument("--quiet", dest="att_quiet", action="store_true", help="no progress lines")
+    att.set_defaults(handler=_cmd_demo_attention, digits_parser=demo)
+
+
+def _add_demo_lm(demo: argparse.ArgumentParser) -> None:
+    """``nmn-array demo lm``: its options have ``lm_`` destinations, so that they never
+    overwrite the digits demo's (argparse copies a subcommand's values over its parent's)."""
+    from nmn_array.demo.registry import LM_DEFAULT_OUT as DEFAULT_OUT
+
+    sub = demo.add_subparsers(dest="demo_command", metavar="{lm,attention}", required=False)
+    lm = sub.add_parser(
+        "lm",
+        help="character-level language models: a yat transformer beside a standard one",
+        description="Train a yat transformer (rotary yat attention, YatNMN feed-forward, no "
+        "activation function, no normalisation) and a standard one (softmax attention, GELU "
+        "MLP, LayerNorm) with the same parameter count, steps and batches as character-level "
+        "language models of CPython's help texts (pydoc_data.topics, 90/10 split by "
+        "position). Prints validation bits per character of both, a sample from the yat "
+        "model decoded with the key/value cache, decode speed with the cache against "
+        "recomputing the prefix (same tokens), and writes a PNG of the loss curves.",
+    )
+    lm.add_argument(
+        "--framework", dest="lm_framework", metavar="NAME", help="torch or nnx (default torch)"
+    )
+    lm.add_argument(
+        "--steps",
+        dest="lm_steps",
+        metavar="N",
+        type=_positive_int,
+        help="training steps (default 400)",
+    )
+    lm.add_argument(
+        "--seed",
+        dest="lm_seed",
+        metavar="SEED",
+        type=int,
+        default=0,
+        help="seed for init, batches, sampling",
+    )
+    lm.add_argument(
+        "--out", dest="lm_out", metavar="PNG", default=DEFAULT_OUT, help=f"PNG ({DEFAULT_OUT})"
+    )
+    lm.add_argument(
+        "--quick", dest="lm_quick", action="store_true", help="tiny models, 60 steps (tests)"
+    )
+    lm.add_argument(
+        "--threads",
+        dest="lm_threads",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="CPU threads (1)",
+    )
+    lm.add_argument(
+        "--sample-chars",
+        dest="lm_sample_chars",
+        metavar="N",
+        type=_positive_int,
+        default=200,
+        help="characters to sample after the prompt (default 200)",
+    )
+    lm.add_argument(
+        "--temperature",
+        dest="lm_temperature",
+        metavar="T",
+        type=_non_negative_float,
+        default=0.8,
+        help="sampling temperature; 0 is greedy (default 0.8)",
+    )
+    lm.add_argument(
+        "--grid",
+        dest="lm_grid",
+        action="store_true",
+        help="the 2-D variant: masked characters on pages, 2-D rotary and local 2-D attention, "
+        "against 1-D positions (torch)",
+    )
+    lm.add_argument("--quiet", dest="lm_quiet", action="store_true", help="no progress lines")
+    lm.set_defaults(handler=_cmd_demo_lm, digits_parser=demo)
+    _add_demo_attention(sub, demo)
 
 
 def _cmd_xor(args: argparse.Namespace) -> int:
@@ -199,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--no-xor", action="store_true", help="skip the XOR section")
     demo.set_defaults(handler=_cmd_demo)
+    _add_demo_lm(demo)
 
     xor = sub.add_parser(
         "xor",
@@ -272,6 +491,8 @@ def _run(argv: list[str], started: float) -> int:
     try:
         return args.handler(args)
     except MissingFramework as exc:
+        return _error(args.command, str(exc))
+    except _UsageError as exc:
         return _error(args.command, str(exc))
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)

@@ -703,8 +703,10 @@ def rotary_embedding_ref(x: Any, positions: Any = None, *, theta: float = 10000.
     ----------
     x : array_like, shape (..., L, d)
         ``d`` even.
-    positions : None or array_like of int, shape (L,)
-        Position of each of the ``L`` rows; default ``arange(L)``.
+    positions : None or array_like of int, shape (L,) or (L, 2)
+        Position of each of the ``L`` rows; default ``arange(L)``. With (row, column)
+        pairs, pair ``i < d/4`` turns by ``row * theta^(-4i/d)`` and pair ``d/4 + i`` by
+        ``column * theta^(-4i/d)`` (axial 2-D rotary).
     theta : float
         Base of the frequencies ``theta^(-2i/d)``.
 
@@ -717,10 +719,15 @@ def rotary_embedding_ref(x: Any, positions: Any = None, *, theta: float = 10000.
     if d % 2:
         raise ValueError(f"rotary embedding needs an even feature size, got {d}")
     pos = np.arange(length) if positions is None else np.asarray(positions)
+    pairs = d // 2
     out = np.empty_like(x)
     for t in range(length):
-        for i in range(d // 2):
-            angle = float(pos[t]) * theta ** (-2.0 * i / d)
+        for i in range(pairs):
+            if pos.ndim == 1:
+                angle = float(pos[t]) * theta ** (-2.0 * i / d)
+            else:
+                axis, j = divmod(i, pairs // 2)
+                angle = float(pos[t, axis]) * theta ** (-2.0 * j / (d // 2))
             c, s = math.cos(angle), math.sin(angle)
             even, odd = x[..., t, 2 * i], x[..., t, 2 * i + 1]
             out[..., t, 2 * i] = even * c - odd * s

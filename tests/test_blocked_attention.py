@@ -327,3 +327,20 @@ def test_auto_tiles_follow_a_two_sided_window():
     got = na.yat_attention(long_k, long_k, long_v, window=(130, 0))  # auto: tiles of 128
     want = na.yat_attention(long_k, long_k, long_v, window=(130, 0), block_size=None)
     np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("case", ["plain", "window", "mask"])
+def test_blocked_nan_and_inf_spread_as_materialised(backend, case):
+    # a NaN query entry spoils only its own row; an infinite key entry every row that sees
+    # it: the tiles must spread them exactly as the whole score matrix does
+    q, k = Q.copy(), K.copy()
+    q[1, 4, 2] = np.nan
+    k[0, 6, 1] = np.inf
+    kw = _kwargs(backend, case, "softmax")
+    args = [backend.from_numpy(a) for a in (q, k, V)]
+    exact = backend.to_numpy(na.yat_attention(*args, block_size=None, **kw))
+    got = backend.to_numpy(na.yat_attention(*args, block_size=4, **kw))
+    assert np.isnan(exact).any() and not np.isnan(exact).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(exact))
+    finite = ~np.isnan(exact)
+    np.testing.assert_allclose(got[finite], exact[finite], rtol=1e-11, atol=1e-13)

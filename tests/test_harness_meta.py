@@ -26,7 +26,8 @@ CONV2D = load("functions/yat_conv.yaml", variant="yat_conv2d")
 CONV1D = load("functions/yat_conv.yaml", variant="yat_conv1d")
 ATTN = load("functions/yat_attention.yaml")
 WEIGHTS = load("functions/yat_attention_weights.yaml")
-ROTARY = load("functions/rotary_embedding.yaml")
+ROTARY = load("functions/rotary_embedding.yaml", variant="rotary_embedding")
+ROTARY_2D = load("functions/rotary_embedding.yaml", variant="rotary_embedding_2d")
 SOFTERMAX = load("functions/softermax.yaml")
 SIGMOID = load("functions/softer_sigmoid.yaml")
 TANH = load("functions/soft_tanh.yaml")
@@ -314,6 +315,18 @@ def test_scaled_rotation_fails_rotation_preserves_norm():
         return 1.01 * nmn_array.rotary_embedding(x, positions, **kw)
 
     must_fail(ROTARY, "rotation_preserves_norm", "numpy:float64", broken)
+
+
+@pytest.mark.parametrize("spec", [ROTARY, ROTARY_2D], ids=["1d", "2d"])
+def test_absolute_angles_fail_relative_position(spec):
+    def broken(x, positions=None, **kw):
+        # the angle grows with the square of the position: only absolute positions count
+        if positions is None:
+            positions = np.arange(x.shape[-2])
+        return nmn_array.rotary_embedding(x, positions * positions, **kw)
+
+    must_fail(spec, "relative_position", "numpy:float64", broken)
+    must_fail(spec, "relative_position", "torch:float32", broken)
 
 
 def test_wrong_denominator_fails_squasher_range():

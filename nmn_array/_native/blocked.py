@@ -73,9 +73,9 @@ def _is_tensor_float(a: Any) -> bool:
 
 
 def _torch_pullback(fn, arrays):
-    vjp = getattr(fn, "vjp", None)
-    if vjp is not None and arrays[4] is None and arrays[5] is None:
-        # no bias, no additive mask: the tile's closed-form pullback (no autograd graph)
+    vjp = fn.closed_form(arrays[4], arrays[5]) if hasattr(fn, "closed_form") else None
+    if vjp is not None:
+        # the tile's closed-form pullback (no autograd graph)
         s, pull = vjp(*arrays[:4])
         return s, lambda ct: [*pull(ct), None, None]
     torch = sys.modules["torch"]

@@ -15,6 +15,7 @@ The loops have traced bounds, so they are not differentiable themselves: they ru
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import ModuleType
 from typing import Any
@@ -28,8 +29,8 @@ from nmn_array import _blocked_attention as blocked
 _SCALARS = blocked._SCALARS
 
 
-def _is_score_array(a: Any) -> bool:
-    return a is not None and not isinstance(a, (int, float)) and a.ndim > 0
+def _dynamic_cut(a: Any, start: Any, size: int, axis: int) -> Any:
+    return lax.dynamic_slice_in_dim(a, start, size, axis=axis)
 
 
 class _Grid:
@@ -46,11 +47,10 @@ class _Grid:
             lo.append(start)
             hi.append(max(start, -(-min(last, b.lk) // b.bk)) if last > first else start)
         self.lo, self.hi = jnp.asarray(lo, dtype=jnp.int32), jnp.asarray(hi, dtype=jnp.int32)
-        self.window, self.offset = b.window, b.offset
 
     def pad(self, a: Any, fill: float = 0.0) -> Any:
         """``a`` padded to whole blocks on its query (-2) and key (-1) axes where not 1."""
-        if not _is_score_array(a):
+        if not blocked.is_score_array(a):
             return a
         widths = [(0, 0)] * a.ndim
         if a.shape[-1] != 1:
@@ -67,35 +67,22 @@ class _Grid:
 
     def tile(self, a: Any, r0: Any, c0: Any) -> Any:
         """The tile of a padded per-score array (floats and 0-d arrays as they are)."""
-        if not _is_score_array(a):
-            return a
-        if a.shape[-1] != 1:
-            a = lax.dynamic_slice_in_dim(a, c0, self.bk, axis=a.ndim - 1)
-        if a.ndim >= 2 and a.shape[-2] != 1:
-            a = lax.dynamic_slice_in_dim(a, r0, self.bq, axis=a.ndim - 2)
-        return a
+        return blocked.tile_of(a, r0, c0, self.bq, self.bk, _dynamic_cut)
 
-    def seen(self, prob: blocked.Problem, mask: Any, ex: list, r0: Any, c0: Any) -> Any:
+    def seen(self, xp: ModuleType, prob: blocked.Problem, ex: list, r0: Any, c0: Any) -> Any:
         """Boolean of the tile's visible pairs: real keys, the window, the masks."""
-        rows = r0 + self.offset + jnp.arange(self.bq, dtype=jnp.int32)[:, None]
-        cols = c0 + jnp.arange(self.bk, dtype=jnp.int32)[None, :]
-        seen = cols < self.lk
-        if self.window is not None:
-            left, right = self.window
-            if left is not None:
-                seen = seen & (cols >= rows - left)
-            if right is not None:
-                seen = seen & (cols <= rows + right)
-        if mask is not None:
-            seen = seen & self.tile(mask, r0, c0)
-        amask = ex[_SCALARS + 1]
-        if amask is not None:
-            seen = seen & (amask > -jnp.inf)
-        return seen
+        real = c0 + jnp.arange(self.bk, dtype=jnp.int32)[None, :] < self.lk
+        options = dict(cut=_dynamic_cut, dtype=jnp.int32)
+        seen = blocked.seen_in(xp, prob, ex, r0, c0, self.bq, self.bk, real, **options)
+        return real if seen is None else seen & real
 
 
-def _tile_extras(grid: _Grid, extras: list, r0: Any, c0: Any) -> list:
-    return list(extras[:_SCALARS]) + [grid.tile(a, r0, c0) for a in extras[_SCALARS:]]
+def _padded_mask(grid: _Grid, prob: blocked.Problem) -> blocked.Problem:
+    """``prob`` with its boolean mask padded like the scores (padded pairs hidden): a
+    dynamic slice past the end would clamp its start instead."""
+    if prob.mask is None:
+        return prob
+    return dataclasses.replace(prob, mask=grid.pad(prob.mask, False))
 
 
 def _unblock(stacked: Any, length: int) -> Any:
@@ -113,7 +100,7 @@ def forward(xp: ModuleType, prob: blocked.Problem, q, k, v, extras: list):
     qp = grid.rows(q, grid.nq * grid.bq)
     kp, vp = grid.rows(k, grid.nk * grid.bk), grid.rows(v, grid.nk * grid.bk)
     ex_p = [grid.pad(a) for a in extras]
-    mask = None if prob.mask is None else grid.pad(prob.mask, False)
+    prob = _padded_mask(grid, prob)
     dv = v.shape[-1]
     dtype = jnp.result_type(q, k, v)
     stat = (*prob.lead, grid.bq, 1)
@@ -132,9 +119,9 @@ def forward(xp: ModuleType, prob: blocked.Problem, q, k, v, extras: list):
             c0 = (j * grid.bk).astype(jnp.int32)
             kb = lax.dynamic_slice_in_dim(kp, c0, grid.bk, axis=kp.ndim - 2)
             vb = lax.dynamic_slice_in_dim(vp, c0, grid.bk, axis=vp.ndim - 2)
-            ex = _tile_extras(grid, ex_p, r0, c0)
+            ex = blocked.extras_of(ex_p, r0, c0, grid.bq, grid.bk, _dynamic_cut)
             s = prob.tile(qb, kb, *ex)
-            seen = grid.seen(prob, mask, ex, r0, c0)
+            seen = grid.seen(xp, prob, ex, r0, c0)
             if softmax:
                 new = blocked._softmax_step(xp, state, s, seen, vb)
             else:
@@ -183,7 +170,7 @@ def backward(xp, prob, q, k, v, extras, saved, dout, pullback, wanted) -> list:
     qp = grid.rows(q, lq_p)
     kp, vp = grid.rows(k, lk_p), grid.rows(v, lk_p)
     ex_p = [grid.pad(a) for a in extras]
-    mask = None if prob.mask is None else grid.pad(prob.mask, False)
+    prob = _padded_mask(grid, prob)
     arrays = [i for i, a in enumerate(extras) if isinstance(a, jax.Array)]
     init = (jnp.zeros_like(qp), jnp.zeros_like(kp), jnp.zeros_like(vp),
             tuple(jnp.zeros_like(ex_p[i]) for i in arrays))  # fmt: skip
@@ -200,9 +187,9 @@ def backward(xp, prob, q, k, v, extras, saved, dout, pullback, wanted) -> list:
             c0 = (j * grid.bk).astype(jnp.int32)
             kb = lax.dynamic_slice_in_dim(kp, c0, grid.bk, axis=kp.ndim - 2)
             vb = lax.dynamic_slice_in_dim(vp, c0, grid.bk, axis=vp.ndim - 2)
-            ex = _tile_extras(grid, ex_p, r0, c0)
+            ex = blocked.extras_of(ex_p, r0, c0, grid.bq, grid.bk, _dynamic_cut)
             s, pull = pullback(prob.tile, [qb, kb, *ex])
-            seen = grid.seen(prob, mask, ex, r0, c0)
+            seen = grid.seen(xp, prob, ex, r0, c0)
             p, ds = blocked._tile_grads(xp, prob, n, s, seen, stats, dout_b, d_b, vb)
             g_v = jnp.matmul(jnp.swapaxes(p, -1, -2), dout_b)
             dv = _accumulate(dv, blocked.unbroadcast(xp, g_v, vb.shape), c0, dv.ndim - 2, grid.bk)
@@ -227,11 +214,10 @@ def backward(xp, prob, q, k, v, extras, saved, dout, pullback, wanted) -> list:
     result += [None] * len(extras)
     for slot, i_ex in enumerate(arrays):
         g = dex[slot]
-        if _is_score_array(extras[i_ex]) and i_ex >= _SCALARS:
+        if blocked.is_score_array(extras[i_ex]) and i_ex >= _SCALARS:
             g = g[tuple(slice(0, s) for s in extras[i_ex].shape)]
         result[3 + i_ex] = g
-    if prob.normalization == "l1" and isinstance(extras[1], jax.Array):
-        # epsilon also sits in the l1 normaliser: d/d eps of S / (eps + sum S)
-        g = -jnp.sum(d_all / (st1 * st2))
-        result[4] = result[4] + jnp.reshape(g, extras[1].shape)
+    g = blocked.l1_epsilon_grad(xp, prob, extras[1], d_all, st1, st2)
+    if g is not None:
+        result[4] = result[4] + g
     return [g if w else None for g, w in zip(result, wanted)]

@@ -80,6 +80,7 @@ INVARIANTS: dict[str, tuple[str, ...]] = {
     "grid_window_contains": ("window_mask",),
     "masked_keys_zero": ("attention_weights",),
     "rotation_preserves_norm": ("rotary",),
+    "relative_position": ("rotary",),
     "squasher_range": ("softermax", "softer_sigmoid", "soft_tanh"),
     "soft_tanh_identity": ("soft_tanh",),
     "nonpositive_n_raises": ("softermax", "softer_sigmoid", "soft_tanh"),

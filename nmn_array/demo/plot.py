@@ -9,12 +9,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nmn_array.demo.train import Result
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 _COLORS = {"yat-mlp": "C0", "relu-mlp": "C1", "yat-cnn": "C2", "relu-cnn": "C3"}
+
+
+def new_figure(path: str | Path, size: tuple[float, float]) -> tuple[Figure, Path]:
+    """A matplotlib ``Figure`` of ``size`` inches on an Agg canvas, and ``path`` made
+    absolute with its folder created."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, path
 
 
 def save_figure(results: Sequence[Result], path: str | Path, title: str = "") -> Path:
@@ -23,13 +40,7 @@ def save_figure(results: Sequence[Result], path: str | Path, title: str = "") ->
 
     Returns the absolute path written.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(15, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig, path = new_figure(path, (15, 4.8))
     # matplotlib's stub returns SubFigure | ndarray; a 1 x 2 grid is always the array.
     left, right = fig.subfigures(1, 2, width_ratios=(2, 1.1))  # type: ignore[misc]
     ax_acc, ax_loss = left.subplots(1, 2)

@@ -9,6 +9,19 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+#: Frameworks with language models (``nmn-array demo lm``).
+LM_FRAMEWORKS = ("torch", "nnx")
+#: Where ``nmn-array demo lm`` writes its figure; here, not in the NumPy-using module, so
+#: that building the command-line parser never needs NumPy.
+LM_DEFAULT_OUT = "nmn-array-demo-lm.png"
+
+#: ``nmn-array demo attention``: its tasks and attention variants (printed order) and the
+#: defaults its parser shows; here so that building the parser never imports NumPy or torch.
+ATTENTION_TASKS = ("copy", "reverse")
+ATTENTION_VARIANTS = ("softmax", "yat", "spherical_yat", "slay", "maclaurin", "radial")
+ATTENTION_STEPS = 200
+ATTENTION_QUICK_STEPS = 4
+
 
 class MissingFramework(RuntimeError):
     """A requested framework is unknown or not installed; ``str()`` is a one-line message."""

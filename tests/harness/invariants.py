@@ -431,6 +431,46 @@ def rotation_preserves_norm(spec: Spec, b: Backend, dtype: str, case: Case) -> N
     )
 
 
+def relative_position(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """For fixed contents, the yat score ``(a.b)^2 / (|a - b|^2 + eps)`` between a row
+    rotated at ``p`` and a row rotated at ``r`` depends only on ``p - r``: shifting every
+    position by the same amount (per axis in 2-D) leaves the scores between all rows alike."""
+    x = case.arrays["x"]
+    length = x.shape[-2]
+    pos = case.arrays.get("positions")
+    pos = np.arange(length, dtype=np.int64) if pos is None else np.asarray(pos)
+    shift = np.array([7, 3], dtype=np.int64)[: 1 if pos.ndim == 1 else 2]
+    ys = [
+        calls.run(spec, b, case.replace(arrays={"positions": p}), dtype) for p in (pos, pos + shift)
+    ]
+    # each output is within ``allowed`` of its exact value, and the exact scores are equal
+    errs = [
+        tolerance.allowed(spec, case.replace(arrays={"positions": p}), dtype)
+        for p in (pos, pos + shift)
+    ]
+    # G = a.b and D = |a - b|^2 of the two runs differ by at most d_gram and d_dist
+    eps = 1e-5
+    y = ys[0]
+    na = sum(np.linalg.norm(e, axis=-1) for e in errs)
+    ny = np.linalg.norm(y, axis=-1) + na  # bounds the exact rows' norms too
+    gram = [t @ np.swapaxes(t, -1, -2) for t in ys]
+    dist = [np.sum((t[..., :, None, :] - t[..., None, :, :]) ** 2, axis=-1) for t in ys]
+    score = [g**2 / (q + eps) for g, q in zip(gram, dist)]
+    d_gram = na[..., :, None] * ny[..., None, :] + ny[..., :, None] * na[..., None, :]
+    d_gram = d_gram + na[..., :, None] * na[..., None, :]
+    pair = na[..., :, None] + na[..., None, :]
+    d_dist = 2.0 * (np.sqrt(dist[0]) + pair) * pair + pair**2
+    room = np.maximum(dist[0] + eps - d_dist, 0.0)
+    with np.errstate(divide="ignore"):
+        bound = (2.0 * np.abs(gram[0]) * d_gram + d_gram**2 + score[0] * d_dist) / room
+    tolerance.assert_close(
+        score[1],
+        score[0],
+        1.01 * bound + 1e-300,
+        _what(spec, "relative_position", b, dtype) + f" (positions shifted by {shift.tolist()})",
+    )
+
+
 def squasher_range(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
     """softermax in [0, 1] with row sums <= 1; softer_sigmoid in [0, 1] with value 1/2 at 1;
     soft_tanh in [-1, 1] with value 0 at 1."""
@@ -490,6 +530,7 @@ INVARIANTS: dict[str, Callable[[Spec, Backend, str, Case], None]] = {
     "symmetric_reflexive": symmetric_reflexive,
     "grid_window_contains": grid_window_contains,
     "rotation_preserves_norm": rotation_preserves_norm,
+    "relative_position": relative_position,
     "squasher_range": squasher_range,
     "soft_tanh_identity": soft_tanh_identity,
     "nonpositive_n_raises": nonpositive_n_raises,

@@ -73,13 +73,22 @@ def _elementwise(spec: Spec, case: Case, dtype: str) -> np.ndarray:
     return out
 
 
+def rotary_angles(positions: np.ndarray, d: int, theta: float) -> np.ndarray:
+    """The angle ``(L, d/2)`` each pair turns by at ``positions`` ``(L,)`` or, axially,
+    ``(L, 2)`` (the first half of the pairs by the row, the second by the column)."""
+    if positions.ndim == 1:
+        return positions[:, None] * theta ** (-2.0 * np.arange(d // 2) / d)
+    freq = theta ** (-4.0 * np.arange(d // 4) / d)
+    return np.concatenate([positions[:, :1] * freq, positions[:, 1:] * freq], axis=-1)
+
+
 def _rotary_extra(spec: Spec, case: Case, dtype: str) -> np.ndarray:
     x = calls.rounded(case.arrays["x"], dtype)
     length, d = x.shape[-2:]
     positions = case.arrays.get("positions")
     pos = np.arange(length) if positions is None else np.asarray(positions, dtype=np.float64)
     theta = float(calls.param(case, "theta", 10000.0))
-    angle = np.abs(pos[:, None] * theta ** (-2.0 * np.arange(d // 2) / d))  # (L, d/2)
+    angle = np.abs(rotary_angles(pos, d, theta))  # (L, d/2)
     pair = np.abs(x[..., 0::2]) + np.abs(x[..., 1::2])  # (..., L, d/2)
     bound = accumulation_k(spec, case, dtype) * (1.0 + 10.0 * angle) * pair
     return np.repeat(bound, 2, axis=-1)
