@@ -12,6 +12,8 @@ from nmn_array.attention import local_window_mask, yat_attention, yat_attention_
 from nmn_array.conv import yat_conv, yat_conv_transpose
 from nmn_array.dense import yat
 from nmn_array.dropconnect import drop_connect
+from nmn_array.linear_attention import yat_linear_attention
+from nmn_array.random_features import maclaurin_features, radial_features, slay_features
 from nmn_array.rotary import rotary_embedding
 from nmn_array.squashers import soft_tanh, softer_sigmoid, softermax
 
@@ -24,7 +26,10 @@ __version__ = "0.1.0"
 for _public in (
     drop_connect,
     local_window_mask,
+    maclaurin_features,
+    radial_features,
     rotary_embedding,
+    slay_features,
     soft_tanh,
     softer_sigmoid,
     softermax,
@@ -33,30 +38,28 @@ for _public in (
     yat_attention_weights,
     yat_conv,
     yat_conv_transpose,
+    yat_linear_attention,
 ):
     # Through __dict__: a function object takes any attribute, mypy's function type none.
     _public.__dict__["autograph_info__"] = frozenset()
 del _public
 
-# The linear-time attention functions are public in their modules
-# (nmn_array.linear_attention, nmn_array.random_features) and join the top level with their
-# spec entries (every top-level function has one).
-from nmn_array import linear_attention, random_features  # noqa: E402
+# The projection builders (slay_projection, maclaurin_projection, radial_projection) draw
+# NumPy arrays from a Generator rather than compute on arrays: they stay in
+# nmn_array.random_features, next to their feature maps; the frameworks' helpers
+# (performer_features, performer_projection, performer_attention) in nmn_array.linear_attention.
+from nmn_array import linear_attention as linear_attention  # noqa: E402
+from nmn_array import random_features as random_features  # noqa: E402
 
-for _linear in (
-    linear_attention.performer_attention,
-    linear_attention.yat_linear_attention,
-    random_features.maclaurin_features,
-    random_features.radial_features,
-    random_features.slay_features,
-):
-    _linear.__dict__["autograph_info__"] = frozenset()
-del _linear
+linear_attention.performer_attention.__dict__["autograph_info__"] = frozenset()
 
 __all__ = [
     "drop_connect",
     "local_window_mask",
+    "maclaurin_features",
+    "radial_features",
     "rotary_embedding",
+    "slay_features",
     "soft_tanh",
     "softer_sigmoid",
     "softermax",
@@ -65,4 +68,5 @@ __all__ = [
     "yat_attention_weights",
     "yat_conv",
     "yat_conv_transpose",
+    "yat_linear_attention",
 ]

@@ -194,7 +194,7 @@ def yat_linear_attention(
     --------
     >>> import numpy as np, nmn_array
     >>> q = np.ones((2, 5, 4)); v = np.arange(10.0).reshape(2, 5, 1)
-    >>> out = nmn_array.linear_attention.yat_linear_attention(q, q, v, lambda x: x * x, causal=True)
+    >>> out = nmn_array.yat_linear_attention(q, q, v, lambda x: x * x, causal=True)
     >>> out[0, :, 0].round(4).tolist()  # equal weights: the running mean of v
     [0.0, 0.5, 1.0, 1.5, 2.0]
     """

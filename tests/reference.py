@@ -46,6 +46,10 @@ __all__ = [
     "soft_tanh_ref",
     "drop_connect_ref",
     "local_window_mask_ref",
+    "slay_features_ref",
+    "maclaurin_features_ref",
+    "radial_features_ref",
+    "yat_linear_attention_ref",
     "numerical_grad",
 ]
 
@@ -888,3 +892,206 @@ def local_window_mask_ref(grid_shape: Sequence[int], radius: Any) -> np.ndarray:
         for b, cb in enumerate(coords):
             out[a, b] = all(abs(x - y) <= r for x, y, r in zip(ca, cb, radii))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# random feature maps and linear-time attention (formulas: docs/linear_attention.md)
+# --------------------------------------------------------------------------------------------
+def _feature_rows(x: Any, normalize: bool, epsilon: float) -> tuple[np.ndarray, tuple]:
+    """``x`` as float64 rows ``(N, d)`` (each scaled to ``x / sqrt(|x|^2 + eps)`` if
+    ``normalize``) and the leading shape to restore."""
+    x = _f64(x)
+    rows = x.reshape(-1, x.shape[-1]).copy()
+    if normalize:
+        for n in range(rows.shape[0]):
+            rows[n] = rows[n] / math.sqrt(sum(t * t for t in rows[n]) + epsilon)
+    return rows, x.shape[:-1]
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(sum(float(s) * float(t) for s, t in zip(a, b)))
+
+
+def slay_features_ref(
+    x: Any, projection: dict, *, normalize: bool = True, epsilon: float = 1e-6
+) -> np.ndarray:
+    """Naive SLAY features, one loop per feature ``(p, m, r)`` (``r`` fastest):
+    ``sqrt(w_r) (a_p . x)^2 / sqrt(P) * exp(clip(sqrt(2 s_r) w_rm . x - s_r, +-20)) / sqrt(M)``.
+    """
+    rows, lead = _feature_rows(x, normalize, epsilon)
+    anchors, proj = _f64(projection["anchors"]), _f64(projection["projections"])
+    nodes, weights = _f64(projection["quad_nodes"]), _f64(projection["quad_weights"])
+    p_count, (r_count, m_count, _) = anchors.shape[0], proj.shape
+    out = np.zeros((rows.shape[0], p_count * m_count * r_count))
+    for n, row in enumerate(rows):
+        f = 0
+        for p in range(p_count):
+            poly = _dot(anchors[p], row) ** 2 / math.sqrt(p_count)
+            for m in range(m_count):
+                for r in range(r_count):
+                    arg = math.sqrt(2.0 * nodes[r]) * _dot(proj[r, m], row) - nodes[r]
+                    prf = math.exp(min(max(arg, -20.0), 20.0)) / math.sqrt(m_count)
+                    out[n, f] = math.sqrt(weights[r]) * poly * prf
+                    f += 1
+    return out.reshape(*lead, out.shape[-1])
+
+
+def maclaurin_features_ref(
+    x: Any, projection: dict, *, normalize: bool = True, epsilon: float = 1e-6
+) -> np.ndarray:
+    """Naive MAY features: ``sqrt(Z / M) * prod_(l < N_r) omega_rl . x`` per feature ``r``."""
+    rows, lead = _feature_rows(x, normalize, epsilon)
+    omegas = _f64(projection["omegas"])
+    degrees = np.asarray(projection["degrees"]).astype(int)
+    z, m_count = float(_f64(projection["Z"])), omegas.shape[0]
+    out = np.zeros((rows.shape[0], m_count))
+    for n, row in enumerate(rows):
+        for r in range(m_count):
+            value = math.sqrt(z / m_count)
+            for step in range(degrees[r]):
+                value *= _dot(omegas[r, step], row)
+            out[n, r] = value
+    return out.reshape(*lead, m_count)
+
+
+def radial_features_ref(
+    x: Any, projection: dict, *, normalize: bool = True, epsilon: float = 1e-6
+) -> np.ndarray:
+    """Naive RAY features, feature ``(i, j, t)`` (``t`` fastest) of ``z = [x, sqrt(b)]``:
+    ``(W1_i . z)(W2_i . z) / sqrt(m) * sqrt(2 / D) cos(Omega_jt . z + phase_jt) sqrt(coef_j)``.
+    """
+    rows, lead = _feature_rows(x, normalize, epsilon)
+    w1, w2, omegas = _f64(projection["W1"]), _f64(projection["W2"]), _f64(projection["omegas"])
+    phases, coef = _f64(projection["phases"]), _f64(projection["coef"])
+    root_b = math.sqrt(float(_f64(projection["bias"])))
+    m_count, (j_count, d_count, _) = w1.shape[0], omegas.shape
+    out = np.zeros((rows.shape[0], m_count * j_count * d_count))
+    for n, row in enumerate(rows):
+        z = np.append(row, root_b)
+        f = 0
+        for i in range(m_count):
+            psi = _dot(w1[i], z) * _dot(w2[i], z) / math.sqrt(m_count)
+            for j in range(j_count):
+                for t in range(d_count):
+                    wave = math.cos(_dot(omegas[j, t], z) + phases[j, t])
+                    weight = math.sqrt(max(coef[j], 0.0)) * math.sqrt(2.0 / d_count)
+                    out[n, f] = psi * wave * weight
+                    f += 1
+    return out.reshape(*lead, out.shape[-1])
+
+
+def square_features(t: Any) -> Any:
+    """A feature map for the readout's tests: ``t * t``, elementwise, on any array type."""
+    return t * t
+
+
+def shifted_square_features(t: Any) -> Any:
+    """``t * t + 0.25``: every weight positive (a query that sees keys never divides by 0)."""
+    return t * t + 0.25
+
+
+def yat_linear_attention_ref(
+    q: Any,
+    k: Any,
+    v: Any,
+    features: Callable[[Any], Any],
+    *,
+    causal: bool = False,
+    mask: Any = None,
+    chunk_size: int = 64,
+    epsilon: float = 1e-6,
+) -> np.ndarray:
+    """Explicit normalised attention with weights ``phi(q_i) . phi(k_j)``, one query at a
+    time: key ``j`` counts iff ``mask[..., 0, j]`` and (causal) ``j <= i``; the denominator
+    moves ``epsilon`` away from zero keeping its sign. ``chunk_size`` does not change it."""
+    del chunk_size
+    fq, fk, v = _f64(features(_f64(q))), _f64(features(_f64(k))), _f64(v)
+    lead = np.broadcast_shapes(fq.shape[:-2], fk.shape[:-2], v.shape[:-2])
+    keep = np.ones(lead + (1, fk.shape[-2]), dtype=bool) if mask is None else mask
+    keep = np.broadcast_to(np.asarray(keep, dtype=bool), lead + (1, fk.shape[-2]))
+    fq, fk = np.broadcast_to(fq, lead + fq.shape[-2:]), np.broadcast_to(fk, lead + fk.shape[-2:])
+    v = np.broadcast_to(v, lead + v.shape[-2:])
+    out = np.zeros(lead + (fq.shape[-2], v.shape[-1]))
+    for idx in np.ndindex(lead):
+        for i in range(fq.shape[-2]):
+            num, den = np.zeros(v.shape[-1]), 0.0
+            for j in range(fk.shape[-2]):
+                if keep[idx + (0, j)] and not (causal and j > i):
+                    weight = _dot(fq[idx + (i,)], fk[idx + (j,)])
+                    num += weight * v[idx + (j,)]
+                    den += weight
+            out[idx + (i,)] = num / (den - epsilon if den < 0 else den + epsilon)
+    return out
+
+
+# Error-scale bounds (the spec's tolerance policy "bound"): each returns, per output element,
+# a float64 bound of its first-order rounding error in units of k = c (n + 2) u. Absolute
+# values of every dot product bound both the dot and its rounding (|fl(a.x) - a.x| <= k
+# |a|.|x|); no cancellation can hide behind them.
+def _abs_rows(x: Any, normalize: bool, epsilon: float) -> tuple[np.ndarray, tuple]:
+    rows, lead = _feature_rows(x, normalize, epsilon)
+    return np.abs(rows), lead
+
+
+def slay_features_bound(
+    x: Any, projection: dict, *, normalize: bool = True, epsilon: float = 1e-6
+) -> np.ndarray:
+    """``sqrt(w_r / M / P) A^2 E (3 + G + s_r)``: ``A = |a_p|.|x|`` bounds the squared anchor
+    term (error 2 k A^2), ``E = exp(min(G - s_r, 20))`` with ``G = sqrt(2 s_r) |w_rm|.|x|``
+    bounds the positive feature (relative error k (G + s_r + 1))."""
+    rows, lead = _abs_rows(x, normalize, epsilon)
+    anchors, proj = np.abs(_f64(projection["anchors"])), np.abs(_f64(projection["projections"]))
+    nodes, weights = _f64(projection["quad_nodes"]), _f64(projection["quad_weights"])
+    p_count, (r_count, m_count, _) = anchors.shape[0], proj.shape
+    a2 = (rows @ anchors.T) ** 2 / math.sqrt(p_count)  # (N, P)
+    g = np.einsum("nd,rmd->nmr", rows, proj) * np.sqrt(2.0 * nodes)  # (N, M, R)
+    e = np.exp(np.minimum(g - nodes, 20.0)) * (3.0 + g + nodes)
+    e = e * np.sqrt(weights / m_count)
+    out = a2[:, :, None, None] * e[:, None, :, :]
+    return out.reshape(*lead, p_count * m_count * r_count)
+
+
+def maclaurin_features_bound(
+    x: Any, projection: dict, *, normalize: bool = True, epsilon: float = 1e-6
+) -> np.ndarray:
+    """``sqrt(Z / M) (N_r + 2) prod_(l < N_r) |omega_rl|.|x|``."""
+    rows, lead = _abs_rows(x, normalize, epsilon)
+    omegas = np.abs(_f64(projection["omegas"]))
+    degrees = np.asarray(projection["degrees"]).astype(int)
+    z, m_count = float(_f64(projection["Z"])), omegas.shape[0]
+    dots = np.einsum("nd,rld->nrl", rows, omegas)  # (N, M, rows)
+    used = np.arange(omegas.shape[1])[None, :] < degrees[:, None]
+    prod = np.prod(np.where(used[None], dots, 1.0), axis=-1)
+    out = math.sqrt(z / m_count) * (degrees + 2.0) * prod
+    return out.reshape(*lead, m_count)
+
+
+def radial_features_bound(
+    x: Any, projection: dict, *, normalize: bool = True, epsilon: float = 1e-6
+) -> np.ndarray:
+    """``|W1_i|.|z| |W2_i|.|z| / sqrt(m) * sqrt(2 coef_j / D) (3 + |Omega_jt|.|z| +
+    |phase_jt|)``: the sketch's error is 2 k times its bound and the cosine's is the error of
+    its angle."""
+    rows, lead = _abs_rows(x, normalize, epsilon)
+    root_b = math.sqrt(float(_f64(projection["bias"])))
+    z = np.concatenate([rows, np.full((rows.shape[0], 1), root_b)], axis=-1)
+    w1, w2 = np.abs(_f64(projection["W1"])), np.abs(_f64(projection["W2"]))
+    omegas, phases = np.abs(_f64(projection["omegas"])), np.abs(_f64(projection["phases"]))
+    coef = np.maximum(_f64(projection["coef"]), 0.0)
+    m_count, (j_count, d_count, _) = w1.shape[0], omegas.shape
+    psi = (z @ w1.T) * (z @ w2.T) / math.sqrt(m_count)  # (N, m)
+    angle = np.einsum("nw,jtw->njt", z, omegas) + phases  # (N, J, D)
+    wave = (3.0 + angle) * np.sqrt(2.0 * coef / d_count)[:, None]
+    out = psi[:, :, None, None] * wave[:, None, :, :]
+    return out.reshape(*lead, m_count * j_count * d_count)
+
+
+def yat_linear_attention_bound(
+    q: Any, k: Any, v: Any, features: Callable[[Any], Any], **kwargs: Any
+) -> np.ndarray:
+    """For weights ``w_ij >= 0`` (the spec's feature maps are non-negative), each weight has a
+    relative error of at most k, so the output (a weighted mean of the visible values) moves by
+    at most ``3 sum_j w_ij |v_j| / den_i`` in units of k; ``|v|`` read out with the same
+    weights is exactly that mean."""
+    absolute = yat_linear_attention_ref(q, k, np.abs(_f64(v)), features, **kwargs)
+    return 3.0 * absolute

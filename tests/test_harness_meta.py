@@ -32,6 +32,10 @@ SOFTERMAX = load("functions/softermax.yaml")
 SIGMOID = load("functions/softer_sigmoid.yaml")
 TANH = load("functions/soft_tanh.yaml")
 WINDOW_MASK = load("functions/local_window_mask.yaml")
+SLAY = load("functions/slay_features.yaml")
+MACLAURIN = load("functions/maclaurin_features.yaml")
+RADIAL = load("functions/radial_features.yaml")
+LINEAR = load("functions/yat_linear_attention.yaml")
 
 _SETTINGS = settings(
     max_examples=40,
@@ -396,3 +400,51 @@ def test_every_check_is_exercised_here(prop):
     """Each harness check has at least one meta-test above (module == function aside)."""
     source = open(__file__).read()
     assert f'"{prop}"' in source, f"no meta-test breaks {prop}"
+
+
+# -- random features and linear attention ---------------------------------------------------
+
+
+def test_features_scaled_by_1e_5_fail_matches_reference_float32():
+    # the "bound" tolerance is tight: a relative error of 1e-5 is far outside float32 rounding
+    def broken(x, projection, **kw):
+        return nmn_array.maclaurin_features(x, projection, **kw) * (1.0 + 1e-5)
+
+    must_fail(MACLAURIN, "matches_reference", "numpy:float32", broken)
+
+
+def test_slay_features_in_nodes_major_order_fail_matches_reference():
+    def broken(x, projection, **kw):
+        y = nmn_array.slay_features(x, projection, **kw)
+        p = np.shape(projection["anchors"])[0]
+        r, m = np.shape(projection["projections"])[:2]
+        y = np.reshape(y, (*np.shape(y)[:-1], p, m, r))
+        return np.reshape(np.swapaxes(y, -1, -2), np.shape(y)[:-3] + (p * m * r,))
+
+    must_fail(SLAY, "matches_reference", "numpy:float64", broken)
+
+
+def test_radial_features_without_the_bias_coordinate_fail_matches_reference():
+    def broken(x, projection, **kw):
+        return nmn_array.radial_features(x, {**projection, "bias": np.zeros(())}, **kw)
+
+    must_fail(RADIAL, "matches_reference", "numpy:float64", broken)
+
+
+def test_causal_chunks_seeing_their_own_future_fail_causal_prefix():
+    def broken(q, k, v, features, *, causal=False, **kw):
+        # every chunk of two tokens sees both of its tokens: a within-chunk leak
+        out = nmn_array.yat_linear_attention(q, k, v, features, causal=causal, **kw)
+        if not causal or np.shape(q)[-2] < 2:
+            return out
+        pair = nmn_array.yat_linear_attention(q[..., :2, :], k[..., :2, :], v[..., :2, :], features)
+        return np.concatenate([pair[..., :1, :], out[..., 1:, :]], axis=-2)
+
+    must_fail(LINEAR, "causal_prefix", "numpy:float64", broken)
+
+
+def test_linear_attention_ignoring_the_mask_fails_matches_reference():
+    def broken(q, k, v, features, *, mask=None, **kw):
+        return nmn_array.yat_linear_attention(q, k, v, features, **kw)
+
+    must_fail(LINEAR, "matches_reference", "numpy:float64", broken)

@@ -10,6 +10,7 @@ skips name real targets, ...) are the model validator of :class:`Spec`.
 The loader keeps the parsed YAML mapping as its data; the models only judge it.
 """
 
+import re
 from collections.abc import Iterable, Sequence
 from types import NoneType, UnionType
 from typing import Annotated, Any, ForwardRef, Literal, Union, get_args, get_origin
@@ -73,8 +74,8 @@ INVARIANTS: dict[str, tuple[str, ...]] = {
     "kernel1_equals_dense": ("conv",),
     "eps_monotone": ("dense", "conv", "conv_transpose"),
     "rows_normalized": ("attention_weights",),
-    "kv_permutation": ("attention",),
-    "causal_prefix": ("attention", "attention_weights"),
+    "kv_permutation": ("attention", "linear_attention"),
+    "causal_prefix": ("attention", "attention_weights", "linear_attention"),
     "blocked_equals_exact": ("attention",),
     "symmetric_reflexive": ("window_mask",),
     "grid_window_contains": ("window_mask",),
@@ -101,10 +102,12 @@ FAMILIES = (
     "embed",
     "dropconnect",
     "window_mask",
+    "random_features",
+    "linear_attention",
 )
 
 #: Tolerance policies the harness implements (see docs/testing.md).
-POLICIES = ("yat_ratio", "attention", "elementwise", "module")
+POLICIES = ("yat_ratio", "attention", "elementwise", "module", "bound")
 
 #: Boundary inputs the harness can force (grad_finite, invariants).
 BOUNDARIES = ("x_equals_w", "x_near_w", "zero_x", "zero_w")
@@ -218,8 +221,9 @@ def _expression(form: str, star: bool = False) -> Any:
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 Ident = _text(_IDENT, "an identifier (letters, digits, underscores)")
 Dotted = _text(rf"{_IDENT}(\.{_IDENT})*", "a dotted import path such as 'nmn_array.yat'")
+_OBJECT_PATH = rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*"
 ObjectPath = _text(
-    rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*",
+    _OBJECT_PATH,
     "an object path 'module:attribute' such as 'tests.reference:yat_ref'",
 )
 ClassPath = _text(
@@ -309,7 +313,9 @@ class Dim(_Model):
 class Param(_Model):
     """a parameter strategy {type, range | choices, log, len, when, array_forms, pass, one_of}"""
 
-    type: Literal["int", "float", "bool", "int_tuple", "pair_tuple", "choice"] = _ABSENT
+    # "object": the choices are 'module:attribute' paths and the call receives the objects
+    # they name (a callable argument such as a feature map)
+    type: Literal["int", "float", "bool", "int_tuple", "pair_tuple", "choice", "object"] = _ABSENT
     range: _pair(Num, "a number") = _ABSENT
     choices: _nonempty(Scalar) = _ABSENT
     log: Flag = _ABSENT
@@ -329,12 +335,14 @@ class ShapeWhen(_Model):
 
 
 class Array(_Model):
-    """an array mapping {shape, shape_when, dtype, optional, elements, note}"""
+    """an array mapping {shape, shape_when, dtype, optional, pack, elements, note}"""
 
     shape: Shape
     shape_when: _nonempty(ShapeWhen) = _ABSENT
     dtype: Literal["float", "int64", "bool"] = _ABSENT
     optional: Flag = _ABSENT
+    # the call passes the array inside a dict argument of this name, under its own name
+    pack: Ident = _ABSENT
     elements: Elements = _ABSENT
     note: Text = _ABSENT
 
@@ -357,9 +365,12 @@ class Tolerance(_Model):
 
 
 class Tolerances(_Model):
-    """a tolerances mapping {policy, accumulation, c, float32, float64, grad}"""
+    """a tolerances mapping {policy, bound, accumulation, c, float32, float64, grad}"""
 
     policy: Literal[POLICIES]
+    # policy "bound": a function of the call's inputs (the reference's signature) returning
+    # each output element's rounding-error scale; allowed = k * bound + rtol |y| + atol
+    bound: ObjectPath = _ABSENT
     accumulation: Expr = _ABSENT
     c: Num = _ABSENT
     float32: Tolerance
@@ -570,8 +581,11 @@ def _check_param(param: Param, path: str, known: set[str], problems: _Problems) 
         problems.add(path, f"a 'range' or 'choices' for type {kind!r}", shown)
     if kind in ("int_tuple", "pair_tuple") and not keys >= {"len", "range"}:
         problems.add(path, f"'len' and 'range' for type {kind!r}", shown)
-    if kind == "choice" and param.choices is None:
-        problems.add(path, "a 'choices' list for type 'choice'", shown)
+    if kind in ("choice", "object") and param.choices is None:
+        problems.add(path, f"a 'choices' list for type {kind!r}", shown)
+    for choice in param.choices or () if kind == "object" else ():
+        if not (isinstance(choice, str) and re.fullmatch(_OBJECT_PATH, choice)):
+            problems.add(f"{path}.choices", "object paths 'module:attribute'", choice)
     problems.unknown(path, _param_names(param), known, "names from dims or params")
 
 
@@ -612,13 +626,18 @@ def _check_references(spec: Spec, problems: _Problems) -> None:
         )
     for i, text in enumerate(spec.constraints):
         problems.unknown(f"constraints[{i}]", expr.names_in(text), known, from_dims)
+    packs = {a.pack for a in arrays.values() if a.pack is not None}
+    for name in sorted(packs & (known | set(arrays))):
+        problems.add("arrays.*.pack", "a name that is not a dim, param or array name", name)
     for i, name in enumerate(spec.call):
-        if name not in arrays and name not in params:
+        if name not in arrays and name not in params and name not in packs:
             problems.add(
                 f"call[{i}]",
-                f"an array or parameter name ({sorted(set(arrays) | set(params))})",
+                f"an array, parameter or pack name ({sorted(set(arrays) | set(params) | packs)})",
                 name,
             )
+    if (spec.tolerances.policy == "bound") != (spec.tolerances.bound is not None):
+        problems.add("tolerances.bound", "a bound function exactly when the policy is 'bound'")
     if spec.kind == "function" and spec.reference is None:
         problems.add("reference", "a required key for kind 'function' ('module:attribute')")
     if "cross_backend" in spec.properties and "numpy" not in spec.backends:

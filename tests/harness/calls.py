@@ -13,7 +13,7 @@ import numpy as np
 
 from tests.backends import Backend
 from tests.harness.case import ArrayParam, Case, plain
-from tests.harness.spec import Spec
+from tests.harness.spec import Spec, resolve
 
 #: jitted JAX callables, keyed by (function, static arguments, argument layout)
 _JIT_CACHE: dict[Any, Callable[..., Any]] = {}
@@ -39,6 +39,13 @@ def layout(spec: Spec, case: Case, extra: Mapping[str, Any] | None = None) -> tu
         if name in case.params:
             values[name] = case.params[name]
     values.update(extra or {})
+    for name, param in spec.params.items():
+        if param.get("type") == "object" and isinstance(values.get(name), str):
+            values[name] = resolve(values[name])
+    for name, array in spec.arrays.items():
+        pack = array.get("pack")
+        if pack is not None:
+            values.setdefault(pack, {})[name] = values.pop(name)
     positional = [values.pop(n) if n in values else None for n in spec.call]
     keyword = {k: v for k, v in values.items() if not (k in spec.arrays and v is None)}
     return positional, keyword
@@ -75,22 +82,28 @@ def call(
     dynamic: list[Any] = []
     slots_pos: list[tuple[str, Any]] = []
     slots_kw: list[tuple[str, str, Any]] = []
+
+    def slot(v: Any) -> tuple[str, Any]:
+        if isinstance(v, dict):  # a pack: each of its arrays is traced
+            return ("pack", {key: slot(item) for key, item in v.items()})
+        if _is_array(v):
+            dynamic.append(_to_backend(b, v, dtype))
+            return ("dyn", len(dynamic) - 1)
+        return ("static", v)
+
+    def unslot(dyn: tuple, kind: str, v: Any) -> Any:
+        if kind == "pack":
+            return {key: unslot(dyn, *item) for key, item in v.items()}
+        return dyn[v] if kind == "dyn" else v
+
     for v in positional:
-        if _is_array(v):
-            slots_pos.append(("dyn", len(dynamic)))
-            dynamic.append(_to_backend(b, v, dtype))
-        else:
-            slots_pos.append(("static", v))
+        slots_pos.append(slot(v))
     for k, v in keyword.items():
-        if _is_array(v):
-            slots_kw.append((k, "dyn", len(dynamic)))
-            dynamic.append(_to_backend(b, v, dtype))
-        else:
-            slots_kw.append((k, "static", v))
+        slots_kw.append((k, *slot(v)))
 
     def bound(*dyn: Any) -> Any:
-        args = [dyn[v] if kind == "dyn" else v for kind, v in slots_pos]
-        kwargs = {k: dyn[v] if kind == "dyn" else v for k, kind, v in slots_kw}
+        args = [unslot(dyn, kind, v) for kind, v in slots_pos]
+        kwargs = {k: unslot(dyn, kind, v) for k, kind, v in slots_kw}
         return fn(*args, **kwargs)
 
     if jit is None:
@@ -168,6 +181,8 @@ def rounded(value: Any, dtype: str) -> Any:
         return value.astype(dtype).astype(np.float64)
     if isinstance(value, float):
         return float(np.asarray(value, dtype=dtype))
+    if isinstance(value, dict):
+        return {key: rounded(item, dtype) for key, item in value.items()}
     return value
 
 
@@ -175,13 +190,25 @@ def reference(
     spec: Spec, case: Case, dtype: str, extra: Mapping[str, Any] | None = None
 ) -> np.ndarray:
     """The naive float64 reference on the dtype-rounded inputs (cached on the case)."""
-    key = ("ref", spec.name, spec.ref, case.digest(), dtype, repr(sorted((extra or {}).items())))
+    return evaluate(spec, case, dtype, spec.ref, extra)
+
+
+def evaluate(
+    spec: Spec,
+    case: Case,
+    dtype: str,
+    fn: Callable[..., Any],
+    extra: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """``fn`` (a float64 NumPy function with the call's signature) on the dtype-rounded
+    inputs, cached on the case."""
+    key = ("ref", spec.name, fn, case.digest(), dtype, repr(sorted((extra or {}).items())))
     value = SHARED.get(key)
     if value is None:
         positional, keyword = layout(spec, case, extra)
         args = [rounded(v, dtype) for v in positional]
         kwargs = {k: rounded(v, dtype) for k, v in keyword.items()}
-        value = SHARED.put(key, np.asarray(spec.ref(*args, **kwargs), dtype=np.float64))
+        value = SHARED.put(key, np.asarray(fn(*args, **kwargs), dtype=np.float64))
     return value
 
 

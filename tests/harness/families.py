@@ -23,6 +23,8 @@ ROLES = {
     "softer_sigmoid": ("x", None),
     "soft_tanh": ("x", None),
     "dropconnect": ("kernel", None),
+    "random_features": ("x", None),
+    "linear_attention": ("q", "k"),
 }
 
 

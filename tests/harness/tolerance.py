@@ -17,6 +17,10 @@ access to the reference's internals. Then ``rtol |y| + atol`` is added.
 through the normalisation (softmax: relative ``expm1(dS_j + max dS)``; l1 and softermax:
 quotient rule) and through ``weights @ v``.
 
+``bound``: ``k * bound(inputs)``, the spec naming a float64 function of the inputs that
+bounds each element's first-order rounding error in units of ``k`` (derived per function in
+tests/reference.py), plus ``rtol |y| + atol``.
+
 ``rotary``: ``k (1 + 10 |angle|) (|x_even| + |x_odd|)`` (the angle is rounded to ``u |angle|``
 and its frequency to ~10 u). ``elementwise``: ``rtol |y| + atol`` only.
 """
@@ -30,7 +34,7 @@ import numpy as np
 from nmn_array._spec import expr
 from tests.harness import calls, families
 from tests.harness.case import Case
-from tests.harness.spec import Spec
+from tests.harness.spec import Spec, resolve
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -59,6 +63,7 @@ def allowed(spec: Spec, case: Case, dtype: str) -> np.ndarray:
             "yat_ratio": _yat_ratio,
             "attention": _attention,
             "elementwise": _elementwise,
+            "bound": _bound,
         }[policy]
         value = calls.SHARED.put(key, fn(spec, case, dtype))
     return value
@@ -71,6 +76,13 @@ def _elementwise(spec: Spec, case: Case, dtype: str) -> np.ndarray:
     if spec.family == "rotary":
         out = out + _rotary_extra(spec, case, dtype)
     return out
+
+
+def _bound(spec: Spec, case: Case, dtype: str) -> np.ndarray:
+    """``k * bound + rtol |y| + atol``, ``bound`` the spec's error-scale function of the
+    dtype-rounded inputs (float64)."""
+    scale = calls.evaluate(spec, case, dtype, resolve(spec.tolerances["bound"]))
+    return accumulation_k(spec, case, dtype) * scale + _elementwise(spec, case, dtype)
 
 
 def rotary_angles(positions: np.ndarray, d: int, theta: float) -> np.ndarray:
