@@ -11,6 +11,8 @@ CLASSES = ["mha", "rotary"]
 SMALL = dict(performer_num_features=32, performer_sketch_m=8, performer_radial_dim=8)
 #: float64, module against performer_attention on its own heads
 RTOL = 1e-12
+#: float64, jit against eager: XLA fuses and reorders the compiled graph
+JIT_RTOL = 1e-10
 #: constructor arguments a performer module refuses, and the name its error must say
 BAD_ARGUMENTS = [
     ({"performer_kind": "foo"}, "performer_kind"),

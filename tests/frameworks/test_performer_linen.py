@@ -26,6 +26,7 @@ from tests.frameworks._parity import scaled_error  # noqa: E402
 from tests.frameworks._performer_cases import (  # noqa: E402
     BAD_ARGUMENTS,
     CLASSES,
+    JIT_RTOL,
     KINDS,
     RTOL,
     SMALL,
@@ -201,10 +202,11 @@ def test_jit_equals_eager(kind):
     m = _module("rotary", kind, causal=True, dropout_rate=0.25)
     variables, x = _init(m), _x()
     eager = m.apply(variables, x)
-    assert scaled_error(jax.jit(m.apply)(variables, x), eager) < 1e-13
+    # XLA fuses and reorders the compiled graph: rounding-level differences, not equality
+    assert scaled_error(jax.jit(m.apply)(variables, x), eager) < JIT_RTOL
     rngs = {"dropout": jax.random.key(5)}
     dropped = jax.jit(lambda v, t: m.apply(v, t, deterministic=False, rngs=rngs))(variables, x)
-    assert np.array_equal(dropped, m.apply(variables, x, deterministic=False, rngs=rngs))
+    assert scaled_error(dropped, m.apply(variables, x, deterministic=False, rngs=rngs)) < JIT_RTOL
     assert scaled_error(dropped, eager) > 1e-3
 
 

@@ -32,6 +32,7 @@ from tests.frameworks._parity import scaled_error  # noqa: E402
 from tests.frameworks._performer_cases import (  # noqa: E402
     BAD_ARGUMENTS,
     CLASSES,
+    JIT_RTOL,
     KINDS,
     RTOL,
     SMALL,
@@ -248,10 +249,11 @@ def test_nnx_jit_equals_eager(kind):
     m = _module("rotary", kind, causal=True, dropout_rate=0.25)
     x = _x()
     eager = m(x)
-    assert scaled_error(nnx.jit(lambda mod, t: mod(t))(m, x), eager) < 1e-13
+    # XLA fuses and reorders the compiled graph: rounding-level differences, not equality
+    assert scaled_error(nnx.jit(lambda mod, t: mod(t))(m, x), eager) < JIT_RTOL
     run = nnx.jit(lambda mod, t, r: mod(t, deterministic=False, rngs=r))
     dropped = run(m, x, nnx.Rngs(dropout=5))
-    assert np.array_equal(dropped, m(x, deterministic=False, rngs=nnx.Rngs(dropout=5)))
+    assert scaled_error(dropped, m(x, deterministic=False, rngs=nnx.Rngs(dropout=5))) < JIT_RTOL
     assert scaled_error(dropped, eager) > 1e-3  # dropout on the output did something
 
 
@@ -319,7 +321,10 @@ def _nmn_pair(kind, dtype, **kw):
 # readout sums in chunks, nmn's cumulatively): each library's float32 output is as far from
 # the float64 one (SLAY 3e-7, MAY 1e-5, RAY 3.7e-2: its sign-indefinite features cancel).
 PARITY = {F64: {"slay": 1e-11, "maclaurin": 1e-11, "radial": 1e-11}}
-PARITY[F32] = {"slay": 2e-6, "maclaurin": 3e-5, "radial": 3e-4}
+# RAY's weights are sign-indefinite: its denominator cancels (sum |w| / |sum w| reaches ~1e2
+# at these seeds), which multiplies float32 rounding; 7.4e-4 was measured on one machine,
+# 3e-4 on another (XLA's CPU code differs), so the bound leaves a margin over both.
+PARITY[F32] = {"slay": 2e-6, "maclaurin": 3e-5, "radial": 2e-3}
 
 
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
