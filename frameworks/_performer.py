@@ -32,11 +32,7 @@ COUNTS: dict[str, Any] = {
     "performer_radial_dim": 64,
 }
 #: The keys of each kind's projection (the arrays a module stores, in this order).
-KEYS = {
-    "slay": ("anchors", "projections", "quad_nodes", "quad_weights"),
-    "maclaurin": ("omegas", "degrees", "Z"),
-    "radial": ("W1", "W2", "omegas", "phases", "coef", "bias"),
-}
+KEYS = _rf.PROJECTION_KEYS
 
 
 class Performer(NamedTuple):
@@ -69,7 +65,7 @@ def settings(args: Mapping[str, Any]) -> Performer:
     counts = {name: args.get(name, default) for name, default in COUNTS.items()}
     if use:  # named as the module names them (the builders' names differ)
         for name, value in counts.items():
-            check = _rf._nonnegative if name == "performer_bias" else _rf._positive_int
+            check = _v.check_nonnegative if name == "performer_bias" else _v.check_positive_int
             counts[name] = check(value, name)
     return Performer(
         use=use,

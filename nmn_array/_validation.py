@@ -150,6 +150,32 @@ def check_floor(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """An int >= 1 (bools refused), as a Python int."""
+    value = plain(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite float >= 0 (bools refused), as a Python float."""
+    value = plain(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a float >= 0, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite float > 0 (bools refused), as a Python float."""
+    value = check_nonnegative(value, name)
+    if value == 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return value
+
+
 def check_window(window: Any) -> tuple[int | None, int | None] | None:
     """``window``: None or a pair ``(left, right)``, each None or an int >= 0."""
     if window is None:

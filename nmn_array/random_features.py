@@ -57,29 +57,6 @@ def _generator(rng: Any) -> Any:
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
 
 
-def _positive_int(value: Any, name: str) -> int:
-    value = _v.plain(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-def _nonnegative(value: Any, name: str) -> float:
-    value = _v.plain(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a float >= 0, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
-
-
-def _positive(value: Any, name: str) -> float:
-    value = _nonnegative(value, name)
-    if value == 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return value
-
-
 def slay_projection(
     head_dim: int,
     *,
@@ -116,11 +93,11 @@ def slay_projection(
     """
     import numpy as np
 
-    d = _positive_int(head_dim, "head_dim")
-    p = _positive_int(num_anchor_features, "num_anchor_features")
-    m = _positive_int(num_prf_features, "num_prf_features")
-    r = _positive_int(num_quad_nodes, "num_quad_nodes")
-    c = 2.0 + _positive(epsilon, "epsilon")
+    d = _v.check_positive_int(head_dim, "head_dim")
+    p = _v.check_positive_int(num_anchor_features, "num_anchor_features")
+    m = _v.check_positive_int(num_prf_features, "num_prf_features")
+    r = _v.check_positive_int(num_quad_nodes, "num_quad_nodes")
+    c = 2.0 + _v.check_positive(epsilon, "epsilon")
     gen = _generator(rng)
     nodes, weights = np.polynomial.laguerre.laggauss(r)
     anchors = gen.standard_normal((p, d))
@@ -147,9 +124,9 @@ def maclaurin_coefficients(bias: float, epsilon: float, nmax: int) -> Any:
     """
     import numpy as np
 
-    b = _nonnegative(bias, "bias")
-    c = 2.0 + _positive(epsilon, "epsilon")
-    n = _positive_int(nmax, "nmax")
+    b = _v.check_nonnegative(bias, "bias")
+    c = 2.0 + _v.check_positive(epsilon, "epsilon")
+    n = _v.check_positive_int(nmax, "nmax")
     beta = (2.0 / c) ** np.arange(n + 1) / c
     a = b * b * beta
     a[1:] += 2.0 * b * beta[:-1]
@@ -196,8 +173,8 @@ def maclaurin_projection(
     """
     import numpy as np
 
-    d = _positive_int(head_dim, "head_dim")
-    m = _positive_int(num_features, "num_features")
+    d = _v.check_positive_int(head_dim, "head_dim")
+    m = _v.check_positive_int(num_features, "num_features")
     a = maclaurin_coefficients(bias, epsilon, nmax)
     gen = _generator(rng)
     z = a.sum()
@@ -246,12 +223,12 @@ def radial_projection(
     """
     import numpy as np
 
-    d = _positive_int(head_dim, "head_dim") + 1
-    m = _positive_int(sketch_m, "sketch_m")
-    j = _positive_int(num_radial, "num_radial")
-    dim = _positive_int(radial_dim, "radial_dim")
-    b = _nonnegative(bias, "bias")
-    eps = _positive(epsilon, "epsilon")
+    d = _v.check_positive_int(head_dim, "head_dim") + 1
+    m = _v.check_positive_int(sketch_m, "sketch_m")
+    j = _v.check_positive_int(num_radial, "num_radial")
+    dim = _v.check_positive_int(radial_dim, "radial_dim")
+    b = _v.check_nonnegative(bias, "bias")
+    eps = _v.check_positive(epsilon, "epsilon")
     gen = _generator(rng)
     tau, weights = np.polynomial.laguerre.laggauss(j)
     t = tau / eps
@@ -265,7 +242,9 @@ def radial_projection(
     }
 
 
-_KEYS = {
+#: The arrays of each feature map's projection (nmn's key names), in the order modules
+#: store them.
+PROJECTION_KEYS = {
     "slay": ("anchors", "projections", "quad_nodes", "quad_weights"),
     "maclaurin": ("omegas", "degrees", "Z"),
     "radial": ("W1", "W2", "omegas", "phases", "coef", "bias"),
@@ -277,7 +256,7 @@ def _prepare(x: Any, projection: Any, kind: str, normalize: bool, epsilon: Any):
     arrays in that namespace, dtype and device (integer ``degrees`` kept integral)."""
     if not hasattr(projection, "keys"):
         raise TypeError(f"projection must be a dict of arrays, got {type(projection).__name__}")
-    missing = [k for k in _KEYS[kind] if k not in projection]
+    missing = [k for k in PROJECTION_KEYS[kind] if k not in projection]
     if missing:
         raise ValueError(
             f"projection is not a {kind} projection: it lacks {missing} "
@@ -300,7 +279,7 @@ def _prepare(x: Any, projection: Any, kind: str, normalize: bool, epsilon: Any):
         xc = xp.reshape(xc, (math.prod(sizes), xc.shape[-1]))
     dev = device_kw(xp, x)
     arrays = {}
-    for key in _KEYS[kind]:
+    for key in PROJECTION_KEYS[kind]:
         value = projection[key]
         if key == "degrees":
             arrays[key] = xp.asarray(value, **dev)
