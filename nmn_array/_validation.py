@@ -27,11 +27,14 @@ def shape_of(x: Any) -> tuple[int | None, ...]:
     recorded = (torch.SymInt, torch.Tensor) if torch is not None else ()
     dims: list[Any] = []
     for d in tuple(x.shape):
+        # Recorded sizes first: torch.compile cannot trace getattr on a SymInt (with
+        # dynamic shapes, after a second input size, fullgraph=True would fail).
+        if isinstance(d, int) or (recorded and isinstance(d, recorded)):
+            dims.append(d)
+            continue
         d = getattr(d, "value", d)  # TF1-style Dimension objects
         if d is None or (isinstance(d, float) and math.isnan(d)):
             dims.append(None)
-        elif recorded and isinstance(d, recorded):
-            dims.append(d)
         else:
             dims.append(int(d))
     return tuple(dims)

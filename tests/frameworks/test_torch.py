@@ -386,6 +386,54 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled_conv(s), conv(s))
 
 
+#: (module, input of size n): one of each layer class, for compiling over varying sizes
+COMPILE_CASES = {
+    "YatNMN": (lambda: ours.YatNMN(8, 4), lambda n: torch.randn(n, 8)),
+    "YatConv1D": (lambda: ours.YatConv1D(3, 4, 3), lambda n: torch.randn(2, 3, n)),
+    "YatConv2D": (lambda: ours.YatConv2D(3, 4, 3, padding=1), lambda n: torch.randn(2, 3, n, n)),
+    "YatConv3D": (lambda: ours.YatConv3D(3, 4, 3), lambda n: torch.randn(2, 3, n, n, n)),
+    "YatConvTranspose1D": (
+        lambda: ours.YatConvTranspose1D(3, 4, 3),
+        lambda n: torch.randn(2, 3, n),
+    ),
+    "YatConvTranspose2D": (
+        lambda: ours.YatConvTranspose2D(3, 4, 3, stride=2),
+        lambda n: torch.randn(2, 3, n, n),
+    ),
+    "YatConvTranspose3D": (
+        lambda: ours.YatConvTranspose3D(3, 4, 3),
+        lambda n: torch.randn(2, 3, n, n, n),
+    ),
+    "YatEmbed": (lambda: ours.YatEmbed(10, 8), lambda n: torch.randint(0, 10, (2, n))),
+    "MultiHeadYatAttention": (
+        lambda: ours.MultiHeadYatAttention(16, 2),
+        lambda n: torch.randn(2, n, 16),
+    ),
+    "RotaryYatAttention": (
+        lambda: ours.RotaryYatAttention(16, 2, 32),
+        lambda n: torch.randn(2, n, 16),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMPILE_CASES))
+def test_torch_compile_fullgraph_over_changing_sizes(name):
+    """A second input size makes dynamo trace sizes symbolically (automatic dynamic shapes):
+    the layers must stay one graph (fullgraph=True) and equal eager at every size (a CNN sees
+    several resolutions; a language model several lengths)."""
+    _seed(0)
+    make, sample = COMPILE_CASES[name]
+    layer = make()
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    for n in (5, 6, 7, 9):
+        x = sample(n)
+        out = compiled(x)
+        out = out[0] if isinstance(out, tuple) else out
+        ref = layer(x)
+        torch.testing.assert_close(out, ref[0] if isinstance(ref, tuple) else ref)
+        out.sum().backward()
+
+
 def test_training_smoke():
     _seed(0)
     g = torch.Generator().manual_seed(0)
