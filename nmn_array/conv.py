@@ -143,15 +143,22 @@ def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last=False, n
     With ``last``, dot is ``(N, *out, O)`` and the patch norms ``(N, *out, G)``.
     """
     g, og = lay.groups, lay.o // lay.groups
+    ones = (1,) * lay.nd
     if last:
         out = tuple(dot.shape[1:-1])
         group_shape, channel_shape, psq_shape = (g, og), (*out, g, og), (*out, g, 1)
     else:
         out = tuple(dot.shape[2:])
-        ones = (1,) * lay.nd
         group_shape, channel_shape, psq_shape = (g, og, *ones), (g, og, *out), (g, 1, *out)
-    dot_g = xp.reshape(dot, (-1, *channel_shape))
-    psq_g = xp.reshape(psq, (-1, *psq_shape))
+    if g == 1:
+        # One group: the patch norms broadcast against dot as they are. The grouped view
+        # (N, G, O/G, *out) is 6-D for a 3-D convolution, and inductor fails to lower it once
+        # torch.compile traces the sizes symbolically (a second input size).
+        group_shape = (lay.o,) if last else (lay.o, *ones)
+        dot_g, psq_g = dot, psq
+    else:
+        dot_g = xp.reshape(dot, (-1, *channel_shape))
+        psq_g = xp.reshape(psq, (-1, *psq_shape))
     wsq_g = wsq if isinstance(wsq, float) else xp.reshape(wsq, group_shape)
     if bias is not None and not isinstance(bias, (int, float)):
         bias = (
@@ -164,9 +171,9 @@ def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last=False, n
     else:
         dist = expanded_distance(dot_g, psq_g, wsq_g)
         y = yat_ratio(xp, dot_g, dist, bias=bias, alpha=alpha, epsilon=epsilon)
-    if last:
-        return xp.reshape(y, (-1, *out, lay.o))
-    return lay.from_channels_first(xp, xp.reshape(y, (-1, lay.o, *out)))
+    if g > 1:
+        y = xp.reshape(y, (-1, *out, lay.o) if last else (-1, lay.o, *out))
+    return y if last else lay.from_channels_first(xp, y)
 
 
 def yat_conv(
