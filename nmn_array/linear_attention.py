@@ -204,8 +204,9 @@ def yat_linear_attention(
     dtype = _v.compute_dtype(xp, q, "q")
     _v.check_float_array(xp, k, "k")
     _v.check_float_array(xp, v, "v")
-    fq = _v.as_compute(xp, features(q), dtype)
-    fk = _v.as_compute(xp, features(k), dtype)
+    # The map sees the compute dtype: float16 inputs of size 1e3 squared would overflow.
+    fq = _v.as_compute(xp, features(_v.as_compute(xp, q, dtype)), dtype)
+    fk = _v.as_compute(xp, features(_v.as_compute(xp, k, dtype)), dtype)
     vc = _v.as_compute(xp, v, dtype)
     if mask is not None:
         if not xp.isdtype(mask.dtype, "bool"):

@@ -217,7 +217,7 @@ def test_maclaurin_features_equal_nmn_nnx_and_torch(nnx_performer):
         may.maclaurin_coeffs(0.7, 1e-3, 30), rf.maclaurin_coefficients(0.7, 1e-3, 30), rtol=1e-14
     )
     # nmn's PyTorch layout keeps nmax + 1 sign rows per feature; the extra row is unused
-    torch = pytest.importorskip("torch")
+    import torch
     from nmn.torch.attention import performer_yat as tp
 
     signs = np.concatenate([p["omegas"], np.ones((64, 1, 8))], axis=1)
@@ -516,3 +516,16 @@ def test_jit_equals_eager():
     eager = f(q, k, v, projection=proj)
     jitted = jax.jit(lambda q, k, v, p: f(q, k, v, projection=p))(q, k, v, proj)
     np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_readout_runs_the_map_in_float32(dtype):
+    """Inputs of size 1e3: their squares overflow float16, not the float32 compute dtype."""
+    import torch
+
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0)) * 1e3
+    low = x.to(getattr(torch, dtype))
+    out = yat_linear_attention(low, low, low, lambda t: t * t, causal=True)
+    assert out.dtype == low.dtype and bool(torch.isfinite(out).all())
+    want = yat_linear_attention(low.float(), low.float(), low.float(), lambda t: t * t, causal=True)
+    assert torch.allclose(out.float(), want, rtol=1e-2, atol=1e-2 * float(want.abs().max()))
