@@ -4,7 +4,9 @@ Every case is the same pure function: ``nnx.split`` the module into its paramete
 rest, and ``jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))`` of
 ``loss(params, x) = sum(merge(params)(x))``, so gradients flow to the parameters and to the
 input. A step calls it once and blocks until the result is ready. Inputs are channels last
-(Flax's layout) for the convolutions.
+(Flax's layout) for the convolutions. The group ``conv-fn`` does the same without nnx:
+``nmn_array.yat_conv`` against ``jax.lax.conv_general_dilated`` + bias + relu on plain
+arrays, so the pure function's own cost is measured apart from the layer's.
 """
 
 from __future__ import annotations
@@ -259,27 +261,107 @@ def make_step(module: nnx.Module, x: jax.Array) -> tuple[Callable[[], Any], Call
     return step, fn, args
 
 
+# --------------------------------------------------------------------------------------
+# Pure functions without nnx: group "conv-fn"
+# --------------------------------------------------------------------------------------
+def _conv_fn_params(sz: Sizes, layout: str) -> dict[str, jax.Array]:
+    """Kernel (``layout`` "OIHW" or "HWIO"), zero bias; the same numbers in both layouts."""
+    k = sz.conv_k
+    shape = (k, k, sz.conv_in, sz.conv_out)
+    kernel = nnx.initializers.xavier_normal()(jax.random.key(4), shape, jnp.float32)
+    if layout == "OIHW":
+        kernel = jnp.transpose(kernel, (3, 2, 0, 1))
+    return {"kernel": kernel, "bias": jnp.zeros((sz.conv_out,), jnp.float32)}
+
+
+def conv_fn_ours(sz: Sizes) -> tuple[Callable, dict[str, jax.Array], jax.Array]:
+    """``nmn_array.yat_conv`` on channels-last input, padding "SAME", its own ``(O, C, kh,
+    kw)`` filter layout, with ``alpha`` as a parameter (as in the layers)."""
+
+    def fn(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        return nmn_array.yat_conv(
+            x,
+            p["kernel"],
+            p["bias"],
+            padding="same",
+            data_format="channels_last",
+            alpha=p["alpha"],
+        )
+
+    params = {**_conv_fn_params(sz, "OIHW"), "alpha": jnp.ones((1,), jnp.float32)}
+    return fn, params, _conv_x(sz)
+
+
+def conv_fn_native(sz: Sizes) -> tuple[Callable, dict[str, jax.Array], jax.Array]:
+    """``jax.lax.conv_general_dilated`` (NHWC input, HWIO kernel as Flax stores it, padding
+    "SAME") + bias + relu."""
+
+    def fn(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(
+            x,
+            p["kernel"],
+            window_strides=(1, 1),
+            padding="SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return jax.nn.relu(y + p["bias"])
+
+    return fn, _conv_fn_params(sz, "HWIO"), _conv_x(sz)
+
+
+#: Pure-function groups: name -> (label, factory ``(sizes) -> (fn, params, x)``).
+FN_CASES: dict[str, dict[str, tuple[str, Callable]]] = {
+    "conv-fn": {
+        "ours": ("nmn_array.yat_conv", conv_fn_ours),
+        "native": ("lax.conv_general_dilated+bias+relu", conv_fn_native),
+    },
+}
+
+
+def make_fn_step(
+    fn: Callable, params: dict[str, jax.Array], x: jax.Array
+) -> tuple[Callable[[], Any], Callable, tuple]:
+    """:func:`make_step` for a pure function ``fn(params, x)``: the jitted
+    ``value_and_grad`` of ``sum(fn(params, x))`` over ``params`` and ``x``."""
+
+    def loss(p: dict[str, jax.Array], inp: jax.Array) -> jax.Array:
+        return jnp.sum(fn(p, inp))
+
+    jitted = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    args = (params, x)
+
+    def step() -> Any:
+        return jax.block_until_ready(jitted(*args))
+
+    return step, jitted, args
+
+
 def build(group: str, name: str, sz: Sizes) -> Callable[[], Any]:
-    """The step of one case."""
+    """The step of one case (of :data:`CASES` or :data:`FN_CASES`)."""
+    if group in FN_CASES:
+        return make_fn_step(*FN_CASES[group][name][1](sz))[0]
     _, factory = CASES[group][name]
     module, x = factory(sz, nnx.Rngs(0))
     return make_step(module, x)[0]
 
 
 def run_suite(sz: Sizes, skip: Collection[str] = ()) -> dict[str, Any]:
-    """Time every JAX group, interleaved within the group (compilation in the warm-up);
-    cases named in ``skip`` are left out."""
+    """Time every JAX group (the nnx layers, then the pure-function group ``conv-fn``),
+    interleaved within the group (compilation in the warm-up); cases named in ``skip`` are
+    left out."""
     from ._common import interleaved, record, select
 
     impl = ours_impl()
     records = []
-    for group, entries in select(CASES, skip).items():
+    for group, entries in select({**CASES, **FN_CASES}, skip).items():
+        base = group.split("-")[0]  # "conv-fn" has the sizes and budget of "conv"
         steps = {name: build(group, name, sz) for name in entries}
-        times = interleaved(
-            steps, reps=sz.reps[group], warmup=sz.warmup, budget_s=sz.budget_s[group]
-        )
+        times = interleaved(steps, reps=sz.reps[base], warmup=sz.warmup, budget_s=sz.budget_s[base])
         for name, samples in times.items():
-            kind = impl if name == "ours" else "reference"
+            if group in FN_CASES:
+                kind = "function" if name == "ours" else "reference"
+            else:
+                kind = impl if name == "ours" else "reference"
             rec = record("jax", group, name, entries[name][0], samples, impl=kind)
             records.append(rec)
     return {"cases": records, "scaling": [], "impl": impl}

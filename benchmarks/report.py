@@ -63,8 +63,42 @@ RATIOS: tuple[Ratio, ...] = (
     _r("time torch dense nmn native", "torch dense: nmn 0.3.5 / Linear+ReLU"),
     _r("time torch conv nmn native", "torch conv2d: nmn 0.3.5 / Conv2d+ReLU"),
     _r("time torch attention nmn sdpa", "torch attention: nmn 0.3.5 / SDPA module"),
+    _r(
+        "time torch dense-compiled ours native",
+        "torch compiled dense / compiled Linear+ReLU",
+        "<=",
+        1.15,
+    ),
+    _r(
+        "time torch conv-compiled ours native",
+        "torch compiled conv2d / compiled Conv2d+ReLU",
+        "<=",
+        1.2,
+    ),
+    _r(
+        "time torch attention-compiled ours native",
+        "torch compiled attention / compiled SDPA module",
+        "<=",
+        1.5,
+    ),
+    _r("time torch dense-compiled ours eager", "torch dense: compiled / eager"),
+    _r("time torch conv-compiled ours eager", "torch conv2d: compiled / eager"),
+    _r("time torch attention-compiled ours eager", "torch attention: compiled / eager"),
+    _r("time torch dense-compiled native native_eager", "torch Linear+ReLU: compiled / eager"),
+    _r("time torch conv-compiled native native_eager", "torch Conv2d+ReLU: compiled / eager"),
+    _r("time torch attention-compiled native native_eager", "torch SDPA module: compiled / eager"),
+    _r("time torch dense-bf16 ours native", "torch bf16 dense / bf16 Linear+ReLU"),
+    _r("time torch conv-bf16 ours native", "torch bf16 conv2d / bf16 Conv2d+ReLU"),
+    _r("time torch attention-bf16 ours native", "torch bf16 attention / bf16 SDPA module"),
+    _r("time torch dense-bf16 ours ours_f32", "torch dense: bf16 / float32"),
+    _r("time torch conv-bf16 ours ours_f32", "torch conv2d: bf16 / float32"),
+    _r("time torch attention-bf16 ours ours_f32", "torch attention: bf16 / float32"),
+    _r("time torch dense-bf16 native native_f32", "torch Linear+ReLU: bf16 / float32"),
+    _r("time torch conv-bf16 native native_f32", "torch Conv2d+ReLU: bf16 / float32"),
+    _r("time torch attention-bf16 native native_f32", "torch SDPA module: bf16 / float32"),
     _r("time jax dense ours native", "jax dense / nnx.Linear+relu", "<=", 1.2),
     _r("time jax conv ours native", "jax conv / nnx.Conv+relu", "<=", 1.2),
+    _r("time jax conv-fn ours native", "jax yat_conv / lax.conv+bias+relu", "<=", 1.2),
     _r("time jax attention ours native", "jax attention / nnx.MultiHeadAttention"),
     _r("time jax dense nmn ours", "jax dense: nmn 0.3.5 / ours", ">=", 1.25),
     _r("time jax conv nmn ours", "jax conv: nmn 0.3.5 / ours", ">=", 1.25),
@@ -81,7 +115,8 @@ RATIOS: tuple[Ratio, ...] = (
 )
 
 #: The reference case each torch group's "/ reference" column divides by (the groups of the
-#: long-context study, ``long-<L>``, divide by ``sdpa`` on torch and ``native`` on JAX).
+#: long-context study, ``long-<L>``, divide by ``sdpa`` on torch and ``native`` on JAX; the
+#: compiled and bf16 groups by their ``native``, which is the SDPA module for attention).
 REFERENCE = {"dense": "native", "conv": "native", "attention": "sdpa"}
 
 
@@ -195,6 +230,20 @@ def ratios_table(ratios: list[dict]) -> str:
             f"{r['status']} |"
         )
     return "\n".join(lines)
+
+
+def compile_lines(checks: list[dict], failed: list[dict]) -> list[str]:
+    """One line per ``fullgraph=True`` compile check and per case left out of its group
+    because building or warming it up raised (e.g. a compile error), with the reason."""
+    lines = []
+    for c in checks:
+        verdict = "compiles as one graph" if c["ok"] else f"does not compile: {c['error']}"
+        lines.append(f"{c['suite']} {c['group']}: {c['label']} {verdict}")
+    for f in failed:
+        lines.append(
+            f"{f['suite']} {f['group']}/{f['name']} ({f['label']}) not timed: {f['error']}"
+        )
+    return lines
 
 
 def scaling_table(scaling: list[dict]) -> str:

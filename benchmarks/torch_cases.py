@@ -344,6 +344,160 @@ def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[
     return step
 
 
+def make_autocast_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+    """:func:`make_step` with the forward (and the ``sum``) under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` and the backward outside it, as the
+    autocast documentation prescribes. A function of its own so that the float32 cases
+    keep exactly the step they always had."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for t in params:
+            t.grad = None
+        for t in inputs:
+            t.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = module(*inputs).sum()
+        loss.backward()
+
+    return step
+
+
+# --------------------------------------------------------------------------------------
+# Variants: torch.compile and bfloat16 autocast of each layer and the native layer it
+# replaces, in groups "<group>-compiled" and "<group>-bf16"
+# --------------------------------------------------------------------------------------
+#: The native case each layer group is compared with (its first entry is ours).
+NATIVE = {"dense": "native", "conv": "native", "attention": "sdpa"}
+
+#: How a variant case runs its module: eager float32, ``torch.compile`` (default inductor
+#: backend) or eager under bfloat16 autocast.
+HOW = ("eager", "compile", "bf16")
+
+
+def variant_cases(group: str) -> dict[str, tuple[str, str, str]]:
+    """Cases of variant group ``group`` (``dense-compiled``, ``conv-bf16``, ...): name ->
+    ``(label, case of the base group, how)``. The first two are ours and the native layer
+    run the variant's way (their ratio is the variant's headline); the other two run the
+    same modules eagerly in float32, so each variant is also compared with the plain step
+    in the same round-robin."""
+    base, variant = group.rsplit("-", 1)
+    ours, native = CASES[base]["ours"][0], CASES[base][NATIVE[base]][0]
+    if variant == "compiled":
+        return {
+            "ours": (f"torch.compile({ours})", "ours", "compile"),
+            "native": (f"torch.compile({native})", NATIVE[base], "compile"),
+            "eager": (f"{ours}, eager", "ours", "eager"),
+            "native_eager": (f"{native}, eager", NATIVE[base], "eager"),
+        }
+    if variant == "bf16":
+        return {
+            "ours": (f"{ours}, autocast bf16", "ours", "bf16"),
+            "native": (f"{native}, autocast bf16", NATIVE[base], "bf16"),
+            "ours_f32": (f"{ours}, float32", "ours", "eager"),
+            "native_f32": (f"{native}, float32", NATIVE[base], "eager"),
+        }
+    raise ValueError(f"unknown variant group {group!r}")
+
+
+#: The variant groups, in the order they run.
+VARIANT_GROUPS = tuple(f"{g}-{v}" for v in ("compiled", "bf16") for g in NATIVE)
+
+
+def build_variant(group: str, name: str, sz: Sizes, fullgraph: bool = False):
+    """The step of one variant case (same seed, hence same weights and input, as the base
+    case). ``torch.compile`` only wraps the module here: dynamo and inductor compile the
+    forward and the backward on the first call, i.e. in the warm-up."""
+    _, base_name, how = variant_cases(group)[name]
+    torch.manual_seed(0)
+    module, inputs = CASES[group.rsplit("-", 1)[0]][base_name][1](sz)
+    if how == "compile":
+        return make_step(torch.compile(module, fullgraph=fullgraph), inputs)
+    if how == "bf16":
+        return make_autocast_step(module, inputs)
+    return make_step(module, inputs)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line of the message`` plus dynamo's ``Explanation:`` line when there is
+    one (its messages run to dozens of lines; the first alone is often too terse), on one
+    line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    kept = lines[:1] + [line for line in lines[1:] if line.startswith("Explanation:")][:1]
+    return f"{type(exc).__name__}: {' '.join(kept)}".rstrip(": ")[:400]
+
+
+def _graph_breaks() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
+def fullgraph_check(group: str, sz: Sizes) -> dict[str, Any]:
+    """Whether ``torch.compile(ours, fullgraph=True)`` compiles one forward + backward of
+    the base group's layer (run once, not timed); the reason when it does not."""
+    check = {"suite": "torch", "group": group, "name": "ours", "fullgraph": True}
+    check["label"] = variant_cases(group)["ours"][0].replace(")", ", fullgraph=True)", 1)
+    try:
+        build_variant(group, "ours", sz, fullgraph=True)()
+    except Exception as exc:  # noqa: BLE001 - a graph break is a result to report
+        return {**check, "ok": False, "error": _reason(exc)}
+    return {**check, "ok": True, "error": None}
+
+
+def run_variants(sz: Sizes) -> tuple[list[dict], list[dict], list[dict]]:
+    """Time every variant group round-robin, as the base groups.
+
+    Each case is built and called once before the timed rounds (torch.compile compiles
+    there); a case that raises is left out of its group and reported with the reason
+    instead of failing the suite. Before each compiled group dynamo's caches are reset and
+    ``torch.compile(ours, fullgraph=True)`` is tried first, on a fresh cache: when it
+    compiles, the default compile of ours finds that graph in the cache (the same code,
+    no graph break) and reuses it.
+
+    Returns ``(records, failed, checks)``.
+    """
+    from ._common import interleaved, record
+
+    impl = ours_impl()
+    records, failed, checks = [], [], []
+    for group in VARIANT_GROUPS:
+        base = group.rsplit("-", 1)[0]
+        entries = variant_cases(group)
+        if group.endswith("-compiled"):
+            torch._dynamo.reset()
+            checks.append(fullgraph_check(group, sz))
+        steps, breaks = {}, {}
+        for name in entries:
+            before = _graph_breaks()
+            try:
+                step = build_variant(group, name, sz)
+                step()
+            except Exception as exc:  # noqa: BLE001 - reported, the other cases still run
+                failed.append(
+                    {
+                        "suite": "torch",
+                        "group": group,
+                        "name": name,
+                        "label": entries[name][0],
+                        "error": _reason(exc),
+                    }
+                )
+                continue
+            steps[name] = step
+            breaks[name] = _graph_breaks() - before
+        if len(steps) < 2:
+            continue  # nothing to compare with
+        times = interleaved(steps, reps=sz.reps[base], warmup=sz.warmup, budget_s=sz.budget_s[base])
+        for name, samples in times.items():
+            label, base_name, how = entries[name]
+            extra: dict[str, Any] = {"impl": _impl(base_name, impl), "how": how}
+            if how == "compile":
+                extra["graph_breaks"] = breaks[name]
+            records.append(record("torch", group, name, label, samples, **extra))
+    return records, failed, checks
+
+
 def build(group: str, name: str, sz: Sizes) -> Callable[[], None]:
     """The step of one case, with a fixed seed so every case sees the same input."""
     torch.manual_seed(0)
@@ -357,9 +511,13 @@ def setup_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_suite(sz: Sizes, *, scaling: bool, skip: Collection[str] = ()) -> dict[str, Any]:
-    """Time every torch group (interleaved within the group) and, optionally, the scaling
-    studies (interleaved within each point); cases named in ``skip`` are left out."""
+def run_suite(
+    sz: Sizes, *, scaling: bool, skip: Collection[str] = (), variants: bool = True
+) -> dict[str, Any]:
+    """Time every torch group (interleaved within the group), then the compiled and
+    bfloat16 variant groups (:func:`run_variants`, unless ``variants`` is false) and,
+    optionally, the scaling studies (interleaved within each point); cases named in
+    ``skip`` are left out."""
     from ._common import interleaved, record, select
 
     impl = ours_impl()
@@ -373,6 +531,11 @@ def run_suite(sz: Sizes, *, scaling: bool, skip: Collection[str] = ()) -> dict[s
             records.append(
                 record("torch", group, name, entries[name][0], samples, impl=_impl(name, impl))
             )
+    failed: list[dict] = []
+    checks: list[dict] = []
+    if variants:
+        more, failed, checks = run_variants(sz)
+        records += more
     if scaling:
         # every point of every study in one round-robin, so a slow phase of the machine
         # spreads over all points instead of spoiling a few of them
@@ -392,7 +555,13 @@ def run_suite(sz: Sizes, *, scaling: bool, skip: Collection[str] = ()) -> dict[s
             rec = record("torch", study, name, label, samples)
             rec["x"] = point
             scale_records.append(rec)
-    return {"cases": records, "scaling": scale_records, "impl": impl}
+    return {
+        "cases": records,
+        "scaling": scale_records,
+        "impl": impl,
+        "failed_cases": failed,
+        "compile_checks": checks,
+    }
 
 
 def run_long(sz: Sizes, span: tuple[int, int]) -> dict[str, Any]:
