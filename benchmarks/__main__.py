@@ -4,7 +4,8 @@ layers and with nmn 0.3.5.
 Every suite runs in a worker process of its own, started with the thread limits in its
 environment (2 threads by default): PyTorch, JAX under ``jax.jit`` and TensorFlow under
 ``tf.function``. Within a suite, the compared cases are timed round-robin after a warm-up,
-so each ratio is a ratio of medians measured side by side in this one run. Peak memory of
+so each ratio is a ratio of medians measured side by side in this one run; torch also runs
+each layer pair under ``torch.compile`` and under bfloat16 autocast. Peak memory of
 each PyTorch case is measured in a separate process per case (resident set size). The run
 prints a table of cases, the ratios with their targets (PASS/MISS) and the scaling study.
 It writes files only where asked: the JSON to ``--json PATH`` (the scaling plot next to it)

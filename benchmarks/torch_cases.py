@@ -4,7 +4,9 @@ Every case is built by a factory ``(sizes) -> (module, inputs)``; :func:`make_st
 into one forward + backward pass of ``module(*inputs).sum()`` with respect to the parameters
 and the inputs (a layer in the middle of a network needs both). Our side goes through
 ``nmn_array.frameworks.torch`` when it imports, through the small local wrappers below
-otherwise (the JSON records which one ran, as ``impl``).
+otherwise (the JSON records which one ran, as ``impl``). The variant groups
+``<group>-compiled`` and ``<group>-bf16`` run ours and the native layer under
+``torch.compile`` and under bfloat16 autocast (:func:`run_variants`).
 """
 
 from __future__ import annotations
@@ -445,15 +447,41 @@ def fullgraph_check(group: str, sz: Sizes) -> dict[str, Any]:
     return {**check, "ok": True, "error": None}
 
 
-def run_variants(sz: Sizes) -> tuple[list[dict], list[dict], list[dict]]:
-    """Time every variant group round-robin, as the base groups.
+def warm_variant_group(
+    group: str, sz: Sizes
+) -> tuple[dict[str, Callable[[], None]], dict[str, int], list[dict]]:
+    """Build every case of variant group ``group`` and call each once (torch.compile
+    compiles there). A case that raises is left out and reported with the reason instead
+    of failing the suite.
 
-    Each case is built and called once before the timed rounds (torch.compile compiles
-    there); a case that raises is left out of its group and reported with the reason
-    instead of failing the suite. Before each compiled group dynamo's caches are reset and
+    Returns ``(steps, graph_breaks, failed)``: the steps that ran, the graph breaks dynamo
+    counted while compiling each, and one record per case left out.
+    """
+    steps, breaks, failed = {}, {}, []
+    for name, (label, _, _) in variant_cases(group).items():
+        before = _graph_breaks()
+        try:
+            step = build_variant(group, name, sz)
+            step()
+        except Exception as exc:  # noqa: BLE001 - reported, the other cases still run
+            failed.append(
+                {"suite": "torch", "group": group, "name": name, "label": label}
+                | {"error": _reason(exc)}
+            )
+            continue
+        steps[name] = step
+        breaks[name] = _graph_breaks() - before
+    return steps, breaks, failed
+
+
+def run_variants(sz: Sizes) -> tuple[list[dict], list[dict], list[dict]]:
+    """Time every variant group round-robin, as the base groups, after
+    :func:`warm_variant_group` (the warm-up then adds ``sz.warmup`` untimed rounds).
+
+    Before each compiled group dynamo's caches are reset and
     ``torch.compile(ours, fullgraph=True)`` is tried first, on a fresh cache: when it
     compiles, the default compile of ours finds that graph in the cache (the same code,
-    no graph break) and reuses it.
+    no graph break) and reuses it: the timed "ours" is then the fullgraph program too.
 
     Returns ``(records, failed, checks)``.
     """
@@ -463,34 +491,16 @@ def run_variants(sz: Sizes) -> tuple[list[dict], list[dict], list[dict]]:
     records, failed, checks = [], [], []
     for group in VARIANT_GROUPS:
         base = group.rsplit("-", 1)[0]
-        entries = variant_cases(group)
         if group.endswith("-compiled"):
             torch._dynamo.reset()
             checks.append(fullgraph_check(group, sz))
-        steps, breaks = {}, {}
-        for name in entries:
-            before = _graph_breaks()
-            try:
-                step = build_variant(group, name, sz)
-                step()
-            except Exception as exc:  # noqa: BLE001 - reported, the other cases still run
-                failed.append(
-                    {
-                        "suite": "torch",
-                        "group": group,
-                        "name": name,
-                        "label": entries[name][0],
-                        "error": _reason(exc),
-                    }
-                )
-                continue
-            steps[name] = step
-            breaks[name] = _graph_breaks() - before
+        steps, breaks, left_out = warm_variant_group(group, sz)
+        failed += left_out
         if len(steps) < 2:
             continue  # nothing to compare with
         times = interleaved(steps, reps=sz.reps[base], warmup=sz.warmup, budget_s=sz.budget_s[base])
         for name, samples in times.items():
-            label, base_name, how = entries[name]
+            label, base_name, how = variant_cases(group)[name]
             extra: dict[str, Any] = {"impl": _impl(base_name, impl), "how": how}
             if how == "compile":
                 extra["graph_breaks"] = breaks[name]

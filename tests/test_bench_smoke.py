@@ -32,6 +32,18 @@ TIMED = {
     ("torch", "attention", "mha"),
     ("torch", "attention", "mha_fast"),
     ("torch", "attention", "nmn"),
+    *(
+        ("torch", f"{group}-compiled", name)
+        for group in ("dense", "conv", "attention")
+        for name in ("ours", "native", "eager", "native_eager")
+    ),
+    *(
+        ("torch", f"{group}-bf16", name)
+        for group in ("dense", "conv", "attention")
+        for name in ("ours", "native", "ours_f32", "native_f32")
+    ),
+    ("jax", "conv-fn", "ours"),
+    ("jax", "conv-fn", "native"),
     ("jax", "dense", "ours"),
     ("jax", "dense", "native"),
     ("jax", "dense", "nmn"),
@@ -51,8 +63,8 @@ TIMED = {
     ("tf", "conv", "nmn"),
 }
 
-#: Torch cases whose peak memory is measured.
-MEMORY = {(s, g, n) for s, g, n in TIMED if s == "torch"}
+#: Torch cases whose peak memory is measured (the layer groups, not their variants).
+MEMORY = {(s, g, n) for s, g, n in TIMED if s == "torch" and "-" not in g}
 
 #: Scaling studies and the cases of each.
 SCALING = {
@@ -70,6 +82,10 @@ TARGETED = {
     "torch dense: nmn 0.3.5 / ours",
     "torch conv2d: nmn 0.3.5 / ours",
     "torch attention: nmn 0.3.5 / ours",
+    "torch compiled dense / compiled Linear+ReLU",
+    "torch compiled conv2d / compiled Conv2d+ReLU",
+    "torch compiled attention / compiled SDPA module",
+    "jax yat_conv / lax.conv+bias+relu",
     "jax dense / nnx.Linear+relu",
     "jax conv / nnx.Conv+relu",
     "jax dense: nmn 0.3.5 / ours",
@@ -168,6 +184,88 @@ def test_targeted_ratios_reported(report: dict) -> None:
         if r["measure"] == "time":
             assert _finite(r["value"]) and r["value"] > 0, (label, r["value"])
     assert "| ratio |" in report["_stdout"]
+
+
+#: Informational ratios of the compiled and bf16 groups (no target).
+VARIANT_RATIOS = {
+    *(f"torch {layer}: compiled / eager" for layer in ("dense", "conv2d", "attention")),
+    *(f"torch {layer}: bf16 / float32" for layer in ("dense", "conv2d", "attention")),
+    "torch bf16 dense / bf16 Linear+ReLU",
+    "torch bf16 conv2d / bf16 Conv2d+ReLU",
+    "torch bf16 attention / bf16 SDPA module",
+}
+
+
+def test_variant_ratios_reported(report: dict) -> None:
+    ratios = {r["label"]: r for r in report["ratios"]}
+    for label in VARIANT_RATIOS:
+        assert label in ratios, label
+        assert ratios[label]["target"] is None and _finite(ratios[label]["value"]), label
+
+
+def test_compiled_layers_and_fullgraph_checks(report: dict) -> None:
+    """Every compiled case compiled (none left out), each records dynamo's graph-break
+    count, and the fullgraph check of each of our layers is printed in one line."""
+    assert report["failed_cases"] == []
+    compiled = [c for c in report["cases"] if c.get("how") == "compile"]
+    assert len(compiled) == 6
+    assert all(isinstance(c["graph_breaks"], int) for c in compiled)
+    checks = report["compile_checks"]
+    assert [c["group"] for c in checks] == [
+        "dense-compiled",
+        "conv-compiled",
+        "attention-compiled",
+    ]
+    lines = report["_stdout"].splitlines()
+    for c in checks:
+        assert isinstance(c["ok"], bool) and (c["ok"] or c["error"]), c
+        assert sum(line.startswith(f"torch {c['group']}: torch.compile(") for line in lines) == 1
+
+
+def test_a_case_that_cannot_compile_or_run_is_reported_not_raised(monkeypatch) -> None:
+    """A layer with a graph break fails the fullgraph check with dynamo's reason, and a
+    layer whose forward raises is left out of its group with the reason, in one line each,
+    instead of the worker failing (a real print in forward, a real exception; nothing is
+    timed)."""
+    torch = pytest.importorskip("torch")
+    from nmn_array.benchmarks import report as rep
+    from nmn_array.benchmarks import torch_cases as tc
+    from nmn_array.benchmarks._common import SMOKE
+
+    class Prints(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            print("side effect")  # dynamo cannot put print into a graph: a graph break
+            return super().forward(x)
+
+    class Raises(torch.nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("cannot run\nsecond line")
+
+    def factory(cls: type) -> object:
+        return lambda sz: (cls(sz.dense_in, sz.dense_out), tc._dense_input(sz))
+
+    monkeypatch.setitem(tc.CASES["dense"], "ours", ("prints", factory(Prints)))
+    torch._dynamo.reset()
+    check = tc.fullgraph_check("dense-compiled", SMOKE)
+    assert check["ok"] is False and check["error"].startswith("Unsupported: "), check
+    assert "\n" not in check["error"]
+
+    monkeypatch.setitem(tc.CASES["dense"], "ours", ("raises", factory(Raises)))
+    steps, _, failed = tc.warm_variant_group("dense-bf16", SMOKE)
+    assert set(steps) == {"native", "native_f32"}
+    assert [(f["name"], f["error"]) for f in failed] == [
+        ("ours", "RuntimeError: cannot run"),
+        ("ours_f32", "RuntimeError: cannot run"),
+    ]
+    lines = rep.compile_lines([check], failed)
+    assert lines[0].startswith(
+        "torch dense-compiled: torch.compile(prints, fullgraph=True) does not compile: "
+        "Unsupported: "
+    )
+    assert lines[1] == (
+        "torch dense-bf16/ours (raises, autocast bf16) not timed: RuntimeError: cannot run"
+    )
+    assert len(lines) == 3
 
 
 def test_missing_framework_is_skipped_in_one_line_and_nothing_is_written(tmp_path: Path) -> None:
