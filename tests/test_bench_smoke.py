@@ -114,7 +114,9 @@ def run_bench(*args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedP
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
         capture_output=True,
         text=True,
-        timeout=900,  # < 60 s on an idle 2-core machine; generous for a loaded CI box
+        # about 90 s of CPU over two worker lanes (a third of it compiling the torch.compile
+        # cases): about a minute on an idle 2-core machine; generous for a loaded CI box
+        timeout=900,
     )
 
 
