@@ -115,7 +115,7 @@ def run_bench(*args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedP
         capture_output=True,
         text=True,
         # about 90 s of CPU over two worker lanes (a third of it compiling the torch.compile
-        # cases): about a minute on an idle 2-core machine; generous for a loaded CI box
+        # cases; 165 s wall for this file at load average 8); generous for a loaded CI box
         timeout=900,
     )
 
