@@ -12,28 +12,26 @@ and ``y = alpha * n * r``:
 
 Both Functions follow the ``torch.func`` protocol (``forward`` without ``ctx``,
 ``setup_context``, a generated vmap rule), so ``torch.func.grad``, ``vmap``, ``jacrev`` and
-``functional_call`` work through them. ``n`` and ``q`` leave ``forward`` as extra
+``functional_call`` work through them. ``r = n / q`` and ``q`` leave ``forward`` as extra
 non-differentiable outputs because that protocol saves intermediates only that way.
 
 Higher-order derivatives (``create_graph=True``, Hessian-vector products, nested
 ``torch.func`` transforms) run the same closed-form backward out of place on ``n`` and ``q``
 recomputed from the graph-connected inputs, so autograd can differentiate it.
 
-Under a tracer or exporter (``torch.jit.trace``, ``torch.onnx.export``, ``torch.export``)
-the entry points below compute the same forward with plain out-of-place operators instead:
-a Python ``Function`` would be recorded as an opaque ``PythonOp`` that TorchScript cannot
-save and ONNX cannot express, while the plain operators give a graph any runtime can run
-(and differentiate, since it holds no custom backward).
+Under a tracer, an exporter or the compiler (``torch.jit.trace``, ``torch.onnx.export``,
+``torch.export``, ``torch.compile``) the entry points below compute the same forward with
+plain out-of-place operators instead: a Python ``Function`` would be recorded as an opaque
+``PythonOp`` that TorchScript cannot save and ONNX cannot express, while the plain operators
+give a graph any runtime can run (and differentiate, since it holds no custom backward) and
+that inductor can fuse.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat.torch as xp_torch
 import torch
-
-from nmn_array._distance import nearest_direct
 
 
 class _YatScores(torch.autograd.Function):
@@ -44,36 +42,33 @@ class _YatScores(torch.autograd.Function):
     @staticmethod
     def forward(x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool, refine: bool):
         n, q = _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, inplace=True)
-        y = n * n
-        y.div_(q)
-        if alpha is not None:
-            y.mul_(alpha)
-        return y, n, q
+        y, r = _ratio(n, q, alpha, owned=True)
+        return y, r, q
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, bias, alpha, epsilon, unit_x, unit_w, refine = inputs
-        _, n, q = output
-        ctx.mark_non_differentiable(n, q)
-        # no zero-filled gradients for n and q: two score-sized arrays in the backward
+        _, r, q = output
+        ctx.mark_non_differentiable(r, q)
+        # no zero-filled gradients for r and q: two score-sized arrays in the backward
         ctx.set_materialize_grads(False)
-        # n and q are kept (r = n / q is recomputed): one temporary fewer between the passes
-        _save(ctx, (x, w, n, q), (bias, alpha, epsilon))
+        _save(ctx, (x, w, r, q), (bias, alpha, epsilon))
         ctx.flags = (unit_x, unit_w, refine)
 
     @staticmethod
-    def backward(ctx, grad, _grad_n, _grad_q):
+    def backward(ctx, grad, _grad_r, _grad_q):
         if grad is None:  # unmaterialised: nothing flows into y
             return (None,) * 8
-        (x, w, n, q), (bias, alpha, eps) = _saved(ctx, 4)
+        (x, w, r, q), (bias, alpha, eps) = _saved(ctx, 4)
         unit_x, unit_w, refine = ctx.flags
         need = ctx.needs_input_grad
         inplace = not torch.is_grad_enabled()
         if not inplace:
             # create_graph: n and q were computed without a graph; recompute them with one
             n, q = _scores_n_q(x, w, bias, eps, unit_x, unit_w, refine, inplace=False)
+            r = n / q
         g_n, h, grad_alpha, grad_eps = _ratio_backward(
-            grad, n, q, alpha, eps, want_alpha=need[3], want_eps=need[4], inplace=inplace
+            grad, r, q, alpha, eps, want_alpha=need[3], want_eps=need[4], inplace=inplace
         )
         grad_b = None
         if need[2]:
@@ -81,6 +76,49 @@ class _YatScores(torch.autograd.Function):
             grad_b = (flat.sum() if bias.numel() == 1 else flat.sum(dim=0)).reshape(bias.shape)
         grad_x, grad_w = _input_grads(g_n, h, x, w, (unit_x, unit_w), need[:2], inplace)
         return grad_x, grad_w, grad_b, grad_alpha, grad_eps, None, None, None
+
+
+def _argmin(q: torch.Tensor) -> torch.Tensor:
+    """``q.argmin(-1, keepdim=True)`` for ``q >= 0``: non-negative floats order like their bit
+    patterns read as integers, and torch's integer argmin is about 1.6x faster than its float
+    one (which checks for NaN). A negative or NaN ``q`` (an epsilon array below 0, NaN inputs)
+    only picks another entry to recompute; each recomputed value is exact either way."""
+    if q.dtype in _SAME_WIDTH_INT:
+        return q.view(_SAME_WIDTH_INT[q.dtype]).argmin(dim=-1, keepdim=True)
+    return q.argmin(dim=-1, keepdim=True)
+
+
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _classic(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """``function`` with the classic ``forward(ctx, ...)``, for calls outside ``torch.func``.
+
+    ``apply`` of a Function with ``setup_context`` binds its arguments through
+    ``inspect.signature`` on every call (about 0.1 ms, as much as the whole elementwise
+    forward of a small layer); the classic form skips that and cannot run under ``torch.func``
+    transforms, where the original is used. Same class name, so ``grad_fn`` reads the same.
+    """
+
+    def forward(ctx, *args):
+        out = function.forward(*args)
+        function.setup_context(ctx, args, out)
+        return out
+
+    body = {"forward": staticmethod(forward), "backward": staticmethod(function.backward)}
+    return type(function.__name__, (torch.autograd.Function,), body)
+
+
+def _plain_eager() -> bool:
+    """Whether this runs outside ``torch.func`` transforms and the compiler: where a Python
+    Function's classic form, in-place scatters and dtype views are all allowed."""
+    return not (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling())
+
+
+def _apply(functions, *args):
+    """Apply the ``(torch.func, classic)`` pair of one Function: the classic one in plain
+    eager code."""
+    return functions[1].apply(*args) if _plain_eager() else functions[0].apply(*args)
 
 
 def _input_grads(g_n, h, x, w, units, need, inplace: bool):
@@ -117,26 +155,38 @@ def _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, *, inplace: bool):
     else:
         q = torch.clamp((row + epsilon) - 2 * dot + col, min=epsilon)
     if refine and q.numel() > 0:
-        q = _refine(q, x, w, epsilon, unit_x, unit_w)
+        q = _refine(q, x, w, epsilon, unit_x, unit_w, fast=inplace and _plain_eager())
     if bias is None:
         return dot, q
     return (dot.add_(_row(bias, w)) if inplace else dot + _row(bias, w)), q
 
 
-def _refine(q, x, w, epsilon, unit_x, unit_w):
+def _refine(q, x, w, epsilon, unit_x, unit_w, *, fast: bool):
     """Replace each row's smallest ``q`` by the directly computed distance of that pair.
 
     The expanded distance loses ``~u (|x|^2 + |w|^2)`` to cancellation, which swamps a small
-    epsilon exactly where the score is largest (near-collisions); see docs/math.md.
+    epsilon exactly where the score is largest (near-collisions); see docs/math.md. The same
+    quantity as :func:`nmn_array._distance.nearest_direct`, in torch's own indexing (the
+    portable ``take`` costs more than the arithmetic on a small layer). ``fast``: plain eager
+    code (no ``torch.func`` transform, tracer or compiler), where ``q`` may be overwritten and
+    reinterpreted.
     """
-    nearest, direct = nearest_direct(xp_torch, q, x, w, unit_x=unit_x, unit_w=unit_w)
+    index = _argmin(q) if fast else q.argmin(dim=-1, keepdim=True)  # (..., M, 1)
+    if w.dim() == 2:
+        rows = w.index_select(0, index.view(-1)).view(*index.shape[:-1], w.shape[-1])
+    else:
+        # one bank of keys per leading index
+        rows = torch.gather(w, -2, index.expand(*index.shape[:-1], w.shape[-1]))
+    direct = _sq_norms(x - rows)
+    if unit_x:
+        direct = direct + (1.0 - _sq_norms(x))
+    if unit_w:
+        direct = direct + (1.0 - _sq_norms(rows))
     # clamped like the expanded form: the 1 - |v|^2 terms of unit-length modes can round
     # below 0 at x == w, and q must stay >= epsilon
     value = (direct.clamp_min(0) + epsilon).unsqueeze(-1)
-    index = nearest.unsqueeze(-1)
-    # out of place even in the fast path: in-place scatter_ has no vmap batching rule, and
-    # the old q is freed at once, so the peak memory is unchanged
-    return q.scatter(-1, index, value)
+    # (in-place scatter_ has no vmap batching rule)
+    return q.scatter_(-1, index, value) if fast else q.scatter(-1, index, value)
 
 
 class _YatEpilogue(torch.autograd.Function):
@@ -153,32 +203,31 @@ class _YatEpilogue(torch.autograd.Function):
     @staticmethod
     def forward(dot, col, row, bias, alpha, epsilon):
         n, q = _epilogue_n_q(dot, col, row, bias, epsilon)
-        y = n * n
-        y.div_(q)
-        if alpha is not None:
-            y.mul_(alpha)
-        return y, n, q
+        # without a bias n is a view of dot, the caller's tensor
+        y, r = _ratio(n, q, alpha, owned=bias is not None)
+        return y, r, q
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, n, q = output
-        ctx.mark_non_differentiable(n, q)
-        # no zero-filled gradients for n and q: two score-sized arrays in the backward
+        _, r, q = output
+        ctx.mark_non_differentiable(r, q)
+        # no zero-filled gradients for r and q: two score-sized arrays in the backward
         ctx.set_materialize_grads(False)
-        _save(ctx, (n, q), inputs)
+        _save(ctx, (r, q), inputs)
 
     @staticmethod
-    def backward(ctx, grad, _grad_n, _grad_q):
+    def backward(ctx, grad, _grad_r, _grad_q):
         if grad is None:  # unmaterialised: nothing flows into y
             return (None,) * 6
-        (n, q), (dot, col, row, bias, alpha, eps) = _saved(ctx, 2)
+        (r, q), (dot, col, row, bias, alpha, eps) = _saved(ctx, 2)
         need = [kind and wanted for kind, wanted in zip(ctx.inputs_kinds, ctx.needs_input_grad)]
         inplace = not torch.is_grad_enabled()
         if not inplace:
             n, q = _epilogue_n_q(dot, col, row, bias, eps)
+            r = n / q
         grads: list = [None] * 6
         g_n, h, grads[4], grads[5] = _ratio_backward(
-            grad, n, q, alpha, eps, want_alpha=need[4], want_eps=need[5], inplace=inplace
+            grad, r, q, alpha, eps, want_alpha=need[4], want_eps=need[5], inplace=inplace
         )
         if need[1]:
             grads[1] = h.sum_to_size(col.shape).neg()
@@ -201,7 +250,20 @@ def _epilogue_n_q(dot, col, row, bias, epsilon):
     return (dot.view_as(dot) if bias is None else dot + bias), q
 
 
-def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool, inplace: bool):
+def _ratio(n, q, alpha, *, owned: bool):
+    """``y = alpha n^2 / q`` and ``r = n / q`` (kept for the backward instead of ``n``: one
+    pass fewer there). ``owned``: ``n`` may be overwritten with ``y``. ``n r`` rather than
+    ``n^2 / q``: ``n^2`` overflows while ``y`` is still finite for ``|n|`` above about
+    ``1.8e19`` in float32, and ``n / q`` overflows only where ``n^2 / q`` does (``q`` is at
+    least epsilon, a normal number)."""
+    r = n / q
+    y = n.mul_(r) if owned else n * r
+    if alpha is not None:
+        y.mul_(alpha)
+    return y, r
+
+
+def _ratio_backward(grad, r, q, alpha, eps, *, want_alpha: bool, want_eps: bool, inplace: bool):
     """The closed-form backward shared by both Functions, from ``G = dL/dy``.
 
     Returns ``g_n`` (``dL/dn`` through the numerator, ``2 alpha G r``), ``h`` (``alpha G r^2``
@@ -209,7 +271,6 @@ def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool,
     wanted). ``inplace=False`` uses only out-of-place operations, so that autograd can
     differentiate it (higher-order derivatives).
     """
-    r = n / q
     u = grad * r  # G r
     g_n = u * (2.0 if alpha is None else 2 * alpha)
     h = u.mul_(r) if inplace else u * r  # G r^2
@@ -222,8 +283,15 @@ def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool,
         h = h.mul_(alpha) if inplace else h * alpha  # alpha G r^2 = -dL/dq
     if want_eps:
         grad_eps = h.sum().neg().reshape(eps.shape)
-    clamped = q <= eps  # the clamp: q == eps where D <= 0
-    h = h.masked_fill_(clamped, 0) if inplace else h.masked_fill(clamped, 0)
+    # the clamp: q == eps where D <= 0, and nothing flows through D there
+    if not inplace:
+        h = h.masked_fill(q <= eps, 0)
+    elif isinstance(eps, torch.Tensor):  # (q > eps exactly when q - eps > 0)
+        h = torch.ops.aten.threshold_backward(h, q - eps, 0)
+    else:
+        # ReLU's derivative rule, "0 where q <= eps", in one pass (a comparison and a fill
+        # are two, the comparison writing a bool array: four times slower together)
+        h = torch.ops.aten.threshold_backward(h, q, eps)
     return g_n, h, grad_alpha, grad_eps
 
 
@@ -247,9 +315,13 @@ def _saved(ctx, count: int):
 
 
 def _exporting() -> bool:
-    """Whether a tracer or exporter is recording this call (see the module docstring)."""
+    """Whether a tracer, an exporter or the compiler is recording this call (see the module
+    docstring). ``torch.compile`` gets the plain operators too: inductor fuses them (and
+    their autograd backward) with the operators around them, which it cannot do across a
+    Python Function; compiled attention measured 1.70x the compiled SDPA module through the
+    Function and 1.37x through the plain operators, dense and conv the same either way."""
     return bool(
-        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
     )
 
 
@@ -259,12 +331,16 @@ def _plain_ratio(n, q, alpha):
     return y if alpha is None else y * alpha
 
 
+_SCORES = (_YatScores, _classic(_YatScores))
+_EPILOGUE = (_YatEpilogue, _classic(_YatEpilogue))
+
+
 def yat_epilogue(dot, col, row, bias, alpha, epsilon):
     """Fused :func:`nmn_array._epilogue.yat_ratio` of :func:`expanded_distance`; the operands
     broadcast against ``dot`` (``row`` may be the float 1.0)."""
     if _exporting():
         return _plain_ratio(*_epilogue_n_q(dot, col, row, bias, epsilon), alpha)
-    return _YatEpilogue.apply(dot, col, row, bias, alpha, epsilon)[0]
+    return _apply(_EPILOGUE, dot, col, row, bias, alpha, epsilon)[0]
 
 
 def _scores(x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool, refine: bool):
@@ -272,7 +348,7 @@ def _scores(x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool, refine: bool
     if _exporting():
         n, q = _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, inplace=False)
         return _plain_ratio(n, q, alpha)
-    return _YatScores.apply(x, w, bias, alpha, epsilon, unit_x, unit_w, refine)[0]
+    return _apply(_SCORES, x, w, bias, alpha, epsilon, unit_x, unit_w, refine)[0]
 
 
 def _ones(a: torch.Tensor) -> torch.Tensor:
@@ -359,15 +435,13 @@ def tile_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
     qe, ke = q.expand(*lead, *q.shape[-2:]), k.expand(*lead, *k.shape[-2:])
     with torch.no_grad():
         n, d = _scores_n_q(qe, ke, None, epsilon, unit, unit, refine, inplace=True)
-        y = n * n
-        y.div_(d)
-        if alpha is not None:
-            y.mul_(alpha)
+        y, r = _ratio(n, d, alpha, owned=True)
+        del n
 
     def pull(grad):
         with torch.no_grad():
             g_n, h, grad_alpha, grad_eps = _ratio_backward(
-                grad, n, d, alpha, epsilon,
+                grad, r, d, alpha, epsilon,
                 want_alpha=isinstance(alpha, torch.Tensor),
                 want_eps=isinstance(epsilon, torch.Tensor),
                 inplace=True,

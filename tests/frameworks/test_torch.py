@@ -419,19 +419,44 @@ COMPILE_CASES = {
 @pytest.mark.parametrize("name", sorted(COMPILE_CASES))
 def test_torch_compile_fullgraph_over_changing_sizes(name):
     """A second input size makes dynamo trace sizes symbolically (automatic dynamic shapes):
-    the layers must stay one graph (fullgraph=True) and equal eager at every size (a CNN sees
-    several resolutions; a language model several lengths)."""
+    the layers must stay one graph (fullgraph=True) and equal eager at every size, outputs
+    and gradients (a CNN sees several resolutions; a language model several lengths).
+    Compiled code runs the plain operators and autograd's backward, eager code the fused
+    Functions and their hand-written backward."""
     _seed(0)
     make, sample = COMPILE_CASES[name]
     layer = make()
     compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    params = [p for p in layer.parameters() if p.requires_grad]
     for n in (5, 6, 7, 9):
-        x = sample(n)
-        out = compiled(x)
-        out = out[0] if isinstance(out, tuple) else out
-        ref = layer(x)
-        torch.testing.assert_close(out, ref[0] if isinstance(ref, tuple) else ref)
-        out.sum().backward()
+        grads, x0 = [], sample(n)
+        for run in (compiled, layer):  # compiled: the plain operators, eager: the Functions
+            x = x0.clone().requires_grad_(True) if x0.is_floating_point() else x0
+            out = run(x)
+            out = out[0] if isinstance(out, tuple) else out
+            wrt = [x, *params] if x.requires_grad else params
+            loss = out.square().sum()
+            grads.append((out, torch.autograd.grad(loss, wrt, materialize_grads=True)))
+        (out, got), (ref, want) = grads
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_inductor_training_step_of_attention_equals_eager():
+    """The real compiler on the layer where it matters most (the plain operators let inductor
+    fuse the scores with the softmax): one forward and backward, equal to eager."""
+    _seed(0)
+    layer = ours.MultiHeadYatAttention(16, 2)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=False)
+    x0 = torch.randn(2, 7, 16)
+    results = []
+    for run in (compiled, layer):
+        x = x0.clone().requires_grad_(True)
+        out = run(x)[0]
+        results.append((out, torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])))
+    (out, got), (ref, want) = results
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["YatConv3D", "YatConvTranspose3D"])
