@@ -253,6 +253,9 @@ def cast_back(xp: ModuleType, y: Any, dtype: Any) -> Any:
     if "float16" in str(dtype):
         big = float(xp.finfo(dtype).max)
         y = xp.clip(y, min=-big, max=big)
+        if is_numpy_scalar(y):
+            # NumPy's clip of a 0-d array returns a scalar: keep returning an array
+            y = sys.modules["numpy"].asarray(y)
     return xp.astype(y, dtype)
 
 

@@ -65,6 +65,12 @@ def drop_connect(kernel: Any, keep: Any = None, *, rate: float = 0.0, mask: Any 
     rate = v.check_rate(rate, "rate")
     xp = array_namespace(*(a for a in (kernel, keep, mask) if a is not None))
     v.check_float_array(xp, kernel, "kernel")
+    dtype = kernel.dtype
+    # float16 / bfloat16 are computed in float32 and cast back once (the contract): in the
+    # format itself, 1 - rate and the quotient would each be rounded (two roundings)
+    low = v.is_low_precision(xp, dtype)
+    if low:
+        kernel = v.as_compute(xp, kernel, v.compute_dtype(xp, kernel, "kernel"))
     if keep is not None:
         _check_like_kernel(xp, keep, "keep", kernel, bool_only=True)
         scale = scalar_like(xp, 1.0 - rate, kernel)
@@ -74,5 +80,7 @@ def drop_connect(kernel: Any, keep: Any = None, *, rate: float = 0.0, mask: Any 
         if xp.isdtype(mask.dtype, "bool"):
             kernel = xp.where(mask, kernel, scalar_like(xp, 0.0, kernel))
         else:
+            if v.is_low_precision(xp, mask.dtype):
+                mask = v.as_compute(xp, mask, v.compute_dtype(xp, mask, "mask"))
             kernel = kernel * mask
-    return kernel
+    return v.cast_back(xp, kernel, dtype) if low else kernel

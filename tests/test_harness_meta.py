@@ -448,3 +448,70 @@ def test_linear_attention_ignoring_the_mask_fails_matches_reference():
         return nmn_array.yat_linear_attention(q, k, v, features, **kw)
 
     must_fail(LINEAR, "matches_reference", "numpy:float64", broken)
+
+
+# -- float16 / bfloat16 ----------------------------------------------------------------------
+
+#: parameters the hand-written low-precision yat below does not implement
+_PLAIN_YAT = {"alpha": None, "spherical": False, "weight_normalized": False, "epsilon": 1e-3}
+
+
+def _yat_in_the_format(x, w, bias=None, *, epsilon=1e-5, **_):
+    """The yat product computed in the input's own dtype (float16): the squares overflow at
+    |x| ~ 256, the expanded distance cancels, and y beyond 65504 is inf."""
+    dt = x.dtype
+    w2 = w if w.ndim == 2 else w[None, :]
+    dot = x @ w2.T
+    num = dot if bias is None else dot + bias
+    dist = np.sum(x * x, axis=-1)[..., None] + np.sum(w2 * w2, axis=-1) - dot * np.asarray(2, dt)
+    y = num * num / (np.maximum(dist, np.asarray(0, dt)) + np.asarray(epsilon, dt))
+    return (y if w.ndim == 2 else y[..., 0]).astype(dt)
+
+
+@pytest.mark.parametrize("prop", ["matches_reference", "large_inputs_finite"])
+def test_yat_computed_in_float16_fails(prop):
+    message = must_fail(YAT, prop, "numpy:float16", _yat_in_the_format, **_PLAIN_YAT)
+    assert "outside the tolerance" in message or "not finite" in message
+
+
+def _float32_result(x, w, bias=None, **kw):
+    """The right values, returned in float32 instead of the input's dtype."""
+    y = nmn_array.yat(x, w, bias, **kw)
+    return y.float() if hasattr(y, "float") else np.asarray(y, dtype=np.float32)
+
+
+@pytest.mark.parametrize("target", ["numpy:float16", "torch:bfloat16"])
+@pytest.mark.parametrize("prop", ["matches_reference", "large_inputs_finite"])
+def test_float32_result_for_low_precision_input_fails(prop, target):
+    message = must_fail(YAT, prop, target, _float32_result)
+    assert "output dtype float32" in message
+
+
+def _unsaturated_cast(x, w, bias=None, **kw):
+    """float32 compute, then a plain cast back: values beyond 65504 become inf."""
+    if hasattr(x, "float"):  # torch
+        up = [None if a is None else a.float() for a in (x, w, bias)]
+        return nmn_array.yat(*up, **kw).to(x.dtype)
+    up = [None if a is None else np.asarray(a, np.float32) for a in (x, w, bias)]
+    return np.asarray(nmn_array.yat(*up, **kw)).astype(x.dtype)
+
+
+@pytest.mark.parametrize("target", ["numpy:float16", "torch:float16"])
+@pytest.mark.parametrize("prop", ["matches_reference", "large_inputs_finite"])
+def test_cast_back_without_saturation_fails(prop, target):
+    # epsilon 1e-5: at the spec's x == w boundary y = (|x|^2 + b)^2 / epsilon passes 65504
+    message = must_fail(YAT, prop, target, _unsaturated_cast, epsilon=1e-5)
+    assert "inf" in message
+
+
+@pytest.mark.parametrize("prop", ["matches_reference", "large_inputs_finite"])
+def test_exact_saturation_is_required(prop):
+    """Where even the reference minus its tolerance exceeds the format's largest value, the
+    output must be exactly +-max: a cast back that stops one float16 step short fails."""
+
+    def short_of_max(x, w, bias=None, **kw):
+        y = nmn_array.yat(x, w, bias, **kw)
+        return np.where(y == np.float16(65504), np.float16(65472), y).astype(y.dtype)
+
+    message = must_fail(YAT, prop, "numpy:float16", short_of_max, epsilon=1e-5)
+    assert "got np.float64(65472.0), expected np.float64(65504.0)" in message

@@ -470,7 +470,7 @@ def test_schema_reports_every_mistake_of_a_file():
         "spec/functions/yat.yaml: key 'dims.D.range': expected a range [low, high] with "
         "low <= high, got [6, 1]",
         "spec/functions/yat.yaml: key 'dtypes': expected a required key (a list (at least 1) "
-        "of one of 'float32', 'float64')",
+        "of one of 'float32', 'float64', 'float16', 'bfloat16')",
         "spec/functions/yat.yaml: key 'tolerances.c': expected a number, got 'four'",
     ]
 
@@ -585,3 +585,72 @@ def test_json_schema_accepts_every_spec_file_and_flags_planted_mistakes():
             ".modules.torch.call.kwarg: not allowed",
         ]
     )
+
+
+# -- float16 / bfloat16 ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "expected"),
+    [
+        (
+            "  float16: {rtol: 1.0e-6, atol: 1.0e-30}\n",
+            "",
+            "tolerances.float16",
+            "expected a required key when dtypes lists 'float16'",
+        ),
+        (
+            "dtypes: [float32, float64, float16, bfloat16]",
+            "dtypes: [float32, float64]",
+            "properties.large_inputs_finite",
+            "expected a spec whose dtypes list float16 or bfloat16 on a backend that has it",
+        ),
+        (
+            "  dtypes: {float16: 8, bfloat16: 8}",
+            "  dtypes: {float8: 8, bfloat16: 8}",
+            "hypothesis.dtypes.float8",
+            "expected a key that is one of 'float32', 'float64', 'float16', 'bfloat16'",
+        ),
+    ],
+)
+def test_low_precision_schema_errors(tree, capsys, old, new, key, expected):
+    code, err = check_with_mistake(tree, "spec/functions/yat.yaml", old, new, capsys)
+    assert code == 2
+    assert f"spec/functions/yat.yaml: key '{key}'" in err
+    assert expected in err
+
+
+def test_low_precision_targets_follow_the_backend_capability_table():
+    """float16/bfloat16 targets exist exactly where the backend has the format (no skipped
+    stand-ins), other properties stay float32/float64 unless they list a format, and the
+    spec's per-dtype cap bounds the budget."""
+    (unit,) = [u for f in load_tree(ROOT) for u in f.units() if u.name == "yat"]
+    for prop in ("matches_reference", "large_inputs_finite", "batch_consistency"):
+        targets = unit.targets(prop)
+        assert all(t.skip is None for t in targets if t.dtype in schema.LOW_PRECISION)
+        low = {(t.backend, t.dtype) for t in targets if t.dtype in schema.LOW_PRECISION}
+        if prop == "batch_consistency":
+            assert low == set()
+            continue
+        expected = {(b, d) for b in unit.backends(prop) for d in schema.BACKEND_DTYPES[b]}
+        assert low == expected
+        assert ("array_api_strict", "float16") not in low and ("numpy", "bfloat16") not in low
+        cap = unit.data["hypothesis"]["dtypes"]
+        assert all(t.examples <= cap[t.dtype] for t in targets if t.dtype in cap)
+    assert {t.dtype for t in unit.targets("large_inputs_finite")} == set(schema.LOW_PRECISION)
+
+
+def test_a_property_may_not_add_a_low_precision_dtype(tree, capsys):
+    relpath = "spec/functions/local_window_mask.yaml"
+    code, err = check_with_mistake(
+        tree, relpath, "  cross_backend: {}", "  cross_backend: {dtypes: [float16]}", capsys
+    )
+    assert code == 2
+    assert (
+        f"{relpath}: key 'properties.cross_backend.dtypes': expected dtypes listed under the "
+        "spec's 'dtypes' (['float64']), got 'float16'"
+    ) in err
+    assert (
+        f"{relpath}: key 'tolerances.float16': expected a required key when "
+        "properties.cross_backend.dtypes lists 'float16'"
+    ) in err

@@ -87,9 +87,13 @@ def _groups(targets: Sequence[TargetEntry]) -> list[tuple[str, int, list[TargetE
         by_budget.setdefault(t.examples, []).append(t)
     main = max(by_budget, key=lambda n: (len(by_budget[n]), n))
     out = []
+    used: set[str] = set()
     for budget in sorted(by_budget, reverse=True):
         entries = by_budget[budget]
         suffix = "" if budget == main else "__" + "_".join(sorted({t.backend for t in entries}))
+        if suffix in used:  # the same backends under two budgets (a dtype's cap)
+            suffix += f"__{budget}"
+        used.add(suffix)
         out.append((suffix, budget, entries))
     return sorted(out, key=lambda g: g[0])
 
@@ -187,7 +191,7 @@ def render_capabilities(files: Sequence[SpecFile]) -> str:
         "",
         "What the generated property tests (`tests/generated/`) check, per function or layer,",
         "backend (or framework module) and property. Each cell lists the dtypes tested",
-        "(`f32`, `f64`), with `skip` or `xfail` where the spec says so; an empty cell means the",
+        "(`f32`, `f64`, `f16`, `bf16`), with `skip` or `xfail` where the spec says so; an empty cell means the",
         "property is not run there. `native` means the backend's own convolution kernel,",
         "`portable` the standard-only path. How the tests work: [testing.md](testing.md).",
     ]

@@ -171,11 +171,23 @@ class Unit:
             return sorted(options["dtypes"])
         if prop == "grad_matches_finite_differences":
             return ["float64"]
-        if prop == "module_equals_function":
-            return sorted(self.data["dtypes"])
-        return sorted(self.data["dtypes"])
+        spec_dtypes = self.data["dtypes"]
+        if prop == "large_inputs_finite":
+            return sorted(d for d in spec_dtypes if d in schema.LOW_PRECISION)
+        if prop in schema.LOW_PRECISION_PROPERTIES or prop == "module_equals_function":
+            return sorted(spec_dtypes)
+        # other properties compare computations of the library with each other, whose
+        # tolerances are written for float32/float64: low precision only where listed
+        return sorted(d for d in spec_dtypes if d not in schema.LOW_PRECISION)
 
-    def examples(self, prop: str, backend: str) -> int:
+    def examples(self, prop: str, backend: str, dtype: str | None = None) -> int:
+        """The hypothesis budget of one target, before profile scaling: the backend's budget,
+        capped by the spec's ``hypothesis.dtypes`` entry for ``dtype``."""
+        budget = self._backend_examples(prop, backend)
+        cap = self.data.get("hypothesis", {}).get("dtypes", {}).get(dtype)
+        return budget if cap is None else min(budget, int(cap))
+
+    def _backend_examples(self, prop: str, backend: str) -> int:
         """The hypothesis budget of one (property, backend) pair, before profile scaling."""
         options = self.options(prop)
         hyp = self.data.get("hypothesis", {})
@@ -210,6 +222,13 @@ class Unit:
             if prop == "module_equals_function":
                 module = self.data.get("modules", {}).get(backend, {})
                 dtypes = [d for d in dtypes if d in module.get("dtypes", dtypes)]
+            if backend in schema.BACKEND_DTYPES:
+                # a backend without the format gets no target at all (not a skipped one)
+                dtypes = [
+                    d
+                    for d in dtypes
+                    if d not in schema.LOW_PRECISION or d in schema.BACKEND_DTYPES[backend]
+                ]
             for dtype in dtypes:
                 skip = self._matching("skips", prop, backend, dtype)
                 xfail = self._matching("xfails", prop, backend, dtype)
@@ -217,7 +236,7 @@ class Unit:
                     TargetEntry(
                         backend,
                         dtype,
-                        self.examples(prop, backend),
+                        self.examples(prop, backend, dtype),
                         skip=skip["reason"] if skip else None,
                         xfail=xfail,
                     )

@@ -35,10 +35,13 @@ from nmn_array._spec import expr
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_DTYPES",
     "DTYPES",
     "FAMILIES",
     "FRAMEWORKS",
     "INVARIANTS",
+    "LOW_PRECISION",
+    "LOW_PRECISION_PROPERTIES",
     "PROPERTIES",
     "RESULT_NAME",
     "Spec",
@@ -49,7 +52,21 @@ __all__ = [
 
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy")
 FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf")
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: Dtypes the library computes in float32 and casts back (saturating) to; a spec listing
+#: one needs a tolerance entry of that name (docs/testing.md, "Low precision").
+LOW_PRECISION = ("float16", "bfloat16")
+#: The low-precision dtypes each backend has: targets of other combinations are not
+#: generated (NumPy, Dask and CuPy have no bfloat16; the array API standard has neither).
+BACKEND_DTYPES: dict[str, tuple[str, ...]] = {
+    "numpy": ("float16",),
+    "array_api_strict": (),
+    "torch": ("float16", "bfloat16"),
+    "jax": ("float16", "bfloat16"),
+    "tensorflow": ("float16", "bfloat16"),
+    "dask": ("float16",),
+    "cupy": ("float16",),
+}
 
 #: Checks that apply to any function (the harness has one generic implementation of each).
 GENERIC_PROPERTIES = (
@@ -62,7 +79,12 @@ GENERIC_PROPERTIES = (
     "grad_finite",
     "grad_matches_finite_differences",
     "module_equals_function",
+    "large_inputs_finite",
 )
+
+#: Properties that run in the spec's low-precision dtypes unless their ``dtypes`` option
+#: says otherwise; every other property runs in float32/float64 only by default.
+LOW_PRECISION_PROPERTIES = ("matches_reference", "large_inputs_finite")
 
 #: Invariants and the families the harness implements them for.
 INVARIANTS: dict[str, tuple[str, ...]] = {
@@ -365,7 +387,7 @@ class Tolerance(_Model):
 
 
 class Tolerances(_Model):
-    """a tolerances mapping {policy, bound, accumulation, c, float32, float64, grad}"""
+    """a tolerances mapping {policy, bound, accumulation, c, float32, float64, float16, bfloat16, grad}"""  # noqa: E501
 
     policy: Literal[POLICIES]
     # policy "bound": a function of the call's inputs (the reference's signature) returning
@@ -375,6 +397,9 @@ class Tolerances(_Model):
     c: Num = _ABSENT
     float32: Tolerance
     float64: Tolerance
+    # required when the spec (or a property, or a module) lists the dtype
+    float16: Tolerance = _ABSENT
+    bfloat16: Tolerance = _ABSENT
     grad: Tolerance = _ABSENT
     note: Text = _ABSENT
 
@@ -471,10 +496,12 @@ class Output(_Model):
 
 
 class Hypothesis(_Model):
-    """a hypothesis mapping {max_examples, backends}"""
+    """a hypothesis mapping {max_examples, backends, dtypes}"""
 
     max_examples: Positive = _ABSENT
     backends: dict[Backend, Positive] = _ABSENT
+    # a cap on the budget of every target in that dtype (low-precision targets are extra)
+    dtypes: dict[Dtype, Positive] = _ABSENT
 
 
 class Spec(_Model):
@@ -646,6 +673,7 @@ def _check_references(spec: Spec, problems: _Problems) -> None:
         )
     for prop, options in spec.properties.items():
         _check_property(spec, prop, options or PropertyOptions(), problems)
+    _check_low_precision(spec, problems)
     _check_calls(spec, known | set(arrays), problems)
     if spec.kind == "layer" and not modules:
         problems.add("modules", "at least one framework module for kind 'layer'")
@@ -733,6 +761,45 @@ def _check_property(spec: Spec, prop: str, options: PropertyOptions, problems: _
         problems.add(
             f"{path}.groups.param", f"a parameter name ({sorted(params)})", options.groups.param
         )
+
+
+def _check_low_precision(spec: Spec, problems: _Problems) -> None:
+    """A float16/bfloat16 listed anywhere needs its own tolerance entry (the float32 one
+    would be far too tight for the output's rounding), and a property's low-precision dtype
+    must be one of the spec's."""
+    listed: dict[str, str] = {}
+    for d in spec.dtypes:
+        listed.setdefault(d, "dtypes")
+    for prop, options in spec.properties.items():
+        for d in (options.dtypes if options is not None else None) or ():
+            if d in LOW_PRECISION and d not in spec.dtypes:
+                problems.add(
+                    f"properties.{prop}.dtypes",
+                    f"dtypes listed under the spec's 'dtypes' ({list(spec.dtypes)})",
+                    d,
+                )
+            listed.setdefault(d, f"properties.{prop}.dtypes")
+    for fw, module in spec.modules.items():
+        for d in module.dtypes or ():
+            listed.setdefault(d, f"modules.{fw}.dtypes")
+    for d, where in listed.items():
+        if d in LOW_PRECISION and getattr(spec.tolerances, d) is None:
+            problems.add(
+                f"tolerances.{d}",
+                f"a required key when {where} lists {d!r} ({{rtol, atol}}: the error beyond "
+                "the output's rounding to the format and the float32 compute error)",
+            )
+    if "large_inputs_finite" in spec.properties:
+        options = spec.properties["large_inputs_finite"] or PropertyOptions()
+        dtypes = [d for d in options.dtypes or spec.dtypes if d in LOW_PRECISION]
+        backends = options.backends or list(spec.backends)
+        if not any(d in BACKEND_DTYPES[b] for b in backends for d in dtypes):
+            problems.add(
+                "properties.large_inputs_finite",
+                "a spec whose dtypes list float16 or bfloat16 on a backend that has it "
+                f"({BACKEND_DTYPES})",
+                sorted(dtypes),
+            )
 
 
 def _check_calls(spec: Spec, known: set[str], problems: _Problems) -> None:

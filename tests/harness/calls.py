@@ -55,10 +55,65 @@ def _is_array(v: Any) -> bool:
     return isinstance(v, (np.ndarray, ArrayParam))
 
 
+#: float16 and bfloat16: the library computes them in float32 and casts back (saturating).
+LOW_PRECISION = ("float16", "bfloat16")
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype of ``dtype`` (bfloat16 is ml_dtypes', which JAX and TF share)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype the library computes ``dtype`` inputs in (docs/math.md, "Dtypes")."""
+    return "float32" if dtype in LOW_PRECISION else dtype
+
+
+def finfo(dtype: str) -> Any:
+    """``np.finfo`` of ``dtype``, bfloat16 included."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(ml_dtypes.bfloat16)
+    return np.finfo(dtype)
+
+
+def to_backend(b: Backend, v: Any, dtype: str) -> Any:
+    """A NumPy float array (or a Python scalar) on ``b`` in ``dtype``.
+
+    bfloat16 goes through float32 on torch and TensorFlow (neither reads ml_dtypes' NumPy
+    bfloat16); the values are rounded to bfloat16 first, so the last cast is exact.
+    """
+    if dtype != "bfloat16" or not isinstance(v, np.ndarray) or v.dtype.kind != "f":
+        return b.from_numpy(v, dtype)
+    exact = v.astype(numpy_dtype(dtype)).astype(np.float32)
+    if b.name == "torch":
+        return b.from_numpy(exact).to(b.module().bfloat16)
+    if b.name == "tensorflow":
+        tf = b.module()
+        return tf.cast(b.from_numpy(exact), tf.bfloat16)
+    if b.name == "jax":
+        return b.module().numpy.asarray(exact.astype(numpy_dtype(dtype)))
+    raise AssertionError(f"backend {b.name!r} has no bfloat16 (schema.BACKEND_DTYPES)")
+
+
+def to_float64(b: Backend, out: Any) -> np.ndarray:
+    """A backend array as NumPy float64 (bfloat16 read through float32, exactly)."""
+    if b.name == "torch" and out.dtype == b.module().bfloat16:
+        out = out.float()
+    elif b.name == "tensorflow" and out.dtype.name == "bfloat16":
+        out = b.module().cast(out, b.module().float32)
+    return np.asarray(b.to_numpy(out), dtype=np.float64)
+
+
 def _to_backend(b: Backend, v: Any, dtype: str) -> Any:
     if isinstance(v, ArrayParam):
-        return b.from_numpy(np.full(v.shape, v.value), dtype)
-    return b.from_numpy(v, dtype)
+        return to_backend(b, np.full(v.shape, v.value), dtype)
+    return to_backend(b, v, dtype)
 
 
 def call(
@@ -124,10 +179,17 @@ def namespace(b: Backend, dtype: str) -> Any:
     (array-api-compat's, or nmn_array's TensorFlow adapter)."""
     from nmn_array._namespace import array_namespace
 
-    return array_namespace(b.from_numpy(np.zeros((1,)), dtype))
+    return array_namespace(to_backend(b, np.zeros((1,)), dtype))
 
 
 def output_dtype(b: Backend, out: Any) -> str:
+    """The name of ``out``'s dtype as the backend holds it (``float16``, ``bfloat16``, ...)."""
+    if b.name == "torch":
+        return str(out.dtype).removeprefix("torch.")
+    if b.name == "tensorflow":
+        return out.dtype.name
+    if b.name == "jax":
+        return np.dtype(out.dtype).name
     return np.asarray(b.to_numpy(out)).dtype.name
 
 
@@ -156,7 +218,7 @@ def run(
         assert got_dtype == dtype, (
             f"{spec.name} on {b.name}: output dtype {got_dtype}, input {dtype}"
         )
-    value = np.asarray(b.to_numpy(out), dtype=np.float64)
+    value = to_float64(b, out)
     if expect_shape is not None:
         assert value.shape == tuple(expect_shape), (
             f"{spec.name} on {b.name}: output shape {value.shape}, the spec says {expect_shape}"
@@ -174,13 +236,15 @@ def baseline(spec: Spec, case: Case, dtype: str) -> np.ndarray:
 
 
 def rounded(value: Any, dtype: str) -> Any:
-    """What a backend sees of an input, back in float64 (float arrays rounded to ``dtype``)."""
+    """What a backend sees of an input, back in float64: float arrays (and array-form
+    parameters) rounded to ``dtype``; Python floats to the compute dtype, which the library
+    converts them to (float32 for float16 and bfloat16 inputs)."""
     if isinstance(value, ArrayParam):
-        return float(np.float64(np.asarray(value.value, dtype=dtype)))
+        return float(np.asarray(value.value).astype(numpy_dtype(dtype)).astype(np.float64))
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        return value.astype(dtype).astype(np.float64)
+        return value.astype(numpy_dtype(dtype)).astype(np.float64)
     if isinstance(value, float):
-        return float(np.asarray(value, dtype=dtype))
+        return float(np.asarray(value, dtype=compute_dtype(dtype)))
     if isinstance(value, dict):
         return {key: rounded(item, dtype) for key, item in value.items()}
     return value

@@ -36,10 +36,11 @@ def matches_reference(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
     """Output type, dtype and shape as the spec says; values within tolerance of the naive
     float64 reference computed from the dtype-rounded inputs."""
     got = calls.run(spec, b, case, dtype, expect_shape=output_shape(spec, case))
-    want = calls.reference(spec, case, dtype)
-    tolerance.assert_close(
-        got, want, tolerance.allowed(spec, case, dtype), _what(spec, "matches_reference", b, dtype)
+    # float16 / bfloat16: the reference clipped to the format's range (a saturating cast)
+    want, allowed = tolerance.saturated(
+        calls.reference(spec, case, dtype), tolerance.allowed(spec, case, dtype), dtype
     )
+    tolerance.assert_close(got, want, allowed, _what(spec, "matches_reference", b, dtype))
 
 
 def cross_backend(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
@@ -234,6 +235,80 @@ def grad_matches_finite_differences(spec: Spec, b: Backend, dtype: str, case: Ca
         )
 
 
+def _low_precision_gradients(
+    spec: Spec, b: Backend, case: Case, dtype: str, names: list[str]
+) -> list[tuple[np.ndarray, str]]:
+    """Gradients of ``sum(f)`` with respect to ``names`` held in ``dtype`` itself (float16,
+    bfloat16), each with the dtype the backend returned it in."""
+    mod = b.module()
+    leaves = [calls.to_backend(b, np.asarray(case.arrays[n]), dtype) for n in names]
+
+    def f(*wrt: Any) -> Any:
+        return calls.call(spec, b, case, dtype, jit=False, extra=dict(zip(names, wrt)))
+
+    if b.name == "torch":
+        leaves = [t.requires_grad_() for t in leaves]
+        mod.sum(f(*leaves)).backward()
+        grads = [t.grad if t.grad is not None else mod.zeros_like(t) for t in leaves]
+    elif b.name == "jax":
+        jnp = mod.numpy
+        g = mod.jit(mod.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(names)))))
+        grads = list(g(*leaves))
+    elif b.name == "tensorflow":
+        variables = [mod.Variable(t) for t in leaves]
+        with mod.GradientTape() as tape:
+            total = mod.reduce_sum(f(*variables))
+        grads = [
+            mod.zeros_like(v) if g is None else mod.convert_to_tensor(g)
+            for v, g in zip(variables, tape.gradient(total, variables))
+        ]
+    else:
+        raise AssertionError(f"{b.name} has no autodiff")
+    return [(calls.to_float64(b, g), calls.output_dtype(b, g)) for g in grads]
+
+
+def large_inputs_finite(spec: Spec, b: Backend, dtype: str, case: Case) -> None:
+    """float16 / bfloat16 inputs of magnitude up to 1e3 give finite outputs of the input
+    dtype (squares and distances are computed in float32, the cast back saturates), and
+    finite gradients of the input dtype on autodiff backends."""
+    what = _what(spec, "large_inputs_finite", b, dtype)
+    got = calls.run(spec, b, case, dtype, expect_shape=output_shape(spec, case))
+    bad = ~np.isfinite(got)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        largest = max(
+            (float(np.max(np.abs(a), initial=0.0)) for a in case.arrays.values() if a is not None),
+            default=0.0,
+        )
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {got.size} outputs are not finite (first "
+            f"{got[first]!r} at {first}); largest |input| {largest:.3g}"
+        )
+    if spec.data["output"]["dtype"] != "bool":
+        # where the float64 reference is beyond the format's range (by more than the
+        # tolerance), the saturating cast must give exactly +-max
+        want, allowed = tolerance.saturated(
+            calls.reference(spec, case, dtype), tolerance.allowed(spec, case, dtype), dtype
+        )
+        exact = allowed == 0.0
+        tolerance.assert_close(
+            np.where(exact, got, want), want, np.where(exact, 0.0, np.inf), what + " (saturation)"
+        )
+    if not spec.data["backends"][b.name].get("autodiff"):
+        return
+    names = _wrt(spec, "large_inputs_finite", case)
+    for name, (g, g_dtype) in zip(names, _low_precision_gradients(spec, b, case, dtype, names)):
+        assert g_dtype == dtype, f"{what}: d/d{name} has dtype {g_dtype}, the input {dtype}"
+        assert g.shape == case.arrays[name].shape, (
+            f"{what}: d/d{name} has shape {g.shape}, expected {case.arrays[name].shape}"
+        )
+        bad = ~np.isfinite(g)
+        assert not bad.any(), (
+            f"{what}: d/d{name} has {int(bad.sum())} non-finite entries (first at "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0])})"
+        )
+
+
 CHECKS: dict[str, Check] = {
     "matches_reference": matches_reference,
     "cross_backend": cross_backend,
@@ -243,6 +318,7 @@ CHECKS: dict[str, Check] = {
     "jit_equals_eager": jit_equals_eager,
     "grad_finite": grad_finite,
     "grad_matches_finite_differences": grad_matches_finite_differences,
+    "large_inputs_finite": large_inputs_finite,
     **invariants.INVARIANTS,
 }
 

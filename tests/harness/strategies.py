@@ -143,10 +143,20 @@ def select_shape(entry: Mapping[str, Any], env: Mapping[str, Any]) -> list[Any]:
     return entry["shape"]
 
 
+#: The input magnitude ``large_inputs_finite`` draws up to (float16's largest is 65504).
+LARGE_MAGNITUDE = 1e3
+
+
 def _elements(spec: Spec, prop: str, name: str) -> dict[str, Any]:
     out = dict(_DEFAULT_ELEMENTS)
     out.update(spec.data.get("elements", {}))
-    out.update(spec.arrays[name].get("elements", {}))
+    own = spec.arrays[name].get("elements", {})
+    if prop == "large_inputs_finite" and not {"min", "max"} & set(own):
+        # the data inputs (arrays without a range of their own, such as a projection's
+        # nodes in [0, 1]) span +-1e3, or [0, 1e3] where the spec's range is non-negative
+        out["min"] = 0.0 if out["min"] >= 0 else -LARGE_MAGNITUDE
+        out["max"] = LARGE_MAGNITUDE
+    out.update(own)
     out.update(spec.options(prop).get("elements", {}).get(name, {}))
     return out
 

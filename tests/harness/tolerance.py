@@ -38,7 +38,14 @@ from tests.harness.spec import Spec, resolve
 
 
 def unit_roundoff(dtype: str) -> float:
-    return float(np.finfo(dtype).eps) / 2.0
+    """The unit roundoff of the dtype ``dtype`` inputs are computed in (float32 for
+    float16 and bfloat16: the library upcasts them)."""
+    return float(np.finfo(calls.compute_dtype(dtype)).eps) / 2.0
+
+
+def format_roundoff(dtype: str) -> float:
+    """The unit roundoff of ``dtype`` itself (2^-11 for float16, 2^-8 for bfloat16)."""
+    return float(calls.finfo(dtype).eps) / 2.0
 
 
 def accumulation_k(spec: Spec, case: Case, dtype: str) -> float:
@@ -65,8 +72,38 @@ def allowed(spec: Spec, case: Case, dtype: str) -> np.ndarray:
             "elementwise": _elementwise,
             "bound": _bound,
         }[policy]
-        value = calls.SHARED.put(key, fn(spec, case, dtype))
+        value = fn(spec, case, dtype)
+        if dtype in calls.LOW_PRECISION:
+            value = _low_precision(spec, case, dtype, value)
+        value = calls.SHARED.put(key, value)
     return value
+
+
+def _low_precision(spec: Spec, case: Case, dtype: str, compute: np.ndarray) -> np.ndarray:
+    """float16 / bfloat16: the float32 computation's allowed error ``compute`` (the policy
+    evaluated with float32's unit roundoff on the format-rounded inputs, plus the spec's
+    rtol/atol of the format), then the cast back: round to nearest moves a value by at most
+    ``u_fmt`` of itself, or half the smallest subnormal below the normal range. Where the
+    reference exceeds the format's largest value the output is compared with ``+-max``
+    (:func:`saturated`)."""
+    y = np.abs(calls.reference(spec, case, dtype))
+    info = calls.finfo(dtype)
+    tiny = float(info.smallest_subnormal)
+    return compute + format_roundoff(dtype) * (y + compute) + 0.5 * tiny
+
+
+def saturated(
+    want: np.ndarray, allowed_err: np.ndarray, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The expected output of a float16 / bfloat16 result and its allowed error: the
+    reference clipped to ``+-max`` (the cast back saturates), and exactly ``+-max`` (allowed
+    error 0) where even the reference minus its allowed error is beyond ``max``."""
+    if dtype not in calls.LOW_PRECISION:
+        return want, allowed_err
+    big = float(calls.finfo(dtype).max)
+    allowed_err = np.broadcast_to(allowed_err, np.shape(want))
+    beyond = np.abs(want) - allowed_err > big
+    return np.clip(want, -big, big), np.where(beyond, 0.0, allowed_err)
 
 
 def _elementwise(spec: Spec, case: Case, dtype: str) -> np.ndarray:
