@@ -22,8 +22,8 @@ from nmn_array.frameworks import torch as ours  # noqa: E402
 BF16 = torch.bfloat16
 
 
-def _amp():
-    return torch.autocast("cpu", dtype=BF16)
+def _amp(dtype=BF16):
+    return torch.autocast("cpu", dtype=dtype)
 
 
 def _near_collision():
@@ -79,6 +79,19 @@ def test_float32_inputs_compute_in_float32_under_autocast(name):
     with _amp():
         out = fn(*args, **kw)
     assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["yat", "yat_expanded", "yat_conv", "yat_attention"])
+def test_float16_autocast_computes_in_float32(name):
+    """float16 autocast: near a neuron the float16 product overflowed to inf (65504 is
+    float16's largest value); in float32 it is float32's finite result."""
+    torch.manual_seed(0)
+    fn, args, kw = CASES[name]()
+    ref = fn(*args, **kw)
+    with _amp(torch.float16):
+        out = fn(*args, **kw)
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
