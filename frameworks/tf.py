@@ -107,7 +107,16 @@ class _Module(tf.Module):
 
     def _setup(self, name: str | None, dtype: Any) -> None:
         super().__init__(name=name)
-        self.dtype = tf.as_dtype(dtype)
+        try:
+            self.dtype = tf.as_dtype(dtype)
+        except TypeError as exc:
+            # a tf.Module has one dtype; Keras' "mixed_float16" policies belong to layers
+            raise TypeError(
+                f"dtype must be a TensorFlow dtype (tf.float32, 'bfloat16', ...), got {dtype!r};"
+                " for a Keras mixed precision policy use nmn_array.frameworks.keras, or give "
+                "this module float16/bfloat16 inputs: they are computed in float32 "
+                "(docs/mixed_precision.md)"
+            ) from exc
 
     def _new_weight(self, name: str, shape: tuple, fill: float, dtype: Any = None) -> Any:
         return tf.Variable(tf.constant(fill, shape=shape, dtype=dtype or self.dtype), name=name)

@@ -7,11 +7,15 @@ imported here to test for them: a library can only own an array if it is already
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import array_api_compat
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def is_tf_array(x: Any) -> bool:
@@ -115,3 +119,41 @@ def index_dtype(xp: ModuleType) -> Any:
 def scalar_like(xp: ModuleType, value: float, like: Any) -> Any:
     """A 0-d array holding ``value`` with the dtype and device of ``like``."""
     return xp.asarray(value, dtype=like.dtype, **device_kw(xp, like))
+
+
+def _torch_autocast_device(torch: ModuleType, args: tuple, kwargs: dict) -> str | None:
+    """The device type of the first tensor argument if autocast is on for it, else None."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            device = a.device.type
+            # is_autocast_enabled raises for device types autocast does not know (meta)
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+                return device
+            return None
+    return None
+
+
+def float32_under_autocast(fn: _F) -> _F:
+    """Run ``fn`` with ``torch.autocast`` disabled when it is active for its tensors' device.
+
+    Autocast lowers every matmul and convolution to float16/bfloat16, whatever its inputs'
+    dtype: the yat product's distances ``|x|^2 + |w|^2 - 2 x.w`` would then cancel in 8 bits
+    of mantissa, against the dtype contract (docs/math.md, "Dtypes"; docs/mixed_precision.md).
+    Torch itself keeps distance-like ops (``cdist``, norms) in float32 under autocast; the yat
+    functions do the same: they compute in float32 (or the inputs' wider dtype) and return
+    the input's dtype, as without autocast. The test is one C call when torch is imported
+    and nothing when it is not (torch is never imported here); dynamo traces it, so
+    ``torch.compile(fullgraph=True)`` keeps one graph.
+    """
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch._C._is_any_autocast_enabled():
+            device = _torch_autocast_device(torch, args, kwargs)
+            if device is not None:
+                with torch.autocast(device, enabled=False):
+                    return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]

@@ -18,7 +18,14 @@ from nmn_array._attention_blocks import (  # noqa: F401  (public here)
 )
 from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, device_kw, index_dtype, is_torch, scalar_like
+from nmn_array._namespace import (
+    array_namespace,
+    device_kw,
+    float32_under_autocast,
+    index_dtype,
+    is_torch,
+    scalar_like,
+)
 from nmn_array._native import blocked as native_blocked
 from nmn_array.dense import DISTANCES, safe_norm
 from nmn_array.squashers import softermax_impl
@@ -474,6 +481,7 @@ def _blocked_output(a: _Inputs, v: Any, size: int, native: bool) -> Any:
     return native_blocked.run(xp, prob, a.q, a.k, v, extras, materialised)
 
 
+@float32_under_autocast
 def yat_attention_weights(
     q: Any,
     k: Any,
@@ -547,6 +555,7 @@ def yat_attention_weights(
     return _v.cast_back(a.xp, _dense_weights(a, _native), q.dtype)
 
 
+@float32_under_autocast
 def yat_attention(
     q: Any,
     k: Any,

@@ -15,7 +15,7 @@ from typing import Any
 from nmn_array import _correlate as corr
 from nmn_array import _validation as v
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, device_kw, is_torch
+from nmn_array._namespace import array_namespace, device_kw, float32_under_autocast, is_torch
 from nmn_array._padding import PADDING_MODES, conv_pads, pad, transpose_pads
 from nmn_array.dense import NORM_GUARD, safe_norm
 
@@ -176,6 +176,7 @@ def _finish(xp, lay: _Layout, dot, psq, wsq, bias, alpha, epsilon, last=False, n
     return y if last else lay.from_channels_first(xp, y)
 
 
+@float32_under_autocast
 def yat_conv(
     x: Any,
     w: Any,
@@ -282,6 +283,7 @@ def yat_conv(
     return v.cast_back(xp, y, x.dtype)
 
 
+@float32_under_autocast
 def yat_conv_transpose(
     x: Any,
     w: Any,

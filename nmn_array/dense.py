@@ -7,7 +7,7 @@ from typing import Any
 from nmn_array import _validation as v
 from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
-from nmn_array._namespace import array_namespace, is_torch, scalar_like
+from nmn_array._namespace import array_namespace, float32_under_autocast, is_torch, scalar_like
 
 #: Guard added to norms when normalising vectors (nmn's constant, Decision 7).
 NORM_GUARD = 1e-8
@@ -32,6 +32,7 @@ def normalize(xp: Any, a: Any, guard: float = NORM_GUARD, axis: Any = -1) -> Any
     return a / (safe_norm(xp, a, axis=axis) + guard)
 
 
+@float32_under_autocast
 def yat(
     x: Any,
     w: Any,

@@ -14,7 +14,7 @@ from typing import Any
 
 from nmn_array import _validation as _v
 from nmn_array import random_features as _rf
-from nmn_array._namespace import array_namespace, device_kw
+from nmn_array._namespace import array_namespace, device_kw, float32_under_autocast
 
 __all__ = [
     "PERFORMER_KINDS",
@@ -30,6 +30,7 @@ PERFORMER_KINDS = ("slay", "maclaurin", "radial")
 DEFAULT_CHUNK = 64
 
 
+@float32_under_autocast
 def performer_features(
     kind: str, projection: Any, *, epsilon: float = 1e-5
 ) -> Callable[[Any], Any]:
@@ -150,6 +151,7 @@ def _causal(xp, fq, fk, v, size):
     return out[..., :length, :]
 
 
+@float32_under_autocast
 def yat_linear_attention(
     q: Any,
     k: Any,
@@ -287,6 +289,7 @@ def performer_projection(
 SIGNED_FEATURES_EPSILON = 1e-6
 
 
+@float32_under_autocast
 def performer_attention(
     q: Any,
     k: Any,

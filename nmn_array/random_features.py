@@ -31,7 +31,7 @@ import math
 from typing import Any
 
 from nmn_array import _validation as _v
-from nmn_array._namespace import array_namespace, device_kw
+from nmn_array._namespace import array_namespace, device_kw, float32_under_autocast
 
 __all__ = [
     "maclaurin_coefficients",
@@ -304,6 +304,7 @@ def _check_dim(x: Any, width: int, kind: str) -> None:
         )
 
 
+@float32_under_autocast
 def slay_features(x: Any, projection: Any, *, normalize: bool = True, epsilon: Any = 1e-6) -> Any:
     """SLAY features of ``x (..., d)``: ``(..., R * P * M)``, positive.
 
@@ -346,6 +347,7 @@ def slay_features(x: Any, projection: Any, *, normalize: bool = True, epsilon: A
     return _unflatten(xp, out, lead, x)
 
 
+@float32_under_autocast
 def maclaurin_features(
     x: Any, projection: Any, *, normalize: bool = True, epsilon: Any = 1e-6
 ) -> Any:
@@ -391,6 +393,7 @@ def maclaurin_features(
     return _unflatten(xp, out, lead, x)
 
 
+@float32_under_autocast
 def radial_features(x: Any, projection: Any, *, normalize: bool = True, epsilon: Any = 1e-6) -> Any:
     """RAY features of ``x (..., d)``: ``(..., m * J * D)``.
 

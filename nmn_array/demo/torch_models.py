@@ -71,11 +71,22 @@ def _network(spec: ModelSpec, config: Config):
 
 
 class TorchModel:
-    """A ``torch.nn.Sequential`` with an Adam optimiser."""
+    """A ``torch.nn.Sequential`` with an Adam optimiser; with ``autocast`` (``"bfloat16"``
+    or ``"float16"``) its forward passes run under ``torch.autocast("cpu", ...)``: torch's
+    own layers in that dtype, the yat layers in float32 (docs/mixed_precision.md)."""
 
-    def __init__(self, spec: ModelSpec, config: Config, first_rows: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: Config,
+        first_rows: np.ndarray | None,
+        autocast: str | None = None,
+    ) -> None:
         import torch
 
+        if autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}")
+        self.autocast = autocast
         seed_everything(config.seed)
         self.net = _network(spec, config)
         if first_rows is not None:
@@ -89,7 +100,9 @@ class TorchModel:
         import torch.nn.functional as F
 
         self.net.train()
-        loss = F.cross_entropy(self.net(torch.from_numpy(x)), torch.from_numpy(y).long())
+        with self._amp():
+            loss = F.cross_entropy(self.net(torch.from_numpy(x)), torch.from_numpy(y).long())
+        # backward after the autocast region, as torch documents
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -99,15 +112,28 @@ class TorchModel:
         import torch
 
         self.net.eval()
-        with torch.no_grad():
-            return self.net(torch.from_numpy(x)).numpy()
+        with torch.no_grad(), self._amp():
+            return self.net(torch.from_numpy(x)).float().numpy()
+
+    def _amp(self):
+        import torch
+
+        dtype = getattr(torch, self.autocast or "bfloat16")
+        return torch.autocast("cpu", dtype=dtype, enabled=self.autocast is not None)
 
     def prototypes(self) -> np.ndarray | None:
         # YatNMN stores neurons as rows: weight (out, in), as nmn.torch does.
         return self.net[0].weight.detach().numpy().copy()
 
 
-def build(spec: ModelSpec, config: Config, first_rows: np.ndarray | None = None) -> TorchModel:
+def build(
+    spec: ModelSpec,
+    config: Config,
+    first_rows: np.ndarray | None = None,
+    *,
+    autocast: str | None = None,
+) -> TorchModel:
     """The model ``spec`` with fresh parameters seeded by ``config.seed``; ``first_rows``
-    (hidden, 64), if given, replaces the neurons of the yat MLP's first layer."""
-    return TorchModel(spec, config, first_rows)
+    (hidden, 64), if given, replaces the neurons of the yat MLP's first layer; ``autocast``
+    (``"bfloat16"``, ``"float16"`` or None) trains and evaluates under ``torch.autocast``."""
+    return TorchModel(spec, config, first_rows, autocast)

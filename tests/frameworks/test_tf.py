@@ -483,3 +483,21 @@ def test_float16_module():
     y = layer(tf.random.normal((1, 5, 5, 2)))
     assert y.dtype == tf.float16 and layer.epsilon_param.dtype == tf.float32
     assert np.all(np.isfinite(y.numpy()))
+
+
+@pytest.mark.parametrize(
+    ("cls", "args"),
+    [
+        ("YatNMN", (4,)),
+        ("YatConv2D", (4, 3)),
+        ("YatEmbed", (10, 4)),
+        ("MultiHeadYatAttention", (8, 2)),
+        ("RotaryYatAttention", (8, 2)),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_keras_policies_are_refused_naming_dtype(cls, args, policy):
+    """A tf.Module has one dtype: a Keras policy is an error that points to the Keras layers."""
+    with pytest.raises(TypeError, match=rf"dtype must be a TensorFlow dtype.*{policy}.*keras"):
+        getattr(ours, cls)(*args, dtype=policy)
