@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from nmn_array import _blocked_attention as blocked
-from nmn_array._namespace import is_jax, is_tf, is_torch
+from nmn_array._namespace import float32_under_autocast, is_jax, is_tf, is_torch
 
 
 def run(xp: ModuleType, prob: blocked.Problem, q, k, v, extras: list, materialised: Callable):
@@ -108,6 +108,7 @@ def _torch_class():
             return out
 
         @staticmethod
+        @float32_under_autocast  # backward() called inside an autocast region
         def backward(ctx, dout):
             q, k, v, out, s1, s2, *tensors = ctx.saved_tensors
             extras = [f if t is None else t for f, t in zip(ctx.floats, tensors)]

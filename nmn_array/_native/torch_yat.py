@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from nmn_array._namespace import float32_under_autocast
+
 
 class _YatScores(torch.autograd.Function):
     """``x (..., M, d)`` against ``w (..., N, d)`` (same leading dims) -> ``(..., M, N)``."""
@@ -56,6 +58,7 @@ class _YatScores(torch.autograd.Function):
         ctx.flags = (unit_x, unit_w, refine)
 
     @staticmethod
+    @float32_under_autocast  # backward() called inside an autocast region
     def backward(ctx, grad, _grad_r, _grad_q):
         if grad is None:  # unmaterialised: nothing flows into y
             return (None,) * 8
@@ -216,6 +219,7 @@ class _YatEpilogue(torch.autograd.Function):
         _save(ctx, (r, q), inputs)
 
     @staticmethod
+    @float32_under_autocast  # backward() called inside an autocast region
     def backward(ctx, grad, _grad_r, _grad_q):
         if grad is None:  # unmaterialised: nothing flows into y
             return (None,) * 6

@@ -12,12 +12,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from nmn_array.frameworks import torch as ours
 
-torch = pytest.importorskip("torch")
-
-import nmn_array  # noqa: E402
-from nmn_array import linear_attention, random_features  # noqa: E402
-from nmn_array.frameworks import torch as ours  # noqa: E402
+import nmn_array
+from nmn_array import linear_attention, random_features
 
 BF16 = torch.bfloat16
 
@@ -120,6 +119,35 @@ def test_gradients_under_autocast_equal_float32(native):
             loss = nmn_array.yat(xi, wi, _native=native).sum()
         loss.backward()
         grads.append((xi.grad, wi.grad))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+
+
+BACKWARD_INSIDE = {
+    "yat": lambda: (nmn_array.yat, _near_collision(), {}),
+    "yat_conv": lambda: (
+        nmn_array.yat_conv,
+        (torch.randn(2, 8, 12, 12), torch.randn(6, 8, 3, 3)),
+        {"padding": 1},
+    ),
+    "yat_attention_blocked": lambda: (nmn_array.yat_attention, _qkv(), {"block_size": 8}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BACKWARD_INSIDE))
+def test_backward_inside_the_autocast_region_equals_float32(name):
+    """``backward()`` called inside the region (torch advises against it, users do it): the
+    fused Functions' hand-written backward would run its matmuls in bfloat16 there; it turns
+    autocast off as the forward does."""
+    torch.manual_seed(0)
+    fn, args, kwargs = BACKWARD_INSIDE[name]()
+    grads = []
+    for amp in (False, True):
+        leaves = [a.clone().requires_grad_() for a in args]
+        with torch.autocast("cpu", dtype=BF16, enabled=amp):
+            out = fn(*leaves, **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            out.square().sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
 
 
