@@ -14,7 +14,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-
 from nmn_array.frameworks import keras as ours
 
 POLICIES = ("mixed_float16", "mixed_bfloat16")
