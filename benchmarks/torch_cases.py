@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Collection
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -331,9 +332,13 @@ def case(group: str, name: str, sz: Sizes) -> tuple[str, Factory]:
     return long.label(long.TORCH_LABELS, name, sz), long_factory(group, name)
 
 
-def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
+def make_step(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], *, autocast: bool = False
+) -> Callable[[], None]:
     """One forward + backward of ``module(*inputs).sum()``; gradients are reset to None
-    first, as ``optimizer.zero_grad()`` does."""
+    first, as ``optimizer.zero_grad()`` does. ``autocast``: the forward (and the ``sum``)
+    under ``torch.autocast("cpu", dtype=torch.bfloat16)``, the backward outside it, as the
+    autocast documentation prescribes."""
     params = [p for p in module.parameters() if p.requires_grad]
 
     def step() -> None:
@@ -341,28 +346,16 @@ def make_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[
             t.grad = None
         for t in inputs:
             t.grad = None
-        module(*inputs).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext():
+            loss = module(*inputs).sum()
+        loss.backward()
 
     return step
 
 
 def make_autocast_step(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], None]:
-    """:func:`make_step` with the forward (and the ``sum``) under
-    ``torch.autocast("cpu", dtype=torch.bfloat16)`` and the backward outside it, as the
-    autocast documentation prescribes. A function of its own so that the float32 cases
-    keep exactly the step they always had."""
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def step() -> None:
-        for t in params:
-            t.grad = None
-        for t in inputs:
-            t.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = module(*inputs).sum()
-        loss.backward()
-
-    return step
+    """:func:`make_step` under bfloat16 autocast."""
+    return make_step(module, inputs, autocast=True)
 
 
 # --------------------------------------------------------------------------------------
