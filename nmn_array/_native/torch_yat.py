@@ -12,7 +12,7 @@ and ``y = alpha * n * r``:
 
 Both Functions follow the ``torch.func`` protocol (``forward`` without ``ctx``,
 ``setup_context``, a generated vmap rule), so ``torch.func.grad``, ``vmap``, ``jacrev`` and
-``functional_call`` work through them. ``r = n / q`` and ``q`` leave ``forward`` as extra
+``functional_call`` work through them. ``n`` and ``q`` leave ``forward`` as extra
 non-differentiable outputs because that protocol saves intermediates only that way.
 
 Higher-order derivatives (``create_graph=True``, Hessian-vector products, nested
@@ -44,34 +44,33 @@ class _YatScores(torch.autograd.Function):
     @staticmethod
     def forward(x, w, bias, alpha, epsilon, unit_x: bool, unit_w: bool, refine: bool):
         n, q = _scores_n_q(x, w, bias, epsilon, unit_x, unit_w, refine, inplace=True)
-        y, r = _ratio(n, q, alpha, owned=True)
-        return y, r, q
+        return _ratio(n, q, alpha), n, q
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, w, bias, alpha, epsilon, unit_x, unit_w, refine = inputs
-        _, r, q = output
-        ctx.mark_non_differentiable(r, q)
-        # no zero-filled gradients for r and q: two score-sized arrays in the backward
+        _, n, q = output
+        ctx.mark_non_differentiable(n, q)
+        # no zero-filled gradients for n and q: two score-sized arrays in the backward
         ctx.set_materialize_grads(False)
-        _save(ctx, (x, w, r, q), (bias, alpha, epsilon))
+        # n and q are kept (r = n / q is recomputed): one temporary fewer between the passes
+        _save(ctx, (x, w, n, q), (bias, alpha, epsilon))
         ctx.flags = (unit_x, unit_w, refine)
 
     @staticmethod
     @float32_under_autocast  # backward() called inside an autocast region
-    def backward(ctx, grad, _grad_r, _grad_q):
+    def backward(ctx, grad, _grad_n, _grad_q):
         if grad is None:  # unmaterialised: nothing flows into y
             return (None,) * 8
-        (x, w, r, q), (bias, alpha, eps) = _saved(ctx, 4)
+        (x, w, n, q), (bias, alpha, eps) = _saved(ctx, 4)
         unit_x, unit_w, refine = ctx.flags
         need = ctx.needs_input_grad
         inplace = not torch.is_grad_enabled()
         if not inplace:
             # create_graph: n and q were computed without a graph; recompute them with one
             n, q = _scores_n_q(x, w, bias, eps, unit_x, unit_w, refine, inplace=False)
-            r = n / q
         g_n, h, grad_alpha, grad_eps = _ratio_backward(
-            grad, r, q, alpha, eps, want_alpha=need[3], want_eps=need[4], inplace=inplace
+            grad, n, q, alpha, eps, want_alpha=need[3], want_eps=need[4], inplace=inplace
         )
         grad_b = None
         if need[2]:
@@ -206,32 +205,29 @@ class _YatEpilogue(torch.autograd.Function):
     @staticmethod
     def forward(dot, col, row, bias, alpha, epsilon):
         n, q = _epilogue_n_q(dot, col, row, bias, epsilon)
-        # without a bias n is a view of dot, the caller's tensor
-        y, r = _ratio(n, q, alpha, owned=bias is not None)
-        return y, r, q
+        return _ratio(n, q, alpha), n, q
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, r, q = output
-        ctx.mark_non_differentiable(r, q)
-        # no zero-filled gradients for r and q: two score-sized arrays in the backward
+        _, n, q = output
+        ctx.mark_non_differentiable(n, q)
+        # no zero-filled gradients for n and q: two score-sized arrays in the backward
         ctx.set_materialize_grads(False)
-        _save(ctx, (r, q), inputs)
+        _save(ctx, (n, q), inputs)
 
     @staticmethod
     @float32_under_autocast  # backward() called inside an autocast region
-    def backward(ctx, grad, _grad_r, _grad_q):
+    def backward(ctx, grad, _grad_n, _grad_q):
         if grad is None:  # unmaterialised: nothing flows into y
             return (None,) * 6
-        (r, q), (dot, col, row, bias, alpha, eps) = _saved(ctx, 2)
+        (n, q), (dot, col, row, bias, alpha, eps) = _saved(ctx, 2)
         need = [kind and wanted for kind, wanted in zip(ctx.inputs_kinds, ctx.needs_input_grad)]
         inplace = not torch.is_grad_enabled()
         if not inplace:
             n, q = _epilogue_n_q(dot, col, row, bias, eps)
-            r = n / q
         grads: list = [None] * 6
         g_n, h, grads[4], grads[5] = _ratio_backward(
-            grad, r, q, alpha, eps, want_alpha=need[4], want_eps=need[5], inplace=inplace
+            grad, n, q, alpha, eps, want_alpha=need[4], want_eps=need[5], inplace=inplace
         )
         if need[1]:
             grads[1] = h.sum_to_size(col.shape).neg()
@@ -254,20 +250,18 @@ def _epilogue_n_q(dot, col, row, bias, epsilon):
     return (dot.view_as(dot) if bias is None else dot + bias), q
 
 
-def _ratio(n, q, alpha, *, owned: bool):
-    """``y = alpha n^2 / q`` and ``r = n / q`` (kept for the backward instead of ``n``: one
-    pass fewer there). ``owned``: ``n`` may be overwritten with ``y``. ``n r`` rather than
-    ``n^2 / q``: ``n^2`` overflows while ``y`` is still finite for ``|n|`` above about
-    ``1.8e19`` in float32, and ``n / q`` overflows only where ``n^2 / q`` does (``q`` is at
-    least epsilon, a normal number)."""
-    r = n / q
-    y = n.mul_(r) if owned else n * r
+def _ratio(n, q, alpha):
+    """``y = alpha n^2 / q`` in three passes. In this order, as the standard path computes
+    it: beyond float32's range ``n^2`` overflows first, so an out-of-range result is ``inf``
+    or NaN (docs/math.md, "Range"), where ``n (n / q)`` would give a silent 0."""
+    y = n * n
+    y.div_(q)
     if alpha is not None:
         y.mul_(alpha)
-    return y, r
+    return y
 
 
-def _ratio_backward(grad, r, q, alpha, eps, *, want_alpha: bool, want_eps: bool, inplace: bool):
+def _ratio_backward(grad, n, q, alpha, eps, *, want_alpha: bool, want_eps: bool, inplace: bool):
     """The closed-form backward shared by both Functions, from ``G = dL/dy``.
 
     Returns ``g_n`` (``dL/dn`` through the numerator, ``2 alpha G r``), ``h`` (``alpha G r^2``
@@ -275,6 +269,7 @@ def _ratio_backward(grad, r, q, alpha, eps, *, want_alpha: bool, want_eps: bool,
     wanted). ``inplace=False`` uses only out-of-place operations, so that autograd can
     differentiate it (higher-order derivatives).
     """
+    r = n / q
     u = grad * r  # G r
     g_n = u * (2.0 if alpha is None else 2 * alpha)
     h = u.mul_(r) if inplace else u * r  # G r^2
@@ -439,13 +434,12 @@ def tile_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
     qe, ke = q.expand(*lead, *q.shape[-2:]), k.expand(*lead, *k.shape[-2:])
     with torch.no_grad():
         n, d = _scores_n_q(qe, ke, None, epsilon, unit, unit, refine, inplace=True)
-        y, r = _ratio(n, d, alpha, owned=True)
-        del n
+        y = _ratio(n, d, alpha)
 
     def pull(grad):
         with torch.no_grad():
             g_n, h, grad_alpha, grad_eps = _ratio_backward(
-                grad, r, d, alpha, epsilon,
+                grad, n, d, alpha, epsilon,
                 want_alpha=isinstance(alpha, torch.Tensor),
                 want_eps=isinstance(epsilon, torch.Tensor),
                 inplace=True,
