@@ -1,9 +1,11 @@
 """An energy-based associative memory of handwritten digits, with a yat synapse (HAMUX).
 
-A HAMUX network of two neuron layers: an image layer of 64 pixels (identity Lagrangian, so
-its activation is its state) and a memory layer of one neuron per stored digit (softmax
+A HAMUX network of two neuron layers: an image layer of 64 pixels and a memory layer of one neuron per stored digit (softmax
 Lagrangian with inverse temperature ``beta``), joined by one hypersynapse that stores the
-digits. Recall starts the image layer at a corrupted digit and the memory layer at zero,
+digits. The image layer's Lagrangian is either the identity (its activation is its state,
+the layer of HAMUX's dense associative memory) or ``tanh``'s (activations bounded to the
+pixel range (-1, 1)). Recall starts the image layer's activation at a corrupted digit and
+the memory layer at zero,
 then descends the network's energy with Euler steps of HAMUX's dynamics
 ``x <- x - dt * dE/dg`` (``g`` the activations). With convex Lagrangians the energy never
 increases in continuous time; with a small enough ``dt`` it never increases step by step
@@ -16,8 +18,9 @@ Two synapses are compared on the same network:
   dense associative memories (modern Hopfield networks).
 
 Pixels are scaled to [-1, 1]; a corrupted digit has a fraction of its pixels replaced by
-uniform noise on [-1, 1]. A digit counts as restored when the settled image is closer
-(Euclidean) to its original than to any other stored digit.
+uniform noise on [-1, 1]. A digit counts as recalled when the settled image (the image
+layer's activation) is closer (Euclidean) to its original than to any other stored digit;
+the mean pixel error says how far the settled images are from the originals.
 
 Run it with ``python -m nmn_array.demo.associative_memory`` (needs ``nmn-array[hamux,demo]``).
 
@@ -38,14 +41,20 @@ from typing import Any
 
 import numpy as np
 
-#: The settings measured in docs/hamux.md (float64, 100 digits, 30% corrupted pixels).
-#: beta: each synapse's best of {3, 10, 30} at these settings; yat epsilon and alpha set
-#: the depth and width of each stored digit's energy well (docs/hamux.md).
-DEFAULTS: dict[str, dict[str, float]] = {
-    "yat": {"beta": 10.0, "epsilon": 16.0, "alpha": 0.75},
-    "dense": {"beta": 30.0},
+#: The settings measured in docs/hamux.md (float64, 100 digits, 30% corrupted pixels), per
+#: (synapse, image layer). beta: each synapse's best of {3, 10, 30}; yat epsilon and alpha
+#: (the width and depth of each stored digit's energy well) from a small grid, see
+#: docs/hamux.md.
+DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
+    ("yat", "identity"): {"beta": 10.0, "epsilon": 16.0, "alpha": 0.75},
+    ("dense", "identity"): {"beta": 30.0},
+    ("yat", "tanh"): {"beta": 10.0, "epsilon": 8.0, "alpha": 0.25},
+    ("dense", "tanh"): {"beta": 30.0},
 }
 SYNAPSES = ("yat", "dense")
+IMAGE_LAYERS = ("identity", "tanh")
+#: tanh's initial states: arctanh of the corrupted image, clipped so that they stay finite.
+TANH_CLIP = 0.95
 
 
 def digit_patterns(n: int = 100, seed: int = 0) -> np.ndarray:
@@ -67,7 +76,13 @@ def corrupt(patterns: np.ndarray, fraction: float = 0.3, seed: int = 1) -> np.nd
     return np.where(hit, rng.uniform(-1.0, 1.0, patterns.shape), patterns)
 
 
-def build_ham(synapse: Any, n_memories: int, n_pixels: int = 64, beta: float = 1.0) -> Any:
+def build_ham(
+    synapse: Any,
+    n_memories: int,
+    n_pixels: int = 64,
+    beta: float = 1.0,
+    image_layer: str = "identity",
+) -> Any:
     """The two-layer HAMUX network ``image -- synapse -- memory``, vectorised over a batch."""
     import hamux
 
@@ -75,7 +90,10 @@ def build_ham(synapse: Any, n_memories: int, n_pixels: int = 64, beta: float = 1
     # demo's output (and its doctest) to what it measures.
     with contextlib.redirect_stdout(io.StringIO()):
         neurons = {
-            "image": hamux.NeuronLayer(hamux.lagr_identity, (n_pixels,)),
+            "image": hamux.NeuronLayer(
+                hamux.lagr_identity if image_layer == "identity" else hamux.lagr_tanh,
+                (n_pixels,),
+            ),
             "memory": hamux.NeuronLayer(
                 functools.partial(hamux.lagr_softmax, beta=beta), (n_memories,)
             ),
@@ -106,8 +124,8 @@ def make_synapse(kind: str, patterns: np.ndarray, **params: float) -> Any:
 
 
 def settle(ham: Any, image: np.ndarray, n_memories: int, *, steps: int, dt: float) -> tuple:
-    """Descend ``ham``'s energy from the image layer at ``image`` (``(batch, d)``) and the
-    memory layer at zero, with ``steps`` Euler steps of size ``dt``.
+    """Descend ``ham``'s energy from the image layer's state at ``image`` (``(batch, d)``)
+    and the memory layer at zero, with ``steps`` Euler steps of size ``dt``.
 
     Returns
     -------
@@ -147,9 +165,11 @@ class Recall:
     """The outcome of :func:`recall` for one synapse."""
 
     synapse: str
+    image_layer: str
     accuracy: float  # fraction of corrupted digits whose settled image is nearest its original
     corrupted_accuracy: float  # the same for the corrupted inputs themselves (no dynamics)
     pixel_error: float  # mean |settled image - original| per pixel
+    corrupted_pixel_error: float  # the same for the corrupted inputs
     max_energy_increase: float  # largest E(t+1) - E(t) over steps and samples
     tolerance: float  # the float rounding allowance that increase is checked against
     energies: np.ndarray  # (steps + 1, batch)
@@ -165,6 +185,7 @@ def nearest_accuracy(images: np.ndarray, patterns: np.ndarray) -> float:
 def recall(
     synapse: str = "yat",
     *,
+    image_layer: str = "identity",
     n_memories: int = 100,
     fraction: float = 0.3,
     steps: int = 400,
@@ -185,13 +206,18 @@ def recall(
         raise RuntimeError("recall() runs in float64: set JAX_ENABLE_X64=1 (or jax_enable_x64)")
     if synapse not in SYNAPSES:
         raise ValueError(f"synapse must be one of {SYNAPSES}, got {synapse!r}")
-    settings = {**DEFAULTS[synapse], **params}
+    if image_layer not in IMAGE_LAYERS:
+        raise ValueError(f"image_layer must be one of {IMAGE_LAYERS}, got {image_layer!r}")
+    settings = {**DEFAULTS[synapse, image_layer], **params}
     patterns = digit_patterns(n_memories, seed)
     noisy = corrupt(patterns, fraction, seed + 1)
     syn = make_synapse(synapse, patterns, **settings)
-    ham = build_ham(syn, n_memories, patterns.shape[1], beta=settings["beta"])
-    states, energies = settle(ham, noisy, n_memories, steps=steps, dt=dt)
-    image = np.asarray(states["image"])
+    ham = build_ham(syn, n_memories, patterns.shape[1], settings["beta"], image_layer)
+    start = (
+        noisy if image_layer == "identity" else np.arctanh(np.clip(noisy, -TANH_CLIP, TANH_CLIP))
+    )
+    states, energies = settle(ham, start, n_memories, steps=steps, dt=dt)
+    image = np.asarray(ham.activations(states)["image"])
     increase = float(np.max(np.diff(energies, axis=0)))
     # Each energy is a float64 sum of O(100) terms of magnitude up to |E|; two evaluations
     # of the same value may differ by a few ulps of |E|. 1e-12 relative is ~4500 ulps,
@@ -200,9 +226,11 @@ def recall(
     tolerance = 1e-12 * float(np.max(np.abs(energies)) + 1.0)
     return Recall(
         synapse=synapse,
+        image_layer=image_layer,
         accuracy=nearest_accuracy(image, patterns),
         corrupted_accuracy=nearest_accuracy(noisy, patterns),
         pixel_error=float(np.mean(np.abs(image - patterns))),
+        corrupted_pixel_error=float(np.mean(np.abs(noisy - patterns))),
         max_energy_increase=increase,
         tolerance=tolerance,
         energies=energies,
@@ -211,14 +239,16 @@ def recall(
 
 
 def main() -> None:
-    """Print recall at 30% corrupted pixels for the yat and the dense synapse."""
-    for kind in SYNAPSES:
-        r = recall(kind)
-        print(
-            f"{kind:>5}: recall {r.accuracy:.2f} (corrupted inputs {r.corrupted_accuracy:.2f}), "
-            f"pixel error {r.pixel_error:.3f}, max energy increase {r.max_energy_increase:.2e} "
-            f"(tolerance {r.tolerance:.1e}), settings {r.params}"
-        )
+    """Print recall at 30% corrupted pixels for the yat and the dense synapse, with each
+    image layer."""
+    for layer in IMAGE_LAYERS:
+        for kind in SYNAPSES:
+            r = recall(kind, image_layer=layer)
+            print(
+                f"{layer:>8} image, {kind:>5} synapse: recall {r.accuracy:.2f} (corrupted inputs {r.corrupted_accuracy:.2f}), "
+                f"pixel error {r.pixel_error:.3f} (corrupted {r.corrupted_pixel_error:.3f}), max energy increase {r.max_energy_increase:.2e} "
+                f"(tolerance {r.tolerance:.1e}), settings {r.params}"
+            )
 
 
 if __name__ == "__main__":
