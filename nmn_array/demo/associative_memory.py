@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 #: The settings measured in docs/hamux.md (float64, 100 digits, 30% corrupted pixels), per
-#: (synapse, image layer). beta: each synapse's best of {3, 10, 30}; yat epsilon and alpha
-#: (the width and depth of each stored digit's energy well) from a small grid, see
-#: docs/hamux.md.
+#: (synapse, image layer): beta from {3, 10, 30}, yat epsilon and alpha (the width and depth
+#: of each stored digit's energy well) from a small grid, chosen on an earlier draw of the
+#: corruption; docs/hamux.md has the beta sweep on the draw used here.
 DEFAULTS: dict[tuple[str, str], dict[str, float]] = {
     ("yat", "identity"): {"beta": 10.0, "epsilon": 16.0, "alpha": 0.75},
     ("dense", "identity"): {"beta": 30.0},
