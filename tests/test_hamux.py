@@ -34,7 +34,7 @@ from nmn_array.frameworks.hamux import YatConvSynapse, YatSynapse
 def _float64() -> None:
     # An error, not a skip: without x64, jnp.asarray turns the float64 references' inputs
     # into float32 and every tolerance below would be wrong.
-    if not jax.config.jax_enable_x64:
+    if jnp.asarray(0.0).dtype != jnp.float64:
         pytest.fail("tests/test_hamux.py runs in float64: set JAX_ENABLE_X64=1 (as CI does)")
 
 
@@ -158,11 +158,11 @@ def test_yat_conv_synapse_energy_and_descent() -> None:
         energy, grads = ham.dEdact(ham.activations(xs), xs, return_energy=True)
         return jax.tree.map(lambda x, g: x - 0.05 * g, xs, grads), energy
 
-    energies = []
+    trace = []
     for _ in range(30):
         xs, energy = step(xs)
-        energies.append(np.asarray(energy))
-    energies = np.stack(energies)
+        trace.append(np.asarray(energy))
+    energies = np.stack(trace)
     assert np.all(np.isfinite(energies))
     # float64 rounding of O(10) energies is ~1e-14; allow 1e-10 relative
     assert np.all(np.diff(energies, axis=0) <= 1e-10 * (np.abs(energies[:-1]) + 1.0))

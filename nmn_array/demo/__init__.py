@@ -20,6 +20,10 @@ plot
     The PNG: learning curves and the first yat layer's neurons as 8x8 images.
 xor
     A single yat neuron separates XOR; a single linear neuron cannot.
+associative_memory
+    A HAMUX energy network that stores digits through a yat hypersynapse and restores
+    corrupted ones by descending its energy, beside HAMUX's dense synapse
+    (``python -m nmn_array.demo.associative_memory``; docs/hamux.md).
 run
     The command itself: XOR section, training, table, figure.
 """

@@ -200,9 +200,11 @@ def recall(
     be on): the energy check compares steps whose decrease ends near float rounding.
     ``params`` override :data:`DEFAULTS` (``beta``; for yat also ``alpha``, ``epsilon``).
     """
-    import jax
+    import jax.numpy as jnp
 
-    if not jax.config.jax_enable_x64:
+    # JAX's x64 flag decides whether float64 arrays exist at all: without it they are
+    # silently float32.
+    if jnp.asarray(0.0).dtype != jnp.float64:
         raise RuntimeError("recall() runs in float64: set JAX_ENABLE_X64=1 (or jax_enable_x64)")
     if synapse not in SYNAPSES:
         raise ValueError(f"synapse must be one of {SYNAPSES}, got {synapse!r}")
