@@ -12,10 +12,8 @@ a missing one is an import error, not a skip. Runs in float64 (CI sets JAX_ENABL
 
 from __future__ import annotations
 
-import contextlib
 import doctest
 import functools
-import io
 
 import equinox as eqx
 import hamux
@@ -50,12 +48,6 @@ def _direct_yat(x: np.ndarray, w: np.ndarray, b, alpha: float, eps: float) -> np
     return alpha * dot**2 / (dist + eps)
 
 
-def _quiet(fn, *args, **kwargs):
-    # hamux 0.2.2's NeuronLayer.__post_init__ prints "Post init"; keep test output readable.
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args, **kwargs)
-
-
 def test_yat_synapse_energy_matches_direct_reference() -> None:
     rng = np.random.default_rng(0)
     w, b = rng.normal(size=(7, 5)), rng.normal(size=7)
@@ -78,12 +70,10 @@ def test_yat_synapse_in_ham_gradient_jit_and_batch() -> None:
     d, n, batch = 6, 4, 3
     w = rng.normal(size=(n, d))
     syn = YatSynapse(W=jnp.asarray(w), alpha=0.5, epsilon=0.2)
-    neurons = _quiet(
-        lambda: {
-            "a": hamux.NeuronLayer(hamux.lagr_identity, (d,)),
-            "b": hamux.NeuronLayer(functools.partial(hamux.lagr_softmax, beta=2.0), (n,)),
-        }
-    )
+    neurons = {
+        "a": hamux.NeuronLayer(hamux.lagr_identity, (d,)),
+        "b": hamux.NeuronLayer(functools.partial(hamux.lagr_softmax, beta=2.0), (n,)),
+    }
     ham = hamux.HAM(neurons=neurons, hypersynapses={"s": syn}, connections=[(("a", "b"), "s")])
     xs = {"a": jnp.asarray(rng.normal(size=d)), "b": jnp.asarray(rng.normal(size=n))}
     gs = ham.activations(xs)
@@ -143,12 +133,10 @@ def test_yat_conv_synapse_energy_and_descent() -> None:
     assert float(syn(jnp.asarray(g1), jnp.asarray(g2))) == pytest.approx(want, rel=RTOL)
 
     # In a HAM (image -- conv synapse -- feature map), Euler descent lowers the energy.
-    neurons = _quiet(
-        lambda: {
-            "img": hamux.NeuronLayer(hamux.lagr_identity, (5, 5, 2)),
-            "feat": hamux.NeuronLayer(hamux.lagr_sigmoid, (5, 5, 3)),
-        }
-    )
+    neurons = {
+        "img": hamux.NeuronLayer(hamux.lagr_identity, (5, 5, 2)),
+        "feat": hamux.NeuronLayer(hamux.lagr_sigmoid, (5, 5, 3)),
+    }
     ham = hamux.HAM(neurons=neurons, hypersynapses={"c": syn}, connections=[(("img", "feat"), "c")])
     ham = ham.vectorize()
     xs = {"img": jnp.asarray(rng.normal(size=(2, 5, 5, 2))), "feat": jnp.zeros((2, 5, 5, 3))}

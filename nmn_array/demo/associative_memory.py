@@ -33,9 +33,7 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,18 +84,15 @@ def build_ham(
     """The two-layer HAMUX network ``image -- synapse -- memory``, vectorised over a batch."""
     import hamux
 
-    # hamux 0.2.2's NeuronLayer.__post_init__ prints "Post init" for every layer; keep the
-    # demo's output (and its doctest) to what it measures.
-    with contextlib.redirect_stdout(io.StringIO()):
-        neurons = {
-            "image": hamux.NeuronLayer(
-                hamux.lagr_identity if image_layer == "identity" else hamux.lagr_tanh,
-                (n_pixels,),
-            ),
-            "memory": hamux.NeuronLayer(
-                functools.partial(hamux.lagr_softmax, beta=beta), (n_memories,)
-            ),
-        }
+    neurons = {
+        "image": hamux.NeuronLayer(
+            hamux.lagr_identity if image_layer == "identity" else hamux.lagr_tanh,
+            (n_pixels,),
+        ),
+        "memory": hamux.NeuronLayer(
+            functools.partial(hamux.lagr_softmax, beta=beta), (n_memories,)
+        ),
+    }
     ham = hamux.HAM(
         neurons=neurons,
         hypersynapses={"store": synapse},
