@@ -65,6 +65,8 @@ jnp = jax.numpy
 
 __all__ = [
     "DEFAULT_CONSTANT_ALPHA",
+    "MultiHeadYatAttention",
+    "RotaryYatAttention",
     "YatConv1D",
     "YatConv2D",
     "YatConv3D",
@@ -641,3 +643,275 @@ class YatEmbed(_Yat):
             query.astype(dtype), self.weight.astype(dtype), None, spherical=self.spherical,
             **self._scalars(),
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# Attention: one (L, E) sequence per call
+# --------------------------------------------------------------------------------------
+class _YatAttention(_Yat):
+    """``eqx.nn.Linear`` projections, head split, one :func:`nmn_array.yat_attention` call
+    (:func:`nmn_array.yat_attention_weights` when dropout needs the weights), head merge,
+    the output projection."""
+
+    q_proj: Any
+    k_proj: Any
+    v_proj: Any
+    embed_dim: int = eqx.field(static=True)
+    num_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+    normalize_qk: bool = eqx.field(static=True)
+    spherical: bool = eqx.field(static=True)
+    normalization: str = eqx.field(static=True)
+    power: float = eqx.field(static=True)
+    dropout_rate: float = eqx.field(static=True)
+    # not static: eqx.nn.inference_mode flips it, as on eqx.nn.Dropout
+    inference: bool
+
+    def _setup(self, args: dict[str, Any], key: Array) -> tuple[Any, Any]:
+        """Check and keep ``args``; returns the output projection's key and a Linear
+        factory (``eqx.nn.Linear(E, E)``: its layout and initialiser)."""
+        layer = type(self).__name__
+        self.embed_dim = _positive_int(args["embed_dim"], "embed_dim", layer)
+        self.num_heads = _positive_int(args["num_heads"], "num_heads", layer)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"{layer}: embed_dim ({self.embed_dim}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        self.head_dim = self.embed_dim // self.num_heads
+        normalization = args.get("normalization", "softmax")
+        if normalization not in ("softmax", "softermax", "l1"):
+            raise ValueError(
+                f"{layer}: normalization must be 'softmax', 'softermax' or 'l1', got "
+                f"{normalization!r}"
+            )
+        self.normalization, self.power = normalization, float(args.get("power", 1.0))
+        self.normalize_qk = bool(args["normalize_qk"])
+        self.spherical = bool(args.get("spherical", False))
+        self.dropout_rate = check_rate(args["dropout_rate"], "dropout_rate")
+        self.inference = bool(args["inference"])
+        dtype = _dtype(args["dtype"])
+        self.alpha, self.constant_alpha, self.epsilon, self.epsilon_param = _scalars(
+            args["use_alpha"], args["constant_alpha"], args["epsilon"],
+            args["learnable_epsilon"], dtype,
+        )  # fmt: skip
+        qk, kk, vk, ok = jax.random.split(key, 4)
+
+        def linear(k: Array) -> Any:
+            return eqx.nn.Linear(
+                self.embed_dim, self.embed_dim, use_bias=args["use_bias"], dtype=dtype, key=k
+            )
+
+        self.q_proj, self.k_proj, self.v_proj = linear(qk), linear(kk), linear(vk)
+        return ok, linear
+
+    def _heads(self, t: Array, proj: Any) -> Array:
+        """``(L, E)`` -> projected ``(H, L, d)``."""
+        y = jax.vmap(proj)(t)
+        return jnp.swapaxes(y.reshape(t.shape[0], self.num_heads, self.head_dim), 0, 1)
+
+    def _attend(
+        self,
+        query: Array,
+        key_: Array | None,
+        value: Array | None,
+        mask: Array | None,
+        key: Array | None,
+        inference: bool | None,
+        out_proj: Any,
+        rotate: Any = None,
+    ) -> Array:
+        """Self-attention of ``query (Lq, E)`` (or attention over ``key_``, ``value (Lk,
+        E)``) under a boolean ``mask`` broadcastable to ``(H, Lq, Lk)`` (True = attend);
+        queries that see no key in any head give zeros (nmn's rule)."""
+        layer = type(self).__name__
+        key_ = query if key_ is None else key_
+        value = key_ if value is None else value
+        for name, t in (("query", query), ("key_", key_), ("value", value)):
+            if t.ndim != 2 or t.shape[-1] != self.embed_dim:
+                raise ValueError(
+                    f"{layer} takes one unbatched sequence: {name} of shape (length, "
+                    f"embed_dim={self.embed_dim}), got {tuple(t.shape)}; batch it with jax.vmap"
+                )
+        if key_.shape[0] != value.shape[0]:
+            raise ValueError(
+                f"{layer}: key_ and value must have one length, got {tuple(key_.shape)} and "
+                f"{tuple(value.shape)}"
+            )
+        lq, lk = query.shape[0], key_.shape[0]
+        q, k, v = (self._heads(t, p) for t, p in zip((query, key_, value), (self.q_proj, self.k_proj, self.v_proj), strict=True))  # fmt: skip
+        if self.normalize_qk:
+            q, k = nmn_array.attention.unit_heads(q), nmn_array.attention.unit_heads(k)
+        if rotate is not None:
+            q, k = rotate(q), rotate(k)
+        if mask is not None:
+            try:
+                mask = jnp.broadcast_to(mask, (self.num_heads, lq, lk))
+            except ValueError:
+                raise ValueError(
+                    f"{layer}: mask must broadcast to (num_heads, Lq, Lk) = "
+                    f"{(self.num_heads, lq, lk)}, got {tuple(mask.shape)}"
+                ) from None
+            mask = mask if mask.dtype == jnp.bool_ else mask != 0
+        inference = self.inference if inference is None else inference
+        options = {
+            "mask": mask, "spherical": self.spherical, "normalization": self.normalization,
+            "power": self.power, **self._scalars(),
+        }  # fmt: skip
+        if inference or self.dropout_rate == 0.0:
+            out = nmn_array.yat_attention(q, k, v, **options)
+        else:
+            if key is None:
+                raise ValueError(
+                    f"{layer}(dropout_rate={self.dropout_rate}) needs a key for dropout when "
+                    "not in inference mode: call it with key=..., or with inference=True "
+                    "(eqx.nn.inference_mode(model))"
+                )
+            # dropout acts on the weights themselves: the materialised path
+            weights = nmn_array.yat_attention_weights(q, k, **options)
+            keep_prob = 1.0 - self.dropout_rate
+            keep = jax.random.bernoulli(key, keep_prob, weights.shape)
+            weights = jnp.where(keep, weights / keep_prob, jnp.zeros((), weights.dtype))
+            out = weights @ v.astype(weights.dtype)
+        out = jnp.swapaxes(out, 0, 1).reshape(lq, self.embed_dim)
+        if out_proj is not None:
+            out = jax.vmap(out_proj)(out)
+        return _flax.zero_keyless(out, mask, None, lk)
+
+
+class MultiHeadYatAttention(_YatAttention):
+    """Multi-head yat attention of one sequence, in ``eqx.nn.MultiheadAttention``'s
+    conventions: ``query (Lq, embed_dim)`` (``key_``, ``value (Lk, embed_dim)``, default the
+    query) -> ``(Lq, embed_dim)``; batch with ``jax.vmap``.
+
+    Per head, the softmax over keys of ``alpha * (q.k)^2 / (|q - k|^2 + epsilon) /
+    sqrt(head_dim)`` weights the values (:func:`nmn_array.yat_attention`); ``mask``
+    boolean, broadcastable to ``(num_heads, Lq, Lk)``, True = attend; a query that sees no
+    key in any head gives zeros. Fields: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``
+    (``eqx.nn.Linear(embed_dim, embed_dim)``, ``use_bias``), ``alpha (1,)``,
+    ``epsilon_param (1,)``. ``normalize_qk``: unit-length q and k per head;
+    ``spherical``: the spherical score; ``dropout_rate``: dropout on the attention weights,
+    drawn from the call's ``key`` unless ``inference`` (the call's argument, else the
+    field). Other arguments: the module docstring.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> attn = MultiHeadYatAttention(8, 2, key=jax.random.key(0))
+    >>> attn(jnp.ones((5, 8))).shape, jax.vmap(attn)(jnp.ones((3, 5, 8))).shape
+    ((5, 8), (3, 5, 8))
+    """
+
+    out_proj: Any
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        use_bias: bool = True,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        normalize_qk: bool = False,
+        spherical: bool = False,
+        use_out_proj: bool = True,
+        dropout_rate: float = 0.0,
+        inference: bool = False,
+        dtype: Dtype | None = None,
+        key: Array,
+    ) -> None:
+        out_key, linear = self._setup(locals(), key)
+        self.out_proj = linear(out_key) if use_out_proj else None
+
+    def __call__(
+        self,
+        query: Array,
+        key_: Array | None = None,
+        value: Array | None = None,
+        mask: Array | None = None,
+        *,
+        key: Array | None = None,
+        inference: bool | None = None,
+    ) -> Array:
+        """``(Lq, embed_dim)`` -> ``(Lq, embed_dim)``; ``key`` draws dropout."""
+        return self._attend(query, key_, value, mask, key, inference, self.out_proj)
+
+
+class RotaryYatAttention(_YatAttention):
+    """:class:`MultiHeadYatAttention` with RoPE on q and k (:func:`nmn_array.rotary_embedding`
+    at positions ``0..L-1``, or ``positions`` of the call), of one ``(L, embed_dim)``
+    sequence; batch with ``jax.vmap``.
+
+    ``head_dim`` must be even; ``max_seq_len`` bounds the positions; ``theta``: RoPE's base;
+    ``normalization``: "softmax", "softermax" (with ``power``) or "l1". Fields: ``q_proj``,
+    ``k_proj``, ``v_proj``, ``o_proj`` (``None`` without ``use_out_proj``), ``alpha``,
+    ``epsilon_param``. Other arguments: :class:`MultiHeadYatAttention`.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> attn = RotaryYatAttention(8, 2, max_seq_len=16, key=jax.random.key(0))
+    >>> jax.vmap(attn)(jnp.ones((2, 5, 8))).shape
+    (2, 5, 8)
+    """
+
+    o_proj: Any
+    max_seq_len: int = eqx.field(static=True)
+    theta: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        max_seq_len: int = 2048,
+        *,
+        theta: float = 10000.0,
+        use_bias: bool = False,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        normalize_qk: bool = False,
+        use_out_proj: bool = True,
+        normalization: str = "softmax",
+        power: float = 1.0,
+        dropout_rate: float = 0.0,
+        inference: bool = False,
+        dtype: Dtype | None = None,
+        key: Array,
+    ) -> None:
+        out_key, linear = self._setup(locals(), key)
+        if self.head_dim % 2:
+            raise ValueError(
+                f"{type(self).__name__}: head_dim = embed_dim / num_heads = {self.head_dim} "
+                "must be even for RoPE"
+            )
+        self.max_seq_len = _positive_int(max_seq_len, "max_seq_len", type(self).__name__)
+        self.theta = float(theta)
+        self.o_proj = linear(out_key) if use_out_proj else None
+
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None = None,
+        *,
+        positions: Array | None = None,
+        key: Array | None = None,
+        inference: bool | None = None,
+    ) -> Array:
+        """``x (L, embed_dim)`` -> ``(L, embed_dim)``; RoPE at ``positions`` (integers
+        ``(L,)``, default ``0..L-1``); ``key`` draws dropout."""
+        if x.ndim == 2 and positions is None and x.shape[0] > self.max_seq_len:
+            raise ValueError(
+                f"{type(self).__name__}: sequence length {x.shape[0]} exceeds max_seq_len="
+                f"{self.max_seq_len}"
+            )
+        if positions is None and x.ndim == 2:
+            positions = jnp.arange(x.shape[0], dtype=jnp.int32)
+
+        def rotate(t: Array) -> Array:
+            return nmn_array.rotary_embedding(t, positions, theta=self.theta)
+
+        return self._attend(x, None, None, mask, key, inference, self.o_proj, rotate)

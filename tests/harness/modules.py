@@ -36,7 +36,19 @@ LAYOUT_FUNCTIONS: dict[str, Any] = {
     "flip_spatial": lambda a: np.ascontiguousarray(np.flip(a, tuple(range(np.ndim(a) - 2)))),
     # the boolean attention mask (True = attend) a module gets for a drawn mask and causal
     "attention_mask": lambda mask, causal, length: _attention_mask(mask, causal, length),
+    # a mask with a leading batch axis of ``batch``, for modules jax.vmap maps (Equinox)
+    "batched": lambda mask, batch: _batched(mask, batch),
 }
+
+
+def _batched(mask: Any, batch: int) -> np.ndarray | None:
+    """``mask`` ``(L, L)`` or ``(B, H or 1, L, L)`` as ``(batch, H or 1, L, L)``; None stays."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    return np.ascontiguousarray(np.broadcast_to(mask, (batch, *mask.shape[1:])))
 
 
 def _attention_mask(mask: Any, causal: bool, length: int) -> np.ndarray | None:
