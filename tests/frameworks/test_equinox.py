@@ -46,6 +46,11 @@ CASES = {
         (2, 4),
     ),
     "conv3d": (lambda k: M.YatConv3D(1, 2, 2, groups=1, key=k), (1, 3, 3, 3)),
+    "attention": (
+        lambda k: M.MultiHeadYatAttention(4, 2, learnable_epsilon=True, key=k),
+        (3, 4),
+    ),
+    "rotary": (lambda k: M.RotaryYatAttention(8, 2, max_seq_len=6, use_bias=True, key=k), (5, 8)),
 }
 
 
@@ -88,23 +93,25 @@ def test_conv_is_the_pure_function_channels_first():
 def test_filter_grad_matches_the_gradient_of_the_pure_function(name):
     make, shape = CASES[name]
     layer, x = make(KEY), _x((2, *shape))
+    # one weight checked by finite differences: the layer's, or a projection's (attention)
+    where = {"attention": lambda m: m.k_proj.weight, "rotary": lambda m: m.q_proj.weight}.get(
+        name, lambda m: m.weight
+    )
 
     def loss(model, v):
         return jnp.sum(jax.vmap(model)(v) ** 2)
 
     grads = eqx.filter_jit(eqx.filter_grad(loss))(layer, x)
     assert type(grads) is type(layer)
-    # the gradient of the weight, by finite differences along one random direction
-    direction = _x(layer.weight.shape, seed=7)
+    # the gradient along one random direction against central differences
+    direction = _x(where(layer).shape, seed=7)
     h = 1e-6
-    shifted = [
-        eqx.tree_at(lambda m: m.weight, layer, layer.weight + s * h * direction) for s in (1, -1)
-    ]
+    shifted = [eqx.tree_at(where, layer, where(layer) + s * h * direction) for s in (1, -1)]
     numeric = (loss(shifted[0], x) - loss(shifted[1], x)) / (2 * h)
-    _close(jnp.vdot(grads.weight, direction), numeric, rtol=1e-5)
+    _close(jnp.vdot(where(grads), direction), numeric, rtol=1e-5)
     for field in ("bias", "alpha", "epsilon_param"):
-        value = getattr(grads, field)
-        if getattr(layer, field) is not None:
+        if getattr(layer, field, None) is not None:
+            value = getattr(grads, field)
             assert value.shape == getattr(layer, field).shape
             assert bool(jnp.all(jnp.isfinite(value))) and bool(jnp.any(value != 0)), field
 
@@ -267,3 +274,71 @@ def test_attend_checks_the_query_shape():
         ValueError, match=r"\(embedding_size,\) = \(3,\), got an input of shape \(2, 3\)"
     ):
         M.YatEmbed(4, 3, key=KEY).attend(jnp.ones((2, 3)))
+
+
+# -- attention -------------------------------------------------------------------------------
+
+
+def test_rotary_attention_is_the_pure_functions_of_its_fields():
+    attn = M.RotaryYatAttention(4, 2, max_seq_len=8, theta=100.0, constant_alpha=True, key=KEY)
+    x = _x((3, 4))
+    mask = jnp.array([[True, False, False], [True, True, False], [False, False, False]])
+
+    def heads(proj):
+        return jnp.swapaxes((x @ proj.weight.T).reshape(3, 2, 2), 0, 1)
+
+    q, k, v = (heads(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k = (nmn_array.rotary_embedding(t, jnp.arange(3), theta=100.0) for t in (q, k))
+    out = nmn_array.yat_attention(q, k, v, mask=mask, alpha=2**0.5, epsilon=1e-5)
+    want = jnp.swapaxes(out, 0, 1).reshape(3, 4) @ attn.o_proj.weight.T
+    want = want.at[2].set(0.0)  # the query that sees no key gives zeros
+    _close(attn(x, mask), want, rtol=1e-10)
+    assert not np.any(np.asarray(attn(x, mask)[2]))
+
+
+def test_attention_dropout_draws_from_the_key_unless_inference():
+    attn, x = M.MultiHeadYatAttention(4, 2, dropout_rate=0.5, key=KEY), _x((5, 4))
+    plain = attn(x, inference=True)
+    a = attn(x, key=jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(attn(x, key=jax.random.key(1))), np.asarray(a))
+    assert not np.allclose(np.asarray(a), np.asarray(plain))
+    assert not np.allclose(np.asarray(attn(x, key=jax.random.key(2))), np.asarray(a))
+    np.testing.assert_array_equal(np.asarray(eqx.nn.inference_mode(attn)(x)), np.asarray(plain))
+    with pytest.raises(ValueError, match=r"dropout_rate=0\.5.*needs a key"):
+        attn(x)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (
+            lambda: M.MultiHeadYatAttention(6, 4, key=KEY),
+            r"embed_dim \(6\) must be divisible by num_heads \(4\)",
+        ),
+        (
+            lambda: M.RotaryYatAttention(6, 2, key=KEY),
+            r"head_dim = embed_dim / num_heads = 3 must be even",
+        ),
+        (lambda: M.RotaryYatAttention(8, 2, normalization="l2", key=KEY), r"normalization must be"),
+        (lambda: M.MultiHeadYatAttention(4, 2, dropout_rate=-0.1, key=KEY), r"dropout_rate"),
+    ],
+)
+def test_bad_attention_arguments_raise_naming_them(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_bad_attention_inputs_raise_naming_the_shapes():
+    attn = M.MultiHeadYatAttention(4, 2, key=KEY)
+    with pytest.raises(
+        ValueError, match=r"query of shape \(length, embed_dim=4\), got \(2, 3, 4\)"
+    ):
+        attn(jnp.ones((2, 3, 4)))
+    with pytest.raises(
+        ValueError,
+        match=r"mask must broadcast to \(num_heads, Lq, Lk\) = \(2, 3, 3\), got \(4, 4\)",
+    ):
+        attn(jnp.ones((3, 4)), mask=jnp.ones((4, 4), bool))
+    rotary = M.RotaryYatAttention(4, 1, max_seq_len=2, key=KEY)
+    with pytest.raises(ValueError, match=r"sequence length 3 exceeds max_seq_len=2"):
+        rotary(jnp.ones((3, 4)))
