@@ -405,7 +405,7 @@ def test_schema_errors_in_function_call_let_and_result(tree, capsys, old, new, k
             "    call: {args: [x]}\n  nnx:",
             "    call: {args: [x], kwarg: {}}\n  nnx:",
             "modules.torch.call.kwarg",
-            "expected no such key here; allowed keys: args, kwargs, let, method, result, "
+            "expected no such key here; allowed keys: args, batch_axes, kwargs, let, method, result, "
             "got 'kwarg'",
         ),
         (  # a string where an integer belongs, inside a list
