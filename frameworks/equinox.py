@@ -253,6 +253,7 @@ class YatNMN(_Dropped):
     ) -> Array:
         """``x (in_features,)`` -> ``(out_features,)``; ``key`` draws DropConnect,
         ``inference`` (default: the field) turns it off."""
+        x = jnp.asarray(x)
         self._check_input(x, (self.in_features,), "(in_features,)")
         x, weight, bias = self._promoted(x, self._weight(key, inference))
         return nmn_array.yat(
@@ -387,6 +388,7 @@ class _YatConvNd(_YatConv):
     ) -> Array:
         """``x (in_channels, *spatial)`` -> ``(out_channels, *out)``; ``key`` draws
         DropConnect, ``inference`` (default: the field) turns it off."""
+        x = jnp.asarray(x)
         self._input(x)
         x, weight, bias = self._promoted(x, self._weight(key, inference))
         padding = self.padding
@@ -496,6 +498,7 @@ class _YatConvTransposeNd(_YatConv):
     ) -> Array:
         """``x (in_channels, *spatial)`` -> ``(out_channels, *out)``; ``key`` draws
         DropConnect, ``inference`` (default: the field) turns it off."""
+        x = jnp.asarray(x)
         self._input(x)
         x, weight, bias = self._promoted(x, self._weight(key, inference))
         padding = self.padding.lower() if isinstance(self.padding, str) else self.padding
@@ -628,6 +631,7 @@ class YatEmbed(_Yat):
         """The row ``(embedding_size,)`` of the integer index ``x`` (shape ``()``); ``key``
         is ignored (Equinox's signature)."""
         del key
+        x = jnp.asarray(x)
         if x.ndim != 0 or not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(
                 f"{type(self).__name__} takes one integer index of shape (), got an input of "
@@ -637,6 +641,7 @@ class YatEmbed(_Yat):
 
     def attend(self, query: Array) -> Array:
         """Yat similarity of ``query (embedding_size,)`` with every row: ``(num_embeddings,)``."""
+        query = jnp.asarray(query)
         self._check_input(query, (self.embedding_size,), "(embedding_size,)")
         dtype = jnp.result_type(query, self.weight)
         return nmn_array.yat(
@@ -725,8 +730,9 @@ class _YatAttention(_Yat):
         E)``) under a boolean ``mask`` broadcastable to ``(H, Lq, Lk)`` (True = attend);
         queries that see no key in any head give zeros (nmn's rule)."""
         layer = type(self).__name__
-        key_ = query if key_ is None else key_
-        value = key_ if value is None else value
+        query = jnp.asarray(query)
+        key_ = query if key_ is None else jnp.asarray(key_)
+        value = key_ if value is None else jnp.asarray(value)
         for name, t in (("query", query), ("key_", key_), ("value", value)):
             if t.ndim != 2 or t.shape[-1] != self.embed_dim:
                 raise ValueError(
@@ -844,7 +850,8 @@ class RotaryYatAttention(_YatAttention):
     at positions ``0..L-1``, or ``positions`` of the call), of one ``(L, embed_dim)``
     sequence; batch with ``jax.vmap``.
 
-    ``head_dim`` must be even; ``max_seq_len`` bounds the positions; ``theta``: RoPE's base;
+    ``head_dim`` must be even; ``max_seq_len`` bounds the length of a sequence rotated at the
+    default positions; ``theta``: RoPE's base;
     ``normalization``: "softmax", "softermax" (with ``power``) or "l1". Fields: ``q_proj``,
     ``k_proj``, ``v_proj``, ``o_proj`` (``None`` without ``use_out_proj``), ``alpha``,
     ``epsilon_param``. Other arguments: :class:`MultiHeadYatAttention`.
@@ -903,6 +910,7 @@ class RotaryYatAttention(_YatAttention):
     ) -> Array:
         """``x (L, embed_dim)`` -> ``(L, embed_dim)``; RoPE at ``positions`` (integers
         ``(L,)``, default ``0..L-1``); ``key`` draws dropout."""
+        x = jnp.asarray(x)
         if x.ndim == 2 and positions is None and x.shape[0] > self.max_seq_len:
             raise ValueError(
                 f"{type(self).__name__}: sequence length {x.shape[0]} exceeds max_seq_len="

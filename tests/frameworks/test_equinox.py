@@ -70,6 +70,7 @@ def test_dense_is_the_pure_function_of_its_fields():
     want = nmn_array.yat(x, layer.weight, layer.bias, alpha=2.0, epsilon=0.1)
     _close(layer(x), want, rtol=1e-12)
     assert layer.weight.shape == (3, 4) and layer.alpha is None
+    _close(layer(np.asarray(x).tolist()), want, rtol=1e-12)  # any array-like example
 
 
 def test_conv_is_the_pure_function_channels_first():
