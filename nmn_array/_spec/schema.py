@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy")
-FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf")
+FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf", "equinox")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 #: Dtypes the library computes in float32 and casts back (saturating) to; a spec listing
 #: one needs a tolerance entry of that name (docs/testing.md, "Low precision").
@@ -436,11 +436,14 @@ class PropertyOptions(_Model):
 
 
 class Call(_Model):
-    """a call mapping {method, args, kwargs, let, result}"""
+    """a call mapping {method, args, kwargs, batch_axes, let, result}"""
 
     method: Ident = _ABSENT
     args: list[Expr] = _ABSENT
     kwargs: dict[Ident, Argument] = _ABSENT
+    # module side only: how many leading axes of every array argument ``jax.vmap`` maps
+    # (Equinox's modules take one unbatched example)
+    batch_axes: Argument = _ABSENT
     # function side only: names computed on the module's backend before the call, in
     # order, and the expression of the call's output ``out`` compared with the module
     let: dict[Ident, Condition] = _ABSENT

@@ -36,7 +36,19 @@ LAYOUT_FUNCTIONS: dict[str, Any] = {
     "flip_spatial": lambda a: np.ascontiguousarray(np.flip(a, tuple(range(np.ndim(a) - 2)))),
     # the boolean attention mask (True = attend) a module gets for a drawn mask and causal
     "attention_mask": lambda mask, causal, length: _attention_mask(mask, causal, length),
+    # a mask with a leading batch axis of ``batch``, for modules jax.vmap maps (Equinox)
+    "batched": lambda mask, batch: _batched(mask, batch),
 }
+
+
+def _batched(mask: Any, batch: int) -> np.ndarray | None:
+    """``mask`` ``(L, L)`` or ``(B, H or 1, L, L)`` as ``(batch, H or 1, L, L)``; None stays."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    return np.ascontiguousarray(np.broadcast_to(mask, (batch, *mask.shape[1:])))
 
 
 def _attention_mask(mask: Any, causal: bool, length: int) -> np.ndarray | None:
@@ -134,7 +146,9 @@ def framework_backend(framework: str) -> Backend:
 
         return calls.backend(keras.backend.backend())
     return calls.backend(
-        {"torch": "torch", "nnx": "jax", "linen": "jax", "tf": "tensorflow"}[framework]
+        {"torch": "torch", "nnx": "jax", "linen": "jax", "equinox": "jax", "tf": "tensorflow"}[
+            framework
+        ]
     )
 
 
@@ -233,6 +247,14 @@ def _build(
         abstract = nnx.eval_shape(lambda: cls(**init, **extra, rngs=nnx.Rngs(0)))
         graphdef, state = nnx.split(abstract)
         return _Built(nnx.merge(graphdef, _concrete(state)))
+    if framework == "equinox":
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+
+        extra = {"dtype": getattr(jnp, dtype)} if _accepts(cls, "dtype") else {}
+        abstract = eqx.filter_eval_shape(lambda: cls(**init, **extra, key=jax.random.key(0)))
+        return _Built(_concrete(abstract))
     if framework == "linen":
         import jax
         import jax.numpy as jnp
@@ -248,7 +270,14 @@ def _build(
     return _Built(module)
 
 
-def _call(framework: str, built: _Built, method: str | None, args: list, kwargs: dict) -> Any:
+def _call(
+    framework: str,
+    built: _Built,
+    method: str | None,
+    args: list,
+    kwargs: dict,
+    batch_axes: int = 0,
+) -> Any:
     """The module's output, computed eagerly like the function it is compared with.
 
     (Under ``jax.jit`` XLA fuses the module's graph and the function's graph differently,
@@ -257,6 +286,15 @@ def _call(framework: str, built: _Built, method: str | None, args: list, kwargs:
     """
     if framework == "linen":
         return built.module.apply(built.variables, *args, method=method, **kwargs)
+    if batch_axes:  # Equinox: the module takes one example, jax.vmap maps the batch axes
+        import jax
+
+        def one(*a: Any, **kw: Any) -> Any:
+            return getattr(built.module, method or "__call__")(*a, **kw)
+
+        for _ in range(batch_axes):
+            one = jax.vmap(one)
+        return one(*args, **kwargs)
     return getattr(built.module, method or "__call__")(*args, **kwargs)
 
 
@@ -289,6 +327,12 @@ def _set_weight(framework: str, built: _Built, path: str, value: np.ndarray, dty
         import jax.numpy as jnp
 
         target[...] = jnp.asarray(value, dtype=target[...].dtype)
+    elif framework == "equinox":  # an immutable pytree: a new module with the leaf replaced
+        import equinox as eqx
+        import jax.numpy as jnp
+
+        new = jnp.asarray(value, dtype=target.dtype)
+        built.module = eqx.tree_at(lambda m: _get_path(m, path), built.module, new)
     else:  # keras / tf variables
         target.assign(np.asarray(value).astype(dtype))
 
@@ -321,7 +365,9 @@ def module_equals_function(spec: Spec, framework: str, dtype: str, case: Case) -
         if value is None:
             continue  # the configuration has no such parameter
         _set_weight(framework, built, path, np.asarray(value, dtype=np.float64), dtype)
-    got = np.asarray(b.to_numpy(_call(framework, built, method, args, kwargs)), np.float64)
+    batch_axes = int(_value(call_spec.get("batch_axes", 0), case))
+    output = _call(framework, built, method, args, kwargs, batch_axes)
+    got = np.asarray(b.to_numpy(output), np.float64)
 
     want = np.asarray(b.to_numpy(function_output(spec, framework, b, dtype, case)), np.float64)
     tol = spec.tolerances[dtype]
