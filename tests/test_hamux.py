@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nmn_array.frameworks import hamux as yat_hamux
+from nmn_array.frameworks.hamux import YatConvSynapse, YatSynapse
 
 import nmn_array
 from nmn_array.demo import associative_memory as am
-from nmn_array.frameworks import hamux as yat_hamux
-from nmn_array.frameworks.hamux import YatConvSynapse, YatSynapse
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,6 @@ fast_xla_compilation()  # before JAX creates its CPU backend
 # import is an error
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
-
 from nmn_array.frameworks import equinox as M  # noqa: E402
 
 import nmn_array  # noqa: E402
