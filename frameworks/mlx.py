@@ -21,11 +21,13 @@ arguments, as in ``nmn.mlx``:
 - ``kernel_size``, ``strides``, ``dilation_rate``: ints or one int per spatial axis;
   ``groups``; ``padding``: ``"valid"`` (default), ``"same"`` (XLA's rule), an int, one int
   per spatial axis (symmetric), ``"CIRCULAR"``, ``"REFLECT"`` or ``"CAUSAL"`` (1-D).
+- ``num_embeddings``, ``features`` (``YatEmbed``): the table ``embedding (num_embeddings,
+  features)``; ``weight_normalized`` normalises its rows once, at construction (Decision 7).
 - ``dtype`` (default ``mx.float32``): parameters and outputs (inputs are cast to it).
   float16/bfloat16 are computed in float32 and cast back (Decision 3; nmn.mlx computes in
   the low precision itself).
 
-Layouts (nmn.mlx's): dense kernel ``(features, in)``; convolution input ``(N, *spatial, C)``
+Layouts (nmn.mlx's): embedding table ``(num_embeddings, features)``; dense kernel ``(features, in)``; convolution input ``(N, *spatial, C)``
 and kernel ``(filters, *kernel_size, C / groups)``.
 
 Examples
@@ -54,6 +56,7 @@ from nmn_array.frameworks._common import (
     learnable_epsilon,
     ntuple,
     require,
+    unit_normalized,
 )
 
 import nmn_array
@@ -72,6 +75,7 @@ __all__ = [
     "YatConv3D",
     "YatConv3d",
     "YatDense",
+    "YatEmbed",
     "YatNMN",
     "soft_tanh",
     "softer_sigmoid",
@@ -363,3 +367,74 @@ class YatConv3D(_YatConvND):
 
 
 YatConv1d, YatConv2d, YatConv3d = YatConv1D, YatConv2D, YatConv3D
+
+
+# --- embedding -----------------------------------------------------------------------
+class YatEmbed(_YatModule):
+    """Token embedding whose ``attend`` scores queries against every embedding with yat.
+
+    ``__call__(ids)`` gathers rows of ``embedding (num_embeddings, features)`` (created at
+    construction from ``N(0, 1/features)``, unit rows when ``weight_normalized``);
+    ``attend(q)`` returns ``alpha * (q.e_v)^2 / (max(|q - e_v|^2, 0) + epsilon)`` of shape
+    ``(..., num_embeddings)`` (no bias). Other arguments: the module docstring.
+
+    Examples
+    --------
+    >>> import mlx.core as mx
+    >>> from nmn_array.frameworks.mlx import YatEmbed
+    >>> emb = YatEmbed(10, 4)
+    >>> h = emb(mx.array([[1, 2, 3]], dtype=mx.int32))
+    >>> h.shape, emb.attend(h).shape
+    ((1, 3, 4), (1, 3, 10))
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        epsilon: float = 1e-5,
+        spherical: bool = False,
+        weight_normalized: bool = False,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        s = dict(locals())
+        s["dtype"] = mx.float32 if dtype is None else dtype
+        s.update(use_bias=False, constant_bias=None, learnable_epsilon=False)
+        s.update(use_dropconnect=False, drop_rate=0.0)
+        self._setup(s, num_embeddings, "num_embeddings")
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive int, got {features!r}")
+        self.num_embeddings, self.features = int(num_embeddings), int(features)
+        self.spherical = bool(spherical)
+        shape = (self.num_embeddings, self.features)
+        table = mx.random.normal(shape, dtype=mx.float32) * (1.0 / math.sqrt(self.features))
+        # Decision 7: nmn normalises the table once, at construction
+        table = unit_normalized(table, 0) if self.weight_normalized else table
+        self.embedding = table.astype(self.dtype)
+        self._build_yat(0)
+
+    def __call__(self, inputs: Any) -> Any:
+        if not isinstance(inputs, mx.array) or not mx.issubdtype(inputs.dtype, mx.integer):
+            what = inputs.dtype if isinstance(inputs, mx.array) else type(inputs).__name__
+            raise ValueError(f"YatEmbed inputs must be an integer mx.array; got {what}")
+        return mx.take(self.embedding, inputs, axis=0)
+
+    def attend(self, query: Any) -> Any:
+        """Yat logits of ``query (..., features)`` against the table: ``(..., num_embeddings)``."""
+        query = self._input(query)
+        if query.ndim < 1 or query.shape[-1] != self.features:
+            raise ValueError(
+                f"query must have shape (..., {self.features}), got shape {query.shape}"
+            )
+        args = self._yat_args()
+        # Decision 8: the distance is clamped at 0; attend has no bias
+        return nmn_array.yat(
+            query,
+            self.embedding,
+            spherical=self.spherical,
+            alpha=args["alpha"],
+            epsilon=args["epsilon"],
+        )

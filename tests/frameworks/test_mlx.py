@@ -347,3 +347,43 @@ def test_bad_arguments_raise_clear_errors():
         dense(normal(2, 6, dtype=mx.float32))
     with pytest.raises(TypeError, match="inputs must be an mlx.core.array, got ndarray"):
         dense(np.ones((2, 3), dtype=np.float32))
+
+
+EMBED = [
+    {},
+    {"spherical": True},
+    {"constant_alpha": True},
+    {"use_alpha": False, "epsilon": 0.1},
+    {"weight_normalized": True},
+]
+
+
+@pytest.mark.parametrize("kw", EMBED, ids=lambda kw: ",".join(kw) or "default")
+def test_embed_matches_nmn(kw):
+    theirs = ref.YatEmbed(12, 6, dtype=mx.float64, **kw)
+    mine = ours.YatEmbed(12, 6, dtype=mx.float64, **kw)
+    if kw.get("weight_normalized"):
+        # normalised once at construction, as nmn.mlx does (Decision 7)
+        norms = np.linalg.norm(np.array(mine.embedding), axis=1)
+        np.testing.assert_allclose(norms, 1.0, rtol=1e-7)
+    copy_weights(theirs, mine)
+    ids = mx.array(rng.integers(0, 12, size=(2, 5)), dtype=mx.int32)
+    np.testing.assert_array_equal(np.array(mine(ids)), np.array(theirs(ids)))
+    q = normal(2, 5, 6)
+    got = mine.attend(q)
+    assert got.shape == (2, 5, 12) and got.dtype == mx.float64
+    assert_parity(got, theirs.attend(q), RTOL_F64, f"mlx YatEmbed.attend {kw}")
+
+
+def test_embed_errors():
+    emb = ours.YatEmbed(10, 4)
+    with pytest.raises(ValueError, match="YatEmbed inputs must be an integer mx.array"):
+        emb(mx.array([1.0, 2.0], dtype=mx.float32))
+    with pytest.raises(
+        ValueError, match="query must have shape \\(..., 4\\), got shape \\(2, 5\\)"
+    ):
+        emb.attend(normal(2, 5, dtype=mx.float32))
+    with pytest.raises(ValueError, match="num_embeddings must be a positive int"):
+        ours.YatEmbed(0, 4)
+    with pytest.raises(ValueError, match="features must be a positive int"):
+        ours.YatEmbed(10, -1)
