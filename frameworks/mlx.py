@@ -23,12 +23,16 @@ arguments, as in ``nmn.mlx``:
   per spatial axis (symmetric), ``"CIRCULAR"``, ``"REFLECT"`` or ``"CAUSAL"`` (1-D).
 - ``num_embeddings``, ``features`` (``YatEmbed``): the table ``embedding (num_embeddings,
   features)``; ``weight_normalized`` normalises its rows once, at construction (Decision 7).
+- ``output_padding`` (transposed convolutions): extra output positions on the high side;
+  ``padding`` there is ``"valid"`` (PyTorch's rule, ``(L - 1) s + d (k - 1) + 1``), an int
+  or one int per axis (PyTorch's ``padding``), or ``"same"`` (``L * s + output_padding``).
 - ``dtype`` (default ``mx.float32``): parameters and outputs (inputs are cast to it).
   float16/bfloat16 are computed in float32 and cast back (Decision 3; nmn.mlx computes in
   the low precision itself).
 
-Layouts (nmn.mlx's): embedding table ``(num_embeddings, features)``; dense kernel ``(features, in)``; convolution input ``(N, *spatial, C)``
-and kernel ``(filters, *kernel_size, C / groups)``.
+Layouts (nmn.mlx's): embedding table ``(num_embeddings, features)``; dense kernel
+``(features, in)``; convolution input ``(N, *spatial, C)`` and kernel ``(filters,
+*kernel_size, C / groups)``; transposed-convolution kernel ``(filters, *kernel_size, C)``.
 
 Examples
 --------
@@ -74,6 +78,12 @@ __all__ = [
     "YatConv2d",
     "YatConv3D",
     "YatConv3d",
+    "YatConvTranspose1D",
+    "YatConvTranspose1d",
+    "YatConvTranspose2D",
+    "YatConvTranspose2d",
+    "YatConvTranspose3D",
+    "YatConvTranspose3d",
     "YatDense",
     "YatEmbed",
     "YatNMN",
@@ -438,3 +448,138 @@ class YatEmbed(_YatModule):
             alpha=args["alpha"],
             epsilon=args["epsilon"],
         )
+
+
+# --- transposed convolutions ---------------------------------------------------------
+class _YatConvTransposeND(_YatModule):
+    """Yat transposed convolution over ``(N, *spatial, C)`` inputs (``mx.conv_transpose``'s
+    semantics, no groups); kernel ``(filters, *kernel_size, C)`` from ``N(0, 1 / fan_in)``."""
+
+    _nd = 0
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] = "valid",
+        dilation_rate: int | Sequence[int] = 1,
+        output_padding: int | Sequence[int] = 0,
+        use_bias: bool = True,
+        constant_bias: float | None = None,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        use_dropconnect: bool = False,
+        drop_rate: float = 0.0,
+        dtype: Any = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+    ) -> None:
+        super().__init__()
+        s = dict(locals())
+        s["dtype"] = mx.float32 if dtype is None else dtype
+        s["weight_normalized"] = False  # (nmn.mlx's transposed convolutions have no flag)
+        self._setup(s, filters, "filters")
+        nd = self._nd
+        self.filters = int(filters)
+        self.kernel_size = ntuple(kernel_size, nd, "kernel_size")
+        self.strides = ntuple(strides, nd, "strides")
+        self.dilation_rate = ntuple(dilation_rate, nd, "dilation_rate")
+        self.output_padding = ntuple(output_padding, nd, "output_padding")
+        if isinstance(padding, str):
+            if padding.upper() not in ("VALID", "SAME"):
+                raise ValueError(f"padding must be 'valid', 'same' or ints, got {padding!r}")
+        else:
+            ntuple(padding, nd, "padding")
+        self.padding = padding
+        self.input_channels: int | None = None
+
+    def build(self, input_channels: int) -> None:
+        """Create the parameters for inputs with ``input_channels`` channels."""
+        if self.is_built:
+            return
+        self.input_channels = int(input_channels)
+        fan_in = self.input_channels * math.prod(self.kernel_size)
+        shape = (self.filters, *self.kernel_size, self.input_channels)
+        kernel = mx.random.normal(shape, dtype=mx.float32) * math.sqrt(1.0 / max(fan_in, 1))
+        self.kernel = kernel.astype(self.dtype)
+        self._build_yat(self.filters)
+
+    def _torch_padding(self, sizes: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], Any]:
+        """PyTorch ``padding`` / ``output_padding`` giving nmn.mlx's output, and the crop of
+        the high side (``"same"``: ``L * s + output_padding``, from the symmetric padding
+        ``max(k_eff - s, 0) // 2`` that nmn.mlx also starts from)."""
+        if not isinstance(self.padding, str):
+            return ntuple(self.padding, self._nd, "padding"), self.output_padding, None
+        if self.padding.upper() == "VALID":
+            return (0,) * self._nd, self.output_padding, None
+        pads, extra, target = [], [], []
+        for n, k, s, d, op in zip(
+            sizes, self.kernel_size, self.strides, self.dilation_rate, self.output_padding
+        ):
+            k_eff = d * (k - 1) + 1
+            p = max(k_eff - s, 0) // 2
+            natural = (n - 1) * s - 2 * p + k_eff + op
+            pads.append(p)
+            # short of L * s + op: the missing high positions get no input, as PyTorch's
+            # output_padding positions do
+            extra.append(op + max(n * s + op - natural, 0))
+            target.append(n * s + op)
+        return tuple(pads), tuple(extra), tuple(target)
+
+    def __call__(self, inputs: Any, *, deterministic: bool = True) -> Any:
+        inputs = self._input(inputs)
+        if inputs.ndim != self._nd + 2:
+            raise ValueError(
+                f"expected input with {self._nd + 2} dims (N, *spatial, C_in), "
+                f"got shape {inputs.shape}"
+            )
+        if not self.is_built:
+            self.build(inputs.shape[-1])
+        elif inputs.shape[-1] != self.input_channels:
+            raise ValueError(
+                f"Input channels changed: expected {self.input_channels}, "
+                f"got {inputs.shape[-1]} (inputs of shape {inputs.shape})"
+            )
+        pads, output_padding, target = self._torch_padding(inputs.shape[1:-1])
+        # (filters, *k, C) -> PyTorch's (C, filters, *k): mx.conv_transpose's kernel is not
+        # flipped relative to PyTorch's, so this is a layout change only
+        axes = (self._nd + 1, 0, *range(1, self._nd + 1))
+        kernel = mx.transpose(self._kernel(deterministic), axes)
+        args = self._yat_args()
+        y = nmn_array.yat_conv_transpose(
+            inputs,
+            kernel,
+            args.pop("bias"),
+            stride=self.strides,
+            padding=pads,
+            dilation=self.dilation_rate,
+            output_padding=output_padding,
+            data_format="channels_last",
+            **args,
+        )
+        if target is not None:
+            y = y[(slice(None), *(slice(0, t) for t in target), slice(None))]
+        return y
+
+
+class YatConvTranspose1D(_YatConvTransposeND):
+    """1-D yat transposed convolution; input ``(N, L, C)``, kernel ``(filters, k, C)``."""
+
+    _nd = 1
+
+
+class YatConvTranspose2D(_YatConvTransposeND):
+    """2-D yat transposed convolution; input ``(N, H, W, C)``, kernel ``(filters, kh, kw, C)``."""
+
+    _nd = 2
+
+
+class YatConvTranspose3D(_YatConvTransposeND):
+    """3-D yat transposed convolution; input ``(N, D, H, W, C)``."""
+
+    _nd = 3
+
+
+YatConvTranspose1d, YatConvTranspose2d = YatConvTranspose1D, YatConvTranspose2D
+YatConvTranspose3d = YatConvTranspose3D

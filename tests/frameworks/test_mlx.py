@@ -387,3 +387,69 @@ def test_embed_errors():
         ours.YatEmbed(0, 4)
     with pytest.raises(ValueError, match="features must be a positive int"):
         ours.YatEmbed(10, -1)
+
+
+TRANSPOSE = [
+    (1, {"strides": 2}),
+    (1, {"strides": 2, "padding": 1, "output_padding": 1}),
+    (1, {"strides": 2, "padding": "same", "kernel_size": 4}),
+    (1, {"strides": 3, "padding": "same", "kernel_size": 2}),
+    (1, {"strides": 2, "padding": "same", "output_padding": 1}),
+    (1, {"strides": 1, "padding": "same", "dilation_rate": 2}),
+    (2, {"strides": 2, "padding": "same", "constant_alpha": True}),
+    (2, {"strides": (2, 1), "padding": (1, 0), "learnable_epsilon": True}),
+    (3, {"strides": 2, "constant_bias": 0.5}),
+    (3, {"strides": 2, "padding": "same", "use_bias": False, "use_alpha": False}),
+]
+
+
+@pytest.mark.parametrize(("nd", "kw"), TRANSPOSE, ids=lambda v: str(v))
+def test_conv_transpose_matches_nmn(nd, kw):
+    # MLX's conv_transpose has no float64 kernel: nmn.mlx runs in float32 only
+    kw = dict(kw)
+    k = kw.pop("kernel_size", 3)
+    name = f"YatConvTranspose{nd}D"
+    x = normal(2, *(5,) * nd, 3, dtype=mx.float32)
+    theirs, mine = pair(lambda lib: getattr(lib, name)(4, k, **kw), x)
+    got, want = mine(x), theirs(x)
+    assert got.shape == want.shape and got.dtype == mx.float32
+    assert_parity(got, want, RTOL_F32, f"mlx {name} {kw}")
+    # ours in float64 with the same weights: float64-accurate against NumPy
+    x64 = x.astype(mx.float64)
+    mine64 = getattr(ours, name)(4, k, dtype=mx.float64, **kw)
+    mine64(x64)
+    mine64.update(tree_map(lambda a: a.astype(mx.float64), mine.parameters()))
+    got64 = mine64(x64)
+    assert got64.dtype == mx.float64
+    assert_parity(got64, want, RTOL_F32, f"mlx {name} {kw} float64")
+    pads, output_padding, target = mine64._torch_padding(x.shape[1:-1])
+    args = mine64._yat_args()
+    eps = args["epsilon"]
+    exact = nmn_array.yat_conv_transpose(
+        np.array(x64),
+        np.moveaxis(np.array(mine64.kernel), (-1, 0), (0, 1)),
+        None if args["bias"] is None else np.array(args["bias"]),
+        stride=mine64.strides,
+        padding=pads,
+        dilation=mine64.dilation_rate,
+        output_padding=output_padding,
+        data_format="channels_last",
+        alpha=np.array(args["alpha"]) if isinstance(args["alpha"], mx.array) else args["alpha"],
+        epsilon=np.array(eps) if isinstance(eps, mx.array) else eps,
+    )
+    if target is not None:
+        exact = exact[(slice(None), *(slice(0, t) for t in target), slice(None))]
+    assert_parity(got64, exact, RTOL_F64, f"mlx {name} {kw} vs numpy float64")
+
+
+def test_conv_transpose_errors():
+    with pytest.raises(ValueError, match="padding must be 'valid', 'same' or ints"):
+        ours.YatConvTranspose1D(4, 3, padding="CIRCULAR")
+    with pytest.raises(ValueError, match="output_padding must be an int or 2 ints"):
+        ours.YatConvTranspose2D(4, 3, output_padding=(1, 1, 1))
+    layer = ours.YatConvTranspose2D(4, 3)
+    with pytest.raises(ValueError, match="expected input with 4 dims"):
+        layer(normal(2, 5, 3, dtype=mx.float32))
+    layer(normal(1, 5, 5, 3, dtype=mx.float32))
+    with pytest.raises(ValueError, match="Input channels changed: expected 3, got 2"):
+        layer(normal(1, 5, 5, 2, dtype=mx.float32))
