@@ -62,11 +62,11 @@ from nmn_array.frameworks._common import (
     require,
     unit_normalized,
 )
+from nmn_array.frameworks._common import softermax as softermax
 
 import nmn_array
 from nmn_array import soft_tanh as soft_tanh
 from nmn_array import softer_sigmoid as softer_sigmoid
-from nmn_array import softermax as softermax
 
 mx: Any = require("mlx.core")
 nn: Any = require("mlx.nn")
