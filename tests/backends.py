@@ -19,7 +19,7 @@ import pytest
 
 ALL = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy", "mlx")
 AUTODIFF = ("torch", "jax", "tensorflow", "mlx")
-JIT = ("jax", "tensorflow")
+JIT = ("jax", "tensorflow", "mlx")
 NATIVE_CONV = ("torch", "jax", "tensorflow")
 
 
@@ -175,8 +175,10 @@ class Backend:
         raise ValueError(f"{self.name} has no autodiff")
 
     def jit(self, f: Callable[..., Any]) -> Callable[..., Any]:
-        """``f`` compiled by the backend (jax.jit, tf.function)."""
+        """``f`` compiled by the backend (jax.jit, tf.function, mx.compile)."""
         mod = self.module()
+        if self.name == "mlx":
+            return mod.compile(f)
         if self.name == "jax":
             return mod.jit(f)
         if self.name == "tensorflow":
