@@ -32,6 +32,7 @@ _EXTRAS = {
     "flax": "nnx",
     "keras": "keras",
     "tensorflow": "tensorflow",
+    "mlx": "mlx",
 }
 
 

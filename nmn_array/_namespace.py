@@ -1,13 +1,15 @@
 """Resolving the array namespace of the arguments, once per public function.
 
-array-api-compat serves every library it supports; TensorFlow, which it does not support,
-goes through the in-house adapter in :mod:`nmn_array._tf_namespace`. Frameworks are never
+array-api-compat serves every library it supports; TensorFlow and MLX, which it does not
+support, go through the in-house adapters in :mod:`nmn_array._tf_namespace` and
+:mod:`nmn_array._mlx_namespace`. Frameworks are never
 imported here to test for them: a library can only own an array if it is already imported.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -24,6 +26,13 @@ def is_tf_array(x: Any) -> bool:
     if tf is None:
         return False
     return isinstance(x, (tf.Tensor, tf.Variable))
+
+
+def is_mlx_array(x: Any) -> bool:
+    """True for an ``mlx.core.array``, without importing MLX (an MLX array can only exist
+    once ``mlx.core`` is imported)."""
+    mx = sys.modules.get("mlx.core")
+    return mx is not None and isinstance(x, mx.array)
 
 
 def is_numpy_scalar(x: Any) -> bool:
@@ -58,16 +67,15 @@ def array_namespace(*args: Any) -> ModuleType:
         raise TypeError(
             "expected at least one array argument, got only None, Python or NumPy scalars"
         )
-    tf_flags = [is_tf_array(a) for a in arrays]
-    if any(tf_flags):
-        if not all(tf_flags):
-            kinds = sorted(
-                {type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays}
-            )
-            raise TypeError(f"arrays from different libraries cannot be mixed: {kinds}")
-        from nmn_array import _tf_namespace
-
-        return _tf_namespace
+    for is_own, adapter in ((is_tf_array, "_tf_namespace"), (is_mlx_array, "_mlx_namespace")):
+        flags = [is_own(a) for a in arrays]
+        if any(flags):
+            if not all(flags):
+                kinds = sorted(
+                    {type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays}
+                )
+                raise TypeError(f"arrays from different libraries cannot be mixed: {kinds}")
+            return importlib.import_module("nmn_array." + adapter)
     try:
         return array_api_compat.array_namespace(*arrays)
     except TypeError as exc:
@@ -76,7 +84,7 @@ def array_namespace(*args: Any) -> ModuleType:
             raise TypeError(f"arrays from different libraries cannot be mixed: {kinds}") from exc
         raise TypeError(
             f"unsupported array type {kinds[0]}; expected a NumPy, PyTorch, JAX, TensorFlow, "
-            "CuPy, Dask or array-api-strict array"
+            "MLX, CuPy, Dask or array-api-strict array"
         ) from exc
 
 
@@ -95,16 +103,22 @@ def is_tf(xp: ModuleType) -> bool:
     return getattr(xp, "__name__", "") == "nmn_array._tf_namespace"
 
 
+def is_mlx(xp: ModuleType) -> bool:
+    """True if ``xp`` is the in-house MLX adapter."""
+    return getattr(xp, "__name__", "") == "nmn_array._mlx_namespace"
+
+
 def device_of(xp: ModuleType, x: Any) -> Any:
-    """The device of ``x`` (``None`` for TensorFlow, whose adapter places arrays itself)."""
-    if is_tf(xp):
+    """The device of ``x`` (``None`` for TensorFlow and MLX, whose adapters let the library
+    place arrays itself)."""
+    if is_tf(xp) or is_mlx(xp):
         return None
     return array_api_compat.device(x)
 
 
 def device_kw(xp: ModuleType, x: Any) -> dict:
     """``{"device": device of x}`` for array creation, or ``{}`` where the library places
-    arrays itself (TensorFlow)."""
+    arrays itself (TensorFlow, MLX)."""
     dev = device_of(xp, x)
     return {} if dev is None else {"device": dev}
 

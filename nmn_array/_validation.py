@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from nmn_array._namespace import is_jax, is_numpy_scalar, is_tf, is_torch
+from nmn_array._namespace import is_jax, is_mlx, is_numpy_scalar, is_tf, is_torch
 from nmn_array._native import saturating_cast
 
 
@@ -241,7 +241,7 @@ def as_compute(xp: ModuleType, a: Any, dtype: Any) -> Any:
     if a is None or isinstance(a, (int, float)) or a.dtype == dtype:
         return a
     # (the standard has no float16: only the autodiff libraries are asked for theirs)
-    if (is_torch(xp) or is_jax(xp) or is_tf(xp)) and a.dtype == xp.float16:
+    if (is_torch(xp) or is_jax(xp) or is_tf(xp) or is_mlx(xp)) and a.dtype == xp.float16:
         return saturating_cast.upcast(xp, a, dtype)
     return xp.astype(a, dtype)
 

@@ -44,6 +44,7 @@ ARRAY_LIBRARIES = {
     "tensorflow": ("tensorflow-cpu", "tensorflow", "tensorflow-macos", "tf-nightly"),
     "dask": ("dask",),
     "cupy": ("cupy", "cupy-cuda12x", "cupy-cuda11x", "cupy-cuda13x"),
+    "mlx": ("mlx",),
 }
 #: Framework modules of nmn_array and the library each needs.
 FRAMEWORK_LIBRARIES = {
@@ -52,6 +53,7 @@ FRAMEWORK_LIBRARIES = {
     "linen": "flax",
     "keras": "keras",
     "tf": "tensorflow",
+    "mlx": "mlx",
 }
 OTHER = {
     "array_api_compat": ("array-api-compat",),
@@ -390,6 +392,17 @@ def _cupy() -> Converter:
     )
 
 
+def _mlx() -> Converter:
+    mx = importlib.import_module("mlx.core")
+    # float64 exists on MLX's CPU device only (the default device of the CPU build)
+    dtypes = ("float32", "float64") if mx.default_device().type == mx.cpu else ("float32",)
+    return (
+        (lambda a, dt: mx.array(a, dtype=getattr(mx, dt))),
+        (lambda a: a.tolist()),
+        dtypes,
+    )
+
+
 #: Per array library: a loader returning (to_backend(nested, dtype), to_nested, dtypes).
 CONVERTERS: dict[str, Callable[[], Converter]] = {
     "numpy": _numpy,
@@ -399,6 +412,7 @@ CONVERTERS: dict[str, Callable[[], Converter]] = {
     "tensorflow": _tensorflow,
     "dask": _dask,
     "cupy": _cupy,
+    "mlx": _mlx,
 }
 
 

@@ -283,6 +283,10 @@ def _prepare(x: Any, projection: Any, kind: str, normalize: bool, epsilon: Any):
         value = projection[key]
         if key == "degrees":
             arrays[key] = xp.asarray(value, **dev)
+        elif hasattr(value, "dtype") and _v.is_low_precision(xp, value.dtype):
+            # a float16 projection being trained: its gradient saturates at float16's range
+            # on the way back, like x's, instead of overflowing to inf
+            arrays[key] = _v.as_compute(xp, xp.asarray(value, **dev), dtype)
         else:
             arrays[key] = xp.asarray(value, dtype=dtype, **dev)
     return xp, xc, arrays, lead

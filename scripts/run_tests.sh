@@ -7,7 +7,7 @@ export TF_CPP_MIN_LOG_LEVEL=3
 export JAX_ENABLE_X64=1
 export JAX_PLATFORMS=cpu
 export NMN_ARRAY_HYPOTHESIS_PROFILE="${NMN_ARRAY_HYPOTHESIS_PROFILE:-ci}"
-export NMN_ARRAY_BACKENDS="${NMN_ARRAY_BACKENDS:-numpy,array_api_strict,torch,jax,tensorflow,dask}"
+export NMN_ARRAY_BACKENDS="${NMN_ARRAY_BACKENDS:-numpy,array_api_strict,torch,jax,tensorflow,dask,mlx}"
 
 echo "== lint (ruff)"
 $BIN/ruff check nmn_array frameworks tests benchmarks experiments

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-ALL = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy")
-AUTODIFF = ("torch", "jax", "tensorflow")
-JIT = ("jax", "tensorflow")
+ALL = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy", "mlx")
+AUTODIFF = ("torch", "jax", "tensorflow", "mlx")
+JIT = ("jax", "tensorflow", "mlx")
 NATIVE_CONV = ("torch", "jax", "tensorflow")
 
 
@@ -45,7 +45,7 @@ class Backend:
     # -- availability -------------------------------------------------------------
     def module(self) -> Any:
         """Import the library, failing (required) or skipping (optional) when it cannot."""
-        modname = {"tensorflow": "tensorflow", "dask": "dask.array"}.get(self.name, self.name)
+        modname = {"dask": "dask.array", "mlx": "mlx.core"}.get(self.name, self.name)
         try:
             mod = importlib.import_module(modname)
         except Exception as exc:  # noqa: BLE001 - any import failure counts
@@ -92,6 +92,11 @@ class Backend:
             return mod.from_array(a, chunks=chunks or ())
         if self.name == "cupy":
             return mod.asarray(a)
+        if self.name == "mlx":
+            # explicit dtype: MLX would otherwise keep NumPy's dtype, which is what is
+            # wanted, but says so; float64 arrays live on the CPU device only
+            name = "bool_" if a.dtype == np.bool_ else a.dtype.name  # mx.bool_, like NumPy's
+            return mod.array(a, dtype=getattr(mod, name))
         raise AssertionError(self.name)
 
     def to_numpy(self, a: Any) -> np.ndarray:
@@ -105,6 +110,10 @@ class Backend:
             return a.numpy()
         if self.name == "cupy":
             return a.get()
+        if self.name == "mlx":
+            mx = self.module()
+            # NumPy has no bfloat16: read it through float32, which holds it exactly
+            return np.array(a.astype(mx.float32) if a.dtype == mx.bfloat16 else a)
         return np.asarray(a)
 
     def array_type(self) -> type:
@@ -120,6 +129,7 @@ class Backend:
             "tensorflow": "Tensor",
             "dask": "Array",
             "cupy": "ndarray",
+            "mlx": "array",
         }
         return getattr(mod, attr[self.name])
 
@@ -156,11 +166,19 @@ class Backend:
                 np.zeros(np.shape(a), np.asarray(a).dtype) if g is None else g.numpy()
                 for a, g in zip(args, tape.gradient(total, ts))
             ]
+        if self.name == "mlx":
+            # mx.grad differentiates a function of arrays; eager, like torch
+            xs = [self.from_numpy(np.asarray(a)) for a in args]
+            g = mod.grad(lambda *a: mod.sum(f(*a)), argnums=list(range(len(args))))(*xs)
+            # a bare array, not a tuple, for a single argument
+            return [self.to_numpy(x) for x in ([g] if isinstance(g, mod.array) else g)]
         raise ValueError(f"{self.name} has no autodiff")
 
     def jit(self, f: Callable[..., Any]) -> Callable[..., Any]:
-        """``f`` compiled by the backend (jax.jit, tf.function)."""
+        """``f`` compiled by the backend (jax.jit, tf.function, mx.compile)."""
         mod = self.module()
+        if self.name == "mlx":
+            return mod.compile(f)
         if self.name == "jax":
             return mod.jit(f)
         if self.name == "tensorflow":

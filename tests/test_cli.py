@@ -148,7 +148,7 @@ def test_doctor_lists_imports_and_agrees() -> None:
     out = proc.stdout
     assert "array libraries" in out and "framework modules" in out
     rows = check_rows(out)
-    for backend in ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask"):
+    for backend in ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "mlx"):
         if importlib.util.find_spec(backend) is None:
             continue
         for function in FUNCTIONS:
@@ -157,7 +157,7 @@ def test_doctor_lists_imports_and_agrees() -> None:
                 assert status == "OK" and 0 <= error <= tol, (backend, function, dtype, error)
     assert "FAIL" not in out
     frameworks = framework_lines(out)
-    assert set(frameworks) == {"torch", "nnx", "linen", "keras", "tf"}
+    assert set(frameworks) == {"torch", "nnx", "linen", "keras", "tf", "mlx"}
     for line in frameworks.values():
         assert line.split(", ")[1].startswith("available"), line
     assert frameworks["keras"].endswith("backend jax (keras.backend.backend())")

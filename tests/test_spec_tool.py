@@ -583,7 +583,7 @@ def test_json_schema_accepts_every_spec_file_and_flags_planted_mistakes():
             ".dims.N.range[1]: not integer: '4'",
             ".params.1x: '1x' does not match ^(?:[A-Za-z_][A-Za-z0-9_]*)$",
             ".backends.jaxx: 'jaxx' not in ['numpy', 'array_api_strict', 'torch', 'jax', "
-            "'tensorflow', 'dask', 'cupy']",
+            "'tensorflow', 'dask', 'cupy', 'mlx']",
             ".backends.torch.path: 'natve' not in ['native', 'portable']",
             ".tolerances.float32: required",
             ".hypothesis.max_examples: 0 < 1",

@@ -21,7 +21,7 @@ import functools
 import sys
 from typing import Any
 
-from nmn_array._namespace import is_jax, is_tf, is_torch
+from nmn_array._namespace import is_jax, is_mlx, is_tf, is_torch
 
 #: float16's largest finite value (bfloat16 has float32's range and needs no clipping)
 FLOAT16_MAX = 65504.0
@@ -94,6 +94,23 @@ def _tf_upcast(dtype: Any) -> Any:
     return upcast
 
 
+@functools.cache
+def _mlx_upcast(dtype: Any) -> Any:
+    import mlx.core as mx
+
+    @mx.custom_function
+    def upcast(a: Any) -> Any:
+        return a.astype(dtype)
+
+    @upcast.vjp
+    def backward(primals: Any, cotangent: Any, output: Any) -> Any:
+        # a one-argument custom function gets its primal bare, not in a tuple
+        a = primals[0] if isinstance(primals, (tuple, list)) else primals
+        return mx.clip(cotangent, -FLOAT16_MAX, FLOAT16_MAX).astype(a.dtype)
+
+    return upcast
+
+
 def upcast(xp: Any, a: Any, dtype: Any) -> Any:
     """``a`` (float16, an array of the autodiff namespace ``xp``) as ``dtype`` (float32 or
     wider) with a saturating gradient."""
@@ -106,4 +123,6 @@ def upcast(xp: Any, a: Any, dtype: Any) -> Any:
         return _jax_upcast(dtype)(a)
     if is_tf(xp):
         return _tf_upcast(dtype)(sys.modules["tensorflow"].convert_to_tensor(a))
+    if is_mlx(xp):
+        return _mlx_upcast(dtype)(a)
     raise TypeError(f"no saturating cast for arrays of type {type(a).__name__}")

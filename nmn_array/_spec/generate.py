@@ -142,10 +142,17 @@ def render_unit(unit: Unit) -> str:
                 ")",
                 f"@settings(max_examples=examples({budget}))",
                 f"@given(case=cases(SPEC, {_py_str(prop)}))",
-                f"def test_{unit.name}__{prop}{suffix}(target, case):",
+                *_def_lines(f"test_{unit.name}__{prop}{suffix}"),
                 f"    checks.run(SPEC, {_py_str(prop)}, target, case)",
             ]
     return "\n".join(lines) + "\n"
+
+
+def _def_lines(name: str) -> list[str]:
+    """``def name(target, case):``, wrapped the way ruff format wraps it when the one line
+    would pass the 100-column limit (long backend suffixes)."""
+    one = f"def {name}(target, case):"
+    return [one] if len(one) <= 100 else [f"def {name}(", "    target, case", "):"]
 
 
 def _combined_sha(files: Sequence[SpecFile]) -> str:

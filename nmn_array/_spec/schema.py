@@ -50,7 +50,7 @@ __all__ = [
     "validate",
 ]
 
-BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy")
+BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy", "mlx")
 FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf", "equinox")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 #: Dtypes the library computes in float32 and casts back (saturating) to; a spec listing
@@ -66,6 +66,7 @@ BACKEND_DTYPES: dict[str, tuple[str, ...]] = {
     "tensorflow": ("float16", "bfloat16"),
     "dask": ("float16",),
     "cupy": ("float16",),
+    "mlx": ("float16", "bfloat16"),
 }
 
 #: Checks that apply to any function (the harness has one generic implementation of each).

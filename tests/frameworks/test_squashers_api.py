@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from tests.frameworks._parity import RTOL_F64, assert_parity  # noqa: E402
 
-FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf")
+FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf", "mlx")
 
 
 def _array(framework: str, a: np.ndarray):
@@ -25,6 +25,10 @@ def _array(framework: str, a: np.ndarray):
         import jax.numpy as jnp
 
         return jnp.asarray(a)
+    if framework == "mlx":
+        import mlx.core as mx
+
+        return mx.array(a, dtype=mx.float64)
     import tensorflow as tf
 
     return tf.constant(a)

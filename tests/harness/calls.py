@@ -85,7 +85,7 @@ def finfo(dtype: str) -> Any:
 def to_backend(b: Backend, v: Any, dtype: str) -> Any:
     """A NumPy float array (or a Python scalar) on ``b`` in ``dtype``.
 
-    bfloat16 goes through float32 on torch and TensorFlow (neither reads ml_dtypes' NumPy
+    bfloat16 goes through float32 on torch, TensorFlow and MLX (none reads ml_dtypes' NumPy
     bfloat16); the values are rounded to bfloat16 first, so the last cast is exact.
     """
     if dtype != "bfloat16" or not isinstance(v, np.ndarray) or v.dtype.kind != "f":
@@ -98,6 +98,8 @@ def to_backend(b: Backend, v: Any, dtype: str) -> Any:
         return tf.cast(b.from_numpy(exact), tf.bfloat16)
     if b.name == "jax":
         return b.module().numpy.asarray(exact.astype(numpy_dtype(dtype)))
+    if b.name == "mlx":
+        return b.from_numpy(exact).astype(b.module().bfloat16)
     raise AssertionError(f"backend {b.name!r} has no bfloat16 (schema.BACKEND_DTYPES)")
 
 
@@ -107,6 +109,8 @@ def to_float64(b: Backend, out: Any) -> np.ndarray:
         out = out.float()
     elif b.name == "tensorflow" and out.dtype.name == "bfloat16":
         out = b.module().cast(out, b.module().float32)
+    elif b.name == "mlx" and out.dtype == b.module().bfloat16:
+        out = out.astype(b.module().float32)
     return np.asarray(b.to_numpy(out), dtype=np.float64)
 
 
@@ -190,6 +194,8 @@ def output_dtype(b: Backend, out: Any) -> str:
         return out.dtype.name
     if b.name == "jax":
         return np.dtype(out.dtype).name
+    if b.name == "mlx":
+        return str(out.dtype).removeprefix("mlx.core.")
     return np.asarray(b.to_numpy(out)).dtype.name
 
 

@@ -262,6 +262,10 @@ def _low_precision_gradients(
             mod.zeros_like(v) if g is None else mod.convert_to_tensor(g)
             for v, g in zip(variables, tape.gradient(total, variables))
         ]
+    elif b.name == "mlx":
+        g = mod.grad(lambda *a: mod.sum(f(*a)), argnums=list(range(len(names))))(*leaves)
+        # mx.grad returns a bare array, not a tuple, for a single argument
+        grads = [g] if isinstance(g, mod.array) else list(g)
     else:
         raise AssertionError(f"{b.name} has no autodiff")
     return [(calls.to_float64(b, g), calls.output_dtype(b, g)) for g in grads]

@@ -1,0 +1,585 @@
+"""MLX modules (``mlx.nn.Module``) over the pure functions of ``nmn_array``.
+
+Drop-in replacements for the dense and convolution layers of ``nmn.mlx`` 0.3.5 (class names,
+arguments, parameter names and layouts), so nmn.mlx weights load unchanged. Parameters are
+made on the first call (or by ``build``); each ``__call__`` makes one ``nmn_array`` call on
+``mx.array`` arguments (through nmn_array's MLX namespace adapter), so ``mx.grad``,
+``mx.compile`` and ``mlx.nn.value_and_grad`` see plain MLX operations. Constructor
+arguments, as in ``nmn.mlx``:
+
+- ``features`` (dense), ``filters`` (convolutions): the number of neurons / filters.
+- ``use_bias`` / ``constant_bias``: a learnable bias ``(features,)`` (zeros) inside the
+  square, or a fixed float instead. ``use_alpha`` / ``constant_alpha``: a learnable output
+  scale ``alpha`` ``(1,)`` (ones), or a constant (``True`` means sqrt(2)).
+- ``epsilon``: added to the squared distance; ``learnable_epsilon`` learns it as
+  ``softplus(epsilon_param)`` (Decision 11's initialisation, stored in float32 or wider).
+- ``spherical``, ``weight_normalized``: as for ``nmn_array.yat``; ``positive_init``: ``abs``
+  of the initial kernel; ``lazy`` / ``freeze_kernel``: ``freeze(keys=["kernel"])``;
+  ``return_weights``: ``__call__`` returns ``(y, kernel)``.
+- ``use_dropconnect`` / ``drop_rate``: DropConnect on the kernel when called with
+  ``deterministic=False`` (the default ``True`` leaves it off, as in nmn.mlx).
+- ``kernel_size``, ``strides``, ``dilation_rate``: ints or one int per spatial axis;
+  ``groups``; ``padding``: ``"valid"`` (default), ``"same"`` (XLA's rule), an int, one int
+  per spatial axis (symmetric), ``"CIRCULAR"``, ``"REFLECT"`` or ``"CAUSAL"`` (1-D).
+- ``num_embeddings``, ``features`` (``YatEmbed``): the table ``embedding (num_embeddings,
+  features)``; ``weight_normalized`` normalises its rows once, at construction (Decision 7).
+- ``output_padding`` (transposed convolutions): extra output positions on the high side;
+  ``padding`` there is ``"valid"`` (PyTorch's rule, ``(L - 1) s + d (k - 1) + 1``), an int
+  or one int per axis (PyTorch's ``padding``), or ``"same"`` (``L * s + output_padding``).
+- ``dtype`` (default ``mx.float32``): parameters and outputs (inputs are cast to it).
+  float16/bfloat16 are computed in float32 and cast back (Decision 3; nmn.mlx computes in
+  the low precision itself).
+
+Layouts (nmn.mlx's): embedding table ``(num_embeddings, features)``; dense kernel
+``(features, in)``; convolution input ``(N, *spatial, C)`` and kernel ``(filters,
+*kernel_size, C / groups)``; transposed-convolution kernel ``(filters, *kernel_size, C)``.
+
+Examples
+--------
+>>> import mlx.core as mx
+>>> from nmn_array.frameworks.mlx import YatConv2D, YatNMN
+>>> layer = YatNMN(4, constant_alpha=True)
+>>> layer(mx.ones((2, 3), dtype=mx.float32)).shape, sorted(layer.parameters())
+((2, 4), ['bias', 'kernel'])
+>>> YatConv2D(4, 3, strides=2, groups=2, padding="same")(mx.ones((1, 9, 9, 2))).shape
+(1, 5, 5, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from nmn_array.frameworks._common import (
+    alpha_config,
+    bias_config,
+    check_epsilon,
+    dtype_name,
+    lax_conv_padding,
+    learnable_epsilon,
+    ntuple,
+    require,
+    unit_normalized,
+)
+from nmn_array.frameworks._common import softermax as softermax
+
+import nmn_array
+from nmn_array import soft_tanh as soft_tanh
+from nmn_array import softer_sigmoid as softer_sigmoid
+
+mx: Any = require("mlx.core")
+nn: Any = require("mlx.nn")
+
+__all__ = [
+    "YatConv1D",
+    "YatConv1d",
+    "YatConv2D",
+    "YatConv2d",
+    "YatConv3D",
+    "YatConv3d",
+    "YatConvTranspose1D",
+    "YatConvTranspose1d",
+    "YatConvTranspose2D",
+    "YatConvTranspose2d",
+    "YatConvTranspose3D",
+    "YatConvTranspose3d",
+    "YatDense",
+    "YatEmbed",
+    "YatNMN",
+    "soft_tanh",
+    "softer_sigmoid",
+    "softermax",
+]
+
+
+def _check_rate(drop_rate: float) -> float:
+    if isinstance(drop_rate, bool) or not isinstance(drop_rate, (int, float)):
+        raise TypeError(f"drop_rate must be a float in [0, 1), got {drop_rate!r}")
+    if not 0.0 <= drop_rate < 1.0:
+        raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+    return float(drop_rate)
+
+
+class _YatModule(nn.Module):
+    """The bias / alpha / epsilon parameters shared by the layers, and their reads."""
+
+    def _setup(self, s: dict[str, Any], width: int, what: str) -> None:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"{what} must be a positive int, got {width!r}")
+        dtype_name(s["dtype"])  # a floating dtype, or a TypeError naming it
+        self.dtype = s["dtype"]
+        self._bias_cfg = bias_config(s["use_bias"], s["constant_bias"])
+        self._alpha_cfg = alpha_config(s["use_alpha"], s["constant_alpha"])
+        # nmn reports use_bias/use_alpha as True when a constant is set
+        self.use_bias = self._bias_cfg.mode != "none"
+        self.use_alpha = self._alpha_cfg.mode != "none"
+        self.constant_bias = s["constant_bias"]
+        self.constant_alpha = s["constant_alpha"]
+        self.epsilon = check_epsilon(s["epsilon"])
+        self.learnable_epsilon = bool(s["learnable_epsilon"])
+        self.weight_normalized = bool(s["weight_normalized"])
+        self.use_dropconnect = bool(s["use_dropconnect"])
+        self.drop_rate = _check_rate(s["drop_rate"])
+        if self.learnable_epsilon:
+            # validated now, as nmn does, rather than as an inf at the first call
+            self._raw_epsilon = learnable_epsilon(self.epsilon, self.dtype)
+        self.is_built = False
+
+    def _build_yat(self, n_out: int) -> None:
+        if self._bias_cfg.mode == "learnable":
+            self.bias = mx.zeros((n_out,), dtype=self.dtype)
+        if self._alpha_cfg.mode == "learnable":
+            self.alpha = mx.ones((1,), dtype=self.dtype)
+        if self.learnable_epsilon:
+            raw, storage = self._raw_epsilon
+            self.epsilon_param = mx.array([raw], dtype=getattr(mx, storage))
+        self.is_built = True
+
+    def _input(self, inputs: Any) -> Any:
+        if not isinstance(inputs, mx.array):
+            raise TypeError(f"inputs must be an mlx.core.array, got {type(inputs).__name__}")
+        return inputs if inputs.dtype == self.dtype else inputs.astype(self.dtype)
+
+    def _kernel(self, deterministic: bool) -> Any:
+        """The kernel, after DropConnect when it is on (the one draw per call)."""
+        kernel = self.kernel
+        if self.use_dropconnect and not deterministic and self.drop_rate > 0.0:
+            keep = mx.random.bernoulli(1.0 - self.drop_rate, kernel.shape)
+            kernel = nmn_array.drop_connect(kernel, keep, rate=self.drop_rate)
+        return kernel
+
+    def _yat_args(self) -> dict[str, Any]:
+        """``bias``, ``alpha`` and ``epsilon`` to call the pure function with."""
+        bias = self._bias_cfg.value if self._bias_cfg.mode == "constant" else None
+        if self._bias_cfg.mode == "learnable":
+            bias = self.bias
+        alpha = self._alpha_cfg.value if self._alpha_cfg.mode == "constant" else None
+        if self._alpha_cfg.mode == "learnable":
+            alpha = self.alpha
+        epsilon: Any = self.epsilon
+        if self.learnable_epsilon:
+            epsilon = nn.softplus(self.epsilon_param)
+        return {"bias": bias, "alpha": alpha, "epsilon": epsilon}
+
+
+# --- dense ---------------------------------------------------------------------------
+class YatNMN(_YatModule):
+    """Yat dense module: ``y = alpha * (x.w_j + b_j)^2 / (|x - w_j|^2 + epsilon)``.
+
+    Kernel ``(features, input_dim)`` (nmn.mlx's layout) from ``N(0, 2 / (input_dim +
+    features))`` on the first call; arguments and an example: the module docstring.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        use_bias: bool = True,
+        constant_bias: float | None = None,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        positive_init: bool = False,
+        use_dropconnect: bool = False,
+        drop_rate: float = 0.0,
+        fused: bool = False,
+        dtype: Any = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+        spherical: bool = False,
+        weight_normalized: bool = False,
+        return_weights: bool = False,
+        lazy: bool = False,
+        freeze_kernel: bool | None = None,
+    ) -> None:
+        super().__init__()
+        s = dict(locals())
+        s["dtype"] = mx.float32 if dtype is None else dtype
+        self._setup(s, features, "features")
+        self.features = int(features)
+        self.positive_init = bool(positive_init)
+        self.spherical = bool(spherical)
+        self.return_weights = bool(return_weights)
+        # fused=True selects nmn.mlx's Metal kernel; here the one portable computation serves
+        # every device, so the flag is kept for compatibility only
+        self.fused = bool(fused)
+        self.lazy = bool(lazy) or bool(freeze_kernel)
+        self.input_dim: int | None = None
+
+    def build(self, last_dim: int) -> None:
+        """Create the parameters for inputs whose last axis has ``last_dim`` features."""
+        if self.is_built:
+            return
+        self.input_dim = int(last_dim)
+        std = math.sqrt(2.0 / (self.input_dim + self.features))
+        kernel = mx.random.normal((self.features, self.input_dim), dtype=mx.float32) * std
+        kernel = mx.abs(kernel) if self.positive_init else kernel
+        self.kernel = kernel.astype(self.dtype)
+        self._build_yat(self.features)
+        if self.lazy:
+            self.freeze(keys=["kernel"], recurse=False)
+
+    def __call__(self, inputs: Any, *, deterministic: bool = True) -> Any:
+        inputs = self._input(inputs)
+        if inputs.ndim < 1:
+            raise ValueError(f"inputs must have a feature axis, got shape {inputs.shape}")
+        if not self.is_built:
+            self.build(inputs.shape[-1])
+        elif inputs.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"Input shape changed: expected last dimension {self.input_dim}, "
+                f"got {inputs.shape[-1]} (inputs of shape {inputs.shape})"
+            )
+        args = self._yat_args()
+        y = nmn_array.yat(
+            inputs,
+            self._kernel(deterministic),
+            args.pop("bias"),
+            spherical=self.spherical,
+            weight_normalized=self.weight_normalized,
+            **args,
+        )
+        return (y, self.kernel) if self.return_weights else y
+
+    def get_weights(self) -> list[Any]:
+        """``[kernel, bias?, alpha?, epsilon_param?]`` (those that exist), as nmn orders them."""
+        if not self.is_built:
+            raise ValueError("Layer must be built before weights can be retrieved.")
+        names = ("kernel", "bias", "alpha", "epsilon_param")
+        return [self[n] for n in names if n in self]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Set the parameters in the order of :meth:`get_weights` (cast to their dtypes)."""
+        current = self.get_weights()
+        if len(weights) != len(current):
+            raise ValueError(f"Expected {len(current)} weight tensors, got {len(weights)}")
+        names = [n for n in ("kernel", "bias", "alpha", "epsilon_param") if n in self]
+        for name, old, new in zip(names, current, weights):
+            new = mx.array(new) if not isinstance(new, mx.array) else new
+            if tuple(new.shape) != tuple(old.shape):
+                raise ValueError(
+                    f"weight {name!r} has shape {tuple(old.shape)}, got {tuple(new.shape)}"
+                )
+            self[name] = new.astype(old.dtype)
+
+
+YatDense = YatNMN
+
+
+# --- convolutions --------------------------------------------------------------------
+class _YatConvND(_YatModule):
+    """Yat convolution over ``(N, *spatial, C)`` inputs; kernel ``(filters, *kernel_size,
+    C / groups)`` from ``N(0, 1 / fan_in)`` on the first call."""
+
+    _nd = 0
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] = "valid",
+        dilation_rate: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        constant_bias: float | None = None,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        use_dropconnect: bool = False,
+        drop_rate: float = 0.0,
+        weight_normalized: bool = False,
+        dtype: Any = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+    ) -> None:
+        super().__init__()
+        s = dict(locals())
+        s["dtype"] = mx.float32 if dtype is None else dtype
+        self._setup(s, filters, "filters")
+        nd = self._nd
+        self.filters = int(filters)
+        self.kernel_size = ntuple(kernel_size, nd, "kernel_size")
+        self.strides = ntuple(strides, nd, "strides")
+        self.dilation_rate = ntuple(dilation_rate, nd, "dilation_rate")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+        if self.filters % groups:
+            raise ValueError(f"filters ({self.filters}) must be divisible by groups ({groups})")
+        self.groups = groups
+        self.padding = padding
+        # the padding is checked now (a bad one raises here, not at the first call)
+        self._pad, self._pad_mode = lax_conv_padding(padding, self.kernel_size, self.dilation_rate)
+        self.input_channels: int | None = None
+
+    def build(self, input_channels: int) -> None:
+        """Create the parameters for inputs with ``input_channels`` channels."""
+        if self.is_built:
+            return
+        if input_channels % self.groups:
+            raise ValueError(
+                f"Input channels ({input_channels}) must be divisible by groups ({self.groups})"
+            )
+        self.input_channels = int(input_channels)
+        per_group = input_channels // self.groups
+        fan_in = per_group * math.prod(self.kernel_size)
+        shape = (self.filters, *self.kernel_size, per_group)
+        kernel = mx.random.normal(shape, dtype=mx.float32) * math.sqrt(1.0 / max(fan_in, 1))
+        self.kernel = kernel.astype(self.dtype)
+        self._build_yat(self.filters)
+
+    def __call__(self, inputs: Any, *, deterministic: bool = True) -> Any:
+        inputs = self._input(inputs)
+        if inputs.ndim != self._nd + 2:
+            raise ValueError(
+                f"expected input with {self._nd + 2} dims (N, *spatial, C_in), "
+                f"got shape {inputs.shape}"
+            )
+        if not self.is_built:
+            self.build(inputs.shape[-1])
+        elif inputs.shape[-1] != self.input_channels:
+            raise ValueError(
+                f"Input channels changed: expected {self.input_channels}, "
+                f"got {inputs.shape[-1]} (inputs of shape {inputs.shape})"
+            )
+        # (filters, *k, C/g) -> the pure function's (filters, C/g, *k): a layout change only
+        kernel = mx.moveaxis(self._kernel(deterministic), -1, 1)
+        args = self._yat_args()
+        return nmn_array.yat_conv(
+            inputs,
+            kernel,
+            args.pop("bias"),
+            stride=self.strides,
+            padding=self._pad,
+            dilation=self.dilation_rate,
+            groups=self.groups,
+            padding_mode=self._pad_mode,
+            data_format="channels_last",
+            weight_normalized=self.weight_normalized,
+            **args,
+        )
+
+
+class YatConv1D(_YatConvND):
+    """1-D yat convolution; input ``(N, L, C)``, kernel ``(filters, k, C / groups)``."""
+
+    _nd = 1
+
+
+class YatConv2D(_YatConvND):
+    """2-D yat convolution; input ``(N, H, W, C)``, kernel ``(filters, kh, kw, C / groups)``."""
+
+    _nd = 2
+
+
+class YatConv3D(_YatConvND):
+    """3-D yat convolution; input ``(N, D, H, W, C)``, kernel ``(filters, kd, kh, kw, C / g)``."""
+
+    _nd = 3
+
+
+YatConv1d, YatConv2d, YatConv3d = YatConv1D, YatConv2D, YatConv3D
+
+
+# --- embedding -----------------------------------------------------------------------
+class YatEmbed(_YatModule):
+    """Token embedding whose ``attend`` scores queries against every embedding with yat.
+
+    ``__call__(ids)`` gathers rows of ``embedding (num_embeddings, features)`` (created at
+    construction from ``N(0, 1/features)``, unit rows when ``weight_normalized``);
+    ``attend(q)`` returns ``alpha * (q.e_v)^2 / (max(|q - e_v|^2, 0) + epsilon)`` of shape
+    ``(..., num_embeddings)`` (no bias). Other arguments: the module docstring.
+
+    Examples
+    --------
+    >>> import mlx.core as mx
+    >>> from nmn_array.frameworks.mlx import YatEmbed
+    >>> emb = YatEmbed(10, 4)
+    >>> h = emb(mx.array([[1, 2, 3]], dtype=mx.int32))
+    >>> h.shape, emb.attend(h).shape
+    ((1, 3, 4), (1, 3, 10))
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        epsilon: float = 1e-5,
+        spherical: bool = False,
+        weight_normalized: bool = False,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        s = dict(locals())
+        s["dtype"] = mx.float32 if dtype is None else dtype
+        s.update(use_bias=False, constant_bias=None, learnable_epsilon=False)
+        s.update(use_dropconnect=False, drop_rate=0.0)
+        self._setup(s, num_embeddings, "num_embeddings")
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive int, got {features!r}")
+        self.num_embeddings, self.features = int(num_embeddings), int(features)
+        self.spherical = bool(spherical)
+        shape = (self.num_embeddings, self.features)
+        table = mx.random.normal(shape, dtype=mx.float32) * (1.0 / math.sqrt(self.features))
+        # Decision 7: nmn normalises the table once, at construction
+        table = unit_normalized(table, 0) if self.weight_normalized else table
+        self.embedding = table.astype(self.dtype)
+        self._build_yat(0)
+
+    def __call__(self, inputs: Any) -> Any:
+        if not isinstance(inputs, mx.array) or not mx.issubdtype(inputs.dtype, mx.integer):
+            what = inputs.dtype if isinstance(inputs, mx.array) else type(inputs).__name__
+            raise ValueError(f"YatEmbed inputs must be an integer mx.array; got {what}")
+        return mx.take(self.embedding, inputs, axis=0)
+
+    def attend(self, query: Any) -> Any:
+        """Yat logits of ``query (..., features)`` against the table: ``(..., num_embeddings)``."""
+        query = self._input(query)
+        if query.ndim < 1 or query.shape[-1] != self.features:
+            raise ValueError(
+                f"query must have shape (..., {self.features}), got shape {query.shape}"
+            )
+        args = self._yat_args()
+        # Decision 8: the distance is clamped at 0; attend has no bias
+        return nmn_array.yat(
+            query,
+            self.embedding,
+            spherical=self.spherical,
+            alpha=args["alpha"],
+            epsilon=args["epsilon"],
+        )
+
+
+# --- transposed convolutions ---------------------------------------------------------
+class _YatConvTransposeND(_YatModule):
+    """Yat transposed convolution over ``(N, *spatial, C)`` inputs (``mx.conv_transpose``'s
+    semantics, no groups); kernel ``(filters, *kernel_size, C)`` from ``N(0, 1 / fan_in)``."""
+
+    _nd = 0
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | Sequence[int],
+        strides: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] = "valid",
+        dilation_rate: int | Sequence[int] = 1,
+        output_padding: int | Sequence[int] = 0,
+        use_bias: bool = True,
+        constant_bias: float | None = None,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        use_dropconnect: bool = False,
+        drop_rate: float = 0.0,
+        dtype: Any = None,
+        epsilon: float = 1e-5,
+        learnable_epsilon: bool = False,
+    ) -> None:
+        super().__init__()
+        s = dict(locals())
+        s["dtype"] = mx.float32 if dtype is None else dtype
+        s["weight_normalized"] = False  # (nmn.mlx's transposed convolutions have no flag)
+        self._setup(s, filters, "filters")
+        nd = self._nd
+        self.filters = int(filters)
+        self.kernel_size = ntuple(kernel_size, nd, "kernel_size")
+        self.strides = ntuple(strides, nd, "strides")
+        self.dilation_rate = ntuple(dilation_rate, nd, "dilation_rate")
+        self.output_padding = ntuple(output_padding, nd, "output_padding")
+        if isinstance(padding, str):
+            if padding.upper() not in ("VALID", "SAME"):
+                raise ValueError(f"padding must be 'valid', 'same' or ints, got {padding!r}")
+        else:
+            ntuple(padding, nd, "padding")
+        self.padding = padding
+        self.input_channels: int | None = None
+
+    def build(self, input_channels: int) -> None:
+        """Create the parameters for inputs with ``input_channels`` channels."""
+        if self.is_built:
+            return
+        self.input_channels = int(input_channels)
+        fan_in = self.input_channels * math.prod(self.kernel_size)
+        shape = (self.filters, *self.kernel_size, self.input_channels)
+        kernel = mx.random.normal(shape, dtype=mx.float32) * math.sqrt(1.0 / max(fan_in, 1))
+        self.kernel = kernel.astype(self.dtype)
+        self._build_yat(self.filters)
+
+    def _torch_padding(self, sizes: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], Any]:
+        """PyTorch ``padding`` / ``output_padding`` giving nmn.mlx's output, and the crop of
+        the high side (``"same"``: ``L * s + output_padding``, from the symmetric padding
+        ``max(k_eff - s, 0) // 2`` that nmn.mlx also starts from)."""
+        if not isinstance(self.padding, str):
+            return ntuple(self.padding, self._nd, "padding"), self.output_padding, None
+        if self.padding.upper() == "VALID":
+            return (0,) * self._nd, self.output_padding, None
+        pads, extra, target = [], [], []
+        for n, k, s, d, op in zip(
+            sizes, self.kernel_size, self.strides, self.dilation_rate, self.output_padding
+        ):
+            k_eff = d * (k - 1) + 1
+            p = max(k_eff - s, 0) // 2
+            natural = (n - 1) * s - 2 * p + k_eff + op
+            pads.append(p)
+            # short of L * s + op: the missing high positions get no input, as PyTorch's
+            # output_padding positions do
+            extra.append(op + max(n * s + op - natural, 0))
+            target.append(n * s + op)
+        return tuple(pads), tuple(extra), tuple(target)
+
+    def __call__(self, inputs: Any, *, deterministic: bool = True) -> Any:
+        inputs = self._input(inputs)
+        if inputs.ndim != self._nd + 2:
+            raise ValueError(
+                f"expected input with {self._nd + 2} dims (N, *spatial, C_in), "
+                f"got shape {inputs.shape}"
+            )
+        if not self.is_built:
+            self.build(inputs.shape[-1])
+        elif inputs.shape[-1] != self.input_channels:
+            raise ValueError(
+                f"Input channels changed: expected {self.input_channels}, "
+                f"got {inputs.shape[-1]} (inputs of shape {inputs.shape})"
+            )
+        pads, output_padding, target = self._torch_padding(inputs.shape[1:-1])
+        # (filters, *k, C) -> PyTorch's (C, filters, *k): mx.conv_transpose's kernel is not
+        # flipped relative to PyTorch's, so this is a layout change only
+        axes = (self._nd + 1, 0, *range(1, self._nd + 1))
+        kernel = mx.transpose(self._kernel(deterministic), axes)
+        args = self._yat_args()
+        y = nmn_array.yat_conv_transpose(
+            inputs,
+            kernel,
+            args.pop("bias"),
+            stride=self.strides,
+            padding=pads,
+            dilation=self.dilation_rate,
+            output_padding=output_padding,
+            data_format="channels_last",
+            **args,
+        )
+        if target is not None:
+            y = y[(slice(None), *(slice(0, t) for t in target), slice(None))]
+        return y
+
+
+class YatConvTranspose1D(_YatConvTransposeND):
+    """1-D yat transposed convolution; input ``(N, L, C)``, kernel ``(filters, k, C)``."""
+
+    _nd = 1
+
+
+class YatConvTranspose2D(_YatConvTransposeND):
+    """2-D yat transposed convolution; input ``(N, H, W, C)``, kernel ``(filters, kh, kw, C)``."""
+
+    _nd = 2
+
+
+class YatConvTranspose3D(_YatConvTransposeND):
+    """3-D yat transposed convolution; input ``(N, D, H, W, C)``."""
+
+    _nd = 3
+
+
+YatConvTranspose1d, YatConvTranspose2d = YatConvTranspose1D, YatConvTranspose2D
+YatConvTranspose3d = YatConvTranspose3D
