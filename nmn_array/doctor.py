@@ -53,12 +53,16 @@ FRAMEWORK_LIBRARIES = {
     "linen": "flax",
     "keras": "keras",
     "tf": "tensorflow",
+    "equinox": "equinox",
     "mlx": "mlx",
+    "hamux": "hamux",
 }
 OTHER = {
     "array_api_compat": ("array-api-compat",),
     "flax": ("flax",),
     "keras": ("keras",),
+    "equinox": ("equinox",),
+    "hamux": ("hamux",),
     "optax": ("optax",),
     "sklearn": ("scikit-learn",),
     "matplotlib": ("matplotlib",),
@@ -499,7 +503,7 @@ def run(
         out(f"  {module:<18} {version(module, dists) or '-- not installed'}")
     out("\nother packages")
     for module, dists in OTHER.items():
-        if module in ("flax", "keras"):
+        if module in FRAMEWORK_LIBRARIES.values():
             continue  # shown with the frameworks
         out(f"  {module:<18} {version(module, dists) or '-- not installed'}")
     out("\nframework modules (nmn_array.frameworks.<name>)")

@@ -157,7 +157,7 @@ def test_doctor_lists_imports_and_agrees() -> None:
                 assert status == "OK" and 0 <= error <= tol, (backend, function, dtype, error)
     assert "FAIL" not in out
     frameworks = framework_lines(out)
-    assert set(frameworks) == {"torch", "nnx", "linen", "keras", "tf", "mlx"}
+    assert set(frameworks) == {"torch", "nnx", "linen", "keras", "tf", "equinox", "mlx", "hamux"}
     for line in frameworks.values():
         assert line.split(", ")[1].startswith("available"), line
     assert frameworks["keras"].endswith("backend jax (keras.backend.backend())")
