@@ -934,7 +934,7 @@ class RotaryYatAttention(_Attention):
     Self-attention of ``x (batch, L, input_dim)``: projections as
     :class:`MultiHeadYatAttention` (``use_bias`` defaults to True, as in nmn.mlx); q and k
     rotated by :func:`nmn_array.rotary_embedding` (``theta``) at positions
-    ``position_offset + t`` (``+ t < max_seq_len``); ``embed_dim / num_heads`` must be even.
+    ``position_offset + t`` (below ``max_seq_len``); ``embed_dim / num_heads`` must be even.
     nmn.mlx's frequency tables ``freqs_cos``/``freqs_sin`` are not kept (RoPE is computed
     from the positions; see ``docs/frameworks/mlx.md``). Keyword-only, beyond nmn.mlx:
     ``normalize_qk``, ``learnable_epsilon`` (``epsilon_param (1,)``), ``normalization``
@@ -943,8 +943,8 @@ class RotaryYatAttention(_Attention):
     :class:`MultiHeadYatAttention`.
 
     ``__call__(x, mask=None, *, training=False, position_offset=0, decode=False,
-    positions=None)``: ``positions``, an integer ``(L,)`` mx.array, replaces
-    ``position_offset + t``. ``decode=True`` (after :meth:`init_cache`): positions continue
+    positions=None)``: ``positions``, an integer mx.array ``(L,)``, or ``(L, 2)`` / ``(batch,
+    L, 2)`` for 2-D RoPE, replaces ``position_offset + t``. ``decode=True`` (after :meth:`init_cache`): positions continue
     from the cache index; ``mask`` then covers the ``max_length`` cache slots or, as in
     nmn.mlx, the ``index + L`` keys cached so far.
 

@@ -905,3 +905,17 @@ def test_rotary_2d_positions_common_shift_and_per_sequence():
     per_sequence = mx.array(np.stack([grid, grid + 3]))  # (B, L, 2): one grid per sequence
     assert_parity(mine(x, positions=per_sequence), base, 1e-12, "mlx per-sequence grid")
     assert scaled_error_above(mine(x, positions=mx.array(grid[::-1].copy())), base, 1e-3)
+
+
+def test_attention_float16_is_computed_in_float32():
+    # Decision 3: the float16 module's output is the float32 computation on its (float16)
+    # weights and inputs, rounded once; nmn.mlx computes in float16 itself
+    x = normal(2, 5, E, dtype=mx.float16)
+    half = ours.RotaryYatAttention(E, H, 16, dtype=mx.float16)
+    y16 = half(x, mask=causal(5))
+    assert y16.dtype == mx.float16
+    wide = ours.RotaryYatAttention(E, H, 16)
+    wide(x.astype(mx.float32))
+    wide.update(tree_map(lambda a: a.astype(mx.float32), half.parameters()))
+    want = np.array(wide(x.astype(mx.float32), mask=causal(5)))
+    np.testing.assert_allclose(np.array(y16.astype(mx.float32)), want, rtol=2e-3, atol=2e-3)
