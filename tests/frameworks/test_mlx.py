@@ -464,10 +464,12 @@ def test_conv_transpose_errors():
 # --------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------
-# nmn.mlx runs float64 through MLX's float64 exp (float32-accurate) and rounds its RoPE
-# tables to float32 (measured: 3e-8 plain, 1e-7 rotary); ours is float64-accurate
-# (test_attention_float64_accuracy)
+# nmn.mlx runs float64 through MLX's float64 exp, which is float32-accurate (measured: up to
+# 7e-8 here); ours is float64-accurate (test_attention_float64_accuracy)
 RTOL_ATTN64 = 5e-7
+# its RoPE tables are float32-rounded besides (|error| <= 3e-8 in each cos and sin), which
+# the squared score and its division amplify (measured up to 4.2e-7, at theta=100, offset 7)
+RTOL_ROPE64 = 2e-6
 E, H = 8, 2
 
 
@@ -578,7 +580,7 @@ def test_rotary_matches_nmn(kw, dtype):
     dt = getattr(mx, dtype)
     x = normal(2, 5, E, dtype=dt)
     theirs, mine = pair(lambda lib: lib.RotaryYatAttention(E, H, 16, dtype=dt, **kw), x)
-    rtol = RTOL_ATTN64 if dtype == "float64" else RTOL_F32
+    rtol = RTOL_ROPE64 if dtype == "float64" else RTOL_F32
     case = f"mlx RotaryYatAttention {kw} {dtype}"
     assert_parity(mine(x), theirs(x), rtol, case)
     assert_parity(mine(x, position_offset=7), theirs(x, position_offset=7), rtol, case + " +7")
@@ -599,7 +601,7 @@ def test_rotary_input_width_and_checkpoint_of_nmn(tmp_path):
     with pytest.raises(ValueError, match="freqs_cos"):
         mine.load_weights(path)
     mine.load_weights(path, strict=False)
-    assert_parity(mine(x), theirs(x), RTOL_ATTN64, "mlx rotary from nmn's checkpoint")
+    assert_parity(mine(x), theirs(x), RTOL_ROPE64, "mlx rotary from nmn's checkpoint")
     assert "freqs_cos" in flat(theirs.trainable_parameters())
     # MultiHeadYatAttention's checkpoints load as they are
     theirs = ref.MultiHeadYatAttention(E, H, dtype=mx.float64)
@@ -733,7 +735,7 @@ def test_rotary_decode_matches_nmn():
     for start, stop, mask in steps:
         chunk = x[:, start:stop]
         got, want = mine(chunk, mask=mask, decode=True), theirs(chunk, mask=mask, decode=True)
-        assert_parity(got, want, RTOL_ATTN64, f"mlx rotary decode {start}:{stop}")
+        assert_parity(got, want, RTOL_ROPE64, f"mlx rotary decode {start}:{stop}")
     assert mine.cache_index.value == theirs.cache_index == 8
     # the cache is state, not parameters (nmn.mlx's cached_key / cached_value are)
     assert sorted(flat(mine.parameters())) == sorted(
