@@ -1,5 +1,6 @@
 """What the Keras layers and the TensorFlow modules share: mixins for the yat parameters
-(bias, alpha, epsilon), the convolutions and the attention. A framework class supplies
+(bias, alpha, epsilon), the convolutions and the attention (whose surface nmn.mlx shares
+too: the MLX attention modules use :class:`YatAttentionShell`). A framework class supplies
 ``_ops`` (``keras.ops``, or tf.py's stand-in), ``_read(variable)`` (the backend's array),
 ``_new_weight(name, shape, fill, dtype=None, **options)`` and ``_param_dtype()``; the
 ``_init_*`` methods read the constructor's arguments from ``settings(locals())``. No

@@ -1,11 +1,13 @@
 """MLX modules (``mlx.nn.Module``) over the pure functions of ``nmn_array``.
 
-Drop-in replacements for the dense and convolution layers of ``nmn.mlx`` 0.3.5 (class names,
-arguments, parameter names and layouts), so nmn.mlx weights load unchanged. Parameters are
-made on the first call (or by ``build``); each ``__call__`` makes one ``nmn_array`` call on
-``mx.array`` arguments (through nmn_array's MLX namespace adapter), so ``mx.grad``,
-``mx.compile`` and ``mlx.nn.value_and_grad`` see plain MLX operations. Constructor
-arguments, as in ``nmn.mlx``:
+Drop-in replacements for the dense, convolution, embedding and attention layers of
+``nmn.mlx`` 0.3.5 (class names, arguments, parameter names and layouts), so nmn.mlx weights
+load unchanged (the rotary layer's RoPE tables aside: ``docs/frameworks/mlx.md``), and
+nmn.mlx's functional attention API. Parameters are made on the first call (or by
+``build``); each ``__call__`` makes one ``nmn_array`` call on ``mx.array`` arguments
+(through nmn_array's MLX namespace adapter), so ``mx.grad``, ``mx.compile`` and
+``mlx.nn.value_and_grad`` see plain MLX operations. Constructor arguments, as in
+``nmn.mlx``:
 
 - ``features`` (dense), ``filters`` (convolutions): the number of neurons / filters.
 - ``use_bias`` / ``constant_bias``: a learnable bias ``(features,)`` (zeros) inside the
@@ -29,10 +31,15 @@ arguments, as in ``nmn.mlx``:
 - ``dtype`` (default ``mx.float32``): parameters and outputs (inputs are cast to it).
   float16/bfloat16 are computed in float32 and cast back (Decision 3; nmn.mlx computes in
   the low precision itself).
+- Attention (``MultiHeadYatAttention``, ``RotaryYatAttention``): ``embed_dim``,
+  ``num_heads``, ``dropout``, ``normalize_qk``, ``spherical``, ``use_out_proj`` and, for
+  rotary, ``max_seq_len`` and ``theta``, as nmn.mlx; more, keyword-only, in their docstrings.
 
 Layouts (nmn.mlx's): embedding table ``(num_embeddings, features)``; dense kernel
 ``(features, in)``; convolution input ``(N, *spatial, C)`` and kernel ``(filters,
-*kernel_size, C / groups)``; transposed-convolution kernel ``(filters, *kernel_size, C)``.
+*kernel_size, C / groups)``; transposed-convolution kernel ``(filters, *kernel_size, C)``;
+attention projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim, embed_dim)`` and
+``out_kernel`` ``(embed_dim, embed_dim)``, inputs ``(batch, length, features)``.
 
 Examples
 --------
@@ -47,10 +54,13 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
+import types
 from collections.abc import Sequence
 from typing import Any
 
+from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
     alpha_config,
     bias_config,
@@ -63,6 +73,12 @@ from nmn_array.frameworks._common import (
     unit_normalized,
 )
 from nmn_array.frameworks._common import softermax as softermax
+from nmn_array.frameworks._keras_tf import (
+    YatAttentionShell,
+    check_cache_room,
+    projection_storage,
+    settings,
+)
 
 import nmn_array
 from nmn_array import soft_tanh as soft_tanh
@@ -72,6 +88,8 @@ mx: Any = require("mlx.core")
 nn: Any = require("mlx.nn")
 
 __all__ = [
+    "MultiHeadYatAttention",
+    "RotaryYatAttention",
     "YatConv1D",
     "YatConv1d",
     "YatConv2D",
@@ -87,9 +105,13 @@ __all__ = [
     "YatDense",
     "YatEmbed",
     "YatNMN",
+    "normalize_qk",
     "soft_tanh",
     "softer_sigmoid",
     "softermax",
+    "yat_attention",
+    "yat_attention_normalized",
+    "yat_attention_weights",
 ]
 
 
@@ -583,3 +605,427 @@ class YatConvTranspose3D(_YatConvTransposeND):
 
 YatConvTranspose1d, YatConvTranspose2d = YatConvTranspose1D, YatConvTranspose2D
 YatConvTranspose3d = YatConvTranspose3D
+
+
+# --- attention -----------------------------------------------------------------------
+# The keras.ops names the shared attention shell (_keras_tf.YatAttentionShell) uses, as MLX
+# functions.
+_OPS = types.SimpleNamespace(
+    broadcast_to=mx.broadcast_to,
+    expand_dims=mx.expand_dims,
+    reshape=mx.reshape,
+    shape=lambda t: tuple(t.shape),
+    cast=lambda t, dtype: t.astype(dtype),
+    transpose=mx.transpose,
+    where=mx.where,
+    zeros_like=mx.zeros_like,
+    any=mx.any,
+    softplus=nn.softplus,
+)
+
+
+class _Entry:
+    """An entry of the module's dict read as an attribute, None when absent.
+
+    The shared attention shell declares its optional weights (``alpha``, ``out_kernel``, ...)
+    as class attributes defaulting to None; on an ``nn.Module`` (a dict whose arrays are its
+    parameters) such a class attribute would hide the dict entry of the same name.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else obj.get(self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        if value is None:
+            obj.pop(self.name, None)
+        else:
+            obj[self.name] = value
+
+    def __delete__(self, obj: Any) -> None:
+        obj.pop(self.name, None)
+
+
+class _Slot:
+    """A mutable holder of one key/value-cache array (or the int index): an attribute that
+    is not an array, so the cache stays out of ``parameters()`` (out of optimisers, gradients
+    and ``save_weights``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+
+def _drop(weights: Any, rate: float) -> Any:
+    """Dropout of attention weights: each kept with probability ``1 - rate`` and rescaled."""
+    keep = mx.random.bernoulli(1.0 - rate, weights.shape)
+    return nmn_array.drop_connect(weights, keep, rate=rate)
+
+
+class _Attention(YatAttentionShell, nn.Module):
+    """What the attention modules share: projections ``q_kernel``/``k_kernel``/``v_kernel``
+    ``(in, embed_dim)`` and ``out_kernel`` ``(embed_dim, embed_dim)`` from ``N(0, 2 / (in +
+    embed_dim))`` on the first call (biases zeros), dropout, the key/value cache and the
+    performer's projection (a frozen dict entry, ``performer_projection``)."""
+
+    _ops = _OPS
+    alpha = _Entry()
+    bias = _Entry()
+    epsilon_param = _Entry()
+    out_kernel = _Entry()
+    out_bias = _Entry()
+    performer_projection = _Entry()
+
+    @staticmethod
+    def _read(value: Any) -> Any:
+        return value.value if isinstance(value, _Slot) else value
+
+    def _new_weight(self, name: str, shape: tuple, fill: float, dtype: Any = None) -> Any:
+        dtype = getattr(mx, dtype) if isinstance(dtype, str) else dtype
+        return mx.full(shape, fill, dtype=dtype or self.dtype)
+
+    def _param_dtype(self) -> Any:
+        return self.dtype
+
+    def _setup_attention(self, s: dict[str, Any], rotary: bool) -> None:
+        """Record the settings, make alpha / epsilon_param and the performer's projection."""
+        layer = type(self).__name__
+        for name in ("embed_dim", "num_heads"):
+            value = s[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+        s["dtype"] = mx.float32 if s["dtype"] is None else s["dtype"]
+        dtype_name(s["dtype"])  # a floating dtype, or a TypeError naming it
+        self.dtype = s["dtype"]
+        self.dropout = self._init_rotary(s) if rotary else self._init_attention(s)
+        self.is_built = False
+        self._build_alpha()
+        if rotary:  # (nmn's MultiHeadYatAttention has no learnable_epsilon)
+            self._build_epsilon()
+        # the projection's NumPy seed is a draw of MLX's generator: mx.random.seed reproduces it
+        arrays = self._init_performer(s, lambda: int(mx.random.randint(0, 2**31 - 1, ()).item()))
+        if arrays is not None:
+            storage = getattr(mx, projection_storage(self.dtype))
+            self.performer_projection = {
+                key: mx.array(a, dtype=mx.int32 if key == "degrees" else storage)
+                for key, a in arrays.items()
+            }
+            # drawn once and kept (saved with the weights), never trained
+            self.freeze(keys=["performer_projection"], recurse=False)
+
+    def _build_kernels(self, rows: Sequence[int]) -> None:
+        """q/k/v kernels ``(rows, embed_dim)``, the biases and the output projection."""
+        if self.is_built:
+            return
+        self._dims = tuple(int(n) for n in rows)
+        std = math.sqrt(2.0 / (self._dims[0] + self.embed_dim))
+
+        def kernel(name: str, n: int) -> Any:
+            return (mx.random.normal((int(n), self.embed_dim)) * std).astype(self.dtype)
+
+        self._build_projections(kernel, self._dims)
+        self.is_built = True
+
+    def _inputs(self, names: Sequence[str], arrays: Sequence[Any]) -> list[Any]:
+        """Each of ``arrays`` as an ``(batch, length, features)`` mx.array of the module's
+        dtype, with the feature size the projections were built for."""
+        out = []
+        for i, (name, a) in enumerate(zip(names, arrays)):
+            if not isinstance(a, mx.array):
+                raise TypeError(f"{name} must be an mlx.core.array, got {type(a).__name__}")
+            if a.ndim != 3:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} must have shape (batch, length, features), "
+                    f"got shape {a.shape}"
+                )
+            if self.is_built and a.shape[-1] != self._dims[i]:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} has {a.shape[-1]} features, the "
+                    f"projections were built for {self._dims[i]} (shape {a.shape})"
+                )
+            out.append(a if a.dtype == self.dtype else a.astype(self.dtype))
+        return out
+
+    def _refuse_traced_decode(self, x: Any) -> None:
+        """ValueError for ``decode=True`` under ``mx.compile`` or ``mx.vmap``: the cache and its
+        index are Python state, updated as the call runs, which a compiled graph would replay
+        without (silently attending to a frozen cache)."""
+        try:
+            x[:0].sum().item()  # reading an input's value is refused while MLX traces
+        except ValueError as exc:
+            raise ValueError(
+                f"{type(self).__name__}: decode=True cannot run under mx.compile or mx.vmap (the "
+                "key/value cache is Python state that a compiled graph would not update); call "
+                "the decoding steps eagerly"
+            ) from exc
+
+    def _mask(self, mask: Any, length: int, decode: bool) -> Any:
+        """``mask`` checked; when decoding, nmn.mlx's form over the ``index + L`` keys cached
+        so far is widened to the cache's ``max_length`` slots (the later ones hidden)."""
+        if mask is None:
+            return None
+        if not isinstance(mask, mx.array):
+            raise TypeError(f"mask must be an mlx.core.array, got {type(mask).__name__}")
+        if not decode or mask.ndim == 0:
+            return mask
+        seen, slots = int(self._cache_index()) + length, self.cache_key.shape[2]
+        if 1 < seen < slots and mask.shape[-1] == seen:
+            hidden = False if mask.dtype == mx.bool_ else -math.inf
+            widths = [(0, 0)] * (mask.ndim - 1) + [(0, slots - seen)]
+            mask = mx.pad(mask, widths, constant_values=hidden)
+        return mask
+
+    def _dropout_fn(self, training: bool) -> Any:
+        return _api.rate_dropout(_drop, self.dropout, training, "dropout")
+
+    # --- the key/value cache (the hooks of YatAttentionShell) ------------------------
+    def init_cache(self, batch_size: int, max_length: int | None = None, dtype: Any = None) -> None:
+        """Make a zeroed key/value cache of ``max_length`` slots (default ``max_seq_len``,
+        rotary only) for ``batch_size`` sequences and set its index to 0; ``decode=True``
+        calls then write their tokens into it. Called again, it replaces the cache."""
+        if max_length is None:
+            if self.max_seq_len is None:
+                raise ValueError(
+                    f"{type(self).__name__}.init_cache: give max_length, the number of cache slots"
+                )
+            max_length = self.max_seq_len
+        super().init_cache(batch_size, max_length, dtype)
+
+    def reset_cache(self) -> None:
+        """Zero the key/value cache and set its index back to 0."""
+        self._require_cache()
+        for slot in (self.cache_key, self.cache_value):
+            slot.value = mx.zeros_like(slot.value)
+        self.cache_index.value = 0
+
+    def _cache_variables(self, shape: tuple[int, ...], dtype: Any) -> None:
+        zeros = mx.zeros(shape, dtype=self.dtype if dtype is None else dtype)
+        self.cache_key, self.cache_value = _Slot(zeros), _Slot(zeros)
+        self.cache_index = _Slot(0)
+
+    @staticmethod
+    def _assign(slot: _Slot, value: Any) -> None:
+        slot.value = value
+
+    @staticmethod
+    def _update_slice(array: Any, start: list, update: Any) -> Any:
+        starts = mx.array([int(i) for i in start], dtype=mx.int32)
+        return mx.slice_update(array, update, starts, axes=list(range(array.ndim)))
+
+    @staticmethod
+    def _positions(start: Any, length: int) -> Any:
+        return mx.arange(length, dtype=mx.int32) + int(start)
+
+    @staticmethod
+    def _check_room(index: Any, length: int, max_length: int) -> None:
+        check_cache_room(index, length, max_length)
+
+
+class MultiHeadYatAttention(_Attention):
+    """Multi-head attention whose scores are yat products of queries and keys.
+
+    ``softmax(alpha * (q.k)^2 / ((|q - k|^2 + epsilon) * sqrt(head_dim))) @ v`` per head
+    (:func:`nmn_array.yat_attention`), as ``nmn.mlx.MultiHeadYatAttention`` 0.3.5: linear
+    projections ``q_kernel``/``k_kernel``/``v_kernel`` ``(input_dim, embed_dim)``, biases
+    ``q_bias`` ... ``out_bias`` ``(embed_dim,)`` (zeros; ``use_bias``), ``out_kernel``
+    ``(embed_dim, embed_dim)`` (``use_out_proj``), from ``N(0, 2 / (input_dim + embed_dim))``
+    on the first call; ``alpha`` ``(1,)`` at construction.
+
+    ``dropout``: on the attention weights when called with ``training=True``;
+    ``use_alpha``/``constant_alpha`` scale the scores before the softmax (Decision 1);
+    ``normalize_qk``: ``q / max(|q|, 1e-12)`` per head (Decision 2; nmn.mlx divides by
+    ``sqrt(|q|^2 + 1e-6)``); ``spherical``: q and k normalised inside the score; ``epsilon``;
+    ``dtype`` (default ``mx.float32``). Keyword-only, beyond nmn.mlx: ``window=(left,
+    right)`` and ``block_size`` (local attention and the tiling of
+    :func:`nmn_array.yat_attention`), ``causal``, and linear-time attention with
+    ``use_performer`` (``performer_kind`` and the feature counts; see
+    ``docs/frameworks/mlx.md``).
+
+    ``__call__(query, key=None, value=None, mask=None, training=False, *, decode=False)``:
+    inputs ``(batch, length, features)``; ``mask`` broadcasts to ``(batch, heads, q_len,
+    kv_len)``, boolean (True = attend) or floating (additive; -inf hides a key); a query
+    that sees no key outputs zeros. ``decode=True`` (after :meth:`init_cache`): the L new
+    tokens are written into the key/value cache at its index and attend causally to it.
+
+    Examples
+    --------
+    >>> import mlx.core as mx
+    >>> from nmn_array.frameworks.mlx import MultiHeadYatAttention
+    >>> mha = MultiHeadYatAttention(embed_dim=8, num_heads=2)
+    >>> causal = mx.tril(mx.ones((5, 5), dtype=mx.bool_))
+    >>> y = mha(mx.random.normal((2, 5, 8)), mask=causal)
+    >>> y.shape, sorted(mha.parameters())
+    ((2, 5, 8), ['alpha', 'k_bias', 'k_kernel', 'out_bias', 'out_kernel', 'q_bias', 'q_kernel', 'v_bias', 'v_kernel'])
+    """  # noqa: E501
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        normalize_qk: bool = False,
+        spherical: bool = False,
+        use_out_proj: bool = True,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        *,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
+        causal: bool = False,
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        performer_normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self._setup_attention(settings(locals()), rotary=False)
+
+    def build(
+        self, input_dim: int, key_dim: int | None = None, value_dim: int | None = None
+    ) -> None:
+        """Create the projections for query (and key, value) feature sizes."""
+        key_dim = input_dim if key_dim is None else key_dim
+        self._build_kernels((input_dim, key_dim, key_dim if value_dim is None else value_dim))
+
+    def __call__(
+        self,
+        query: Any,
+        key: Any = None,
+        value: Any = None,
+        mask: Any = None,
+        training: bool = False,
+        *,
+        decode: bool = False,
+    ) -> Any:
+        key = query if key is None else key
+        value = key if value is None else value
+        query, key, value = self._inputs(("query", "key", "value"), (query, key, value))
+        if not self.is_built:
+            self.build(query.shape[-1], key.shape[-1], value.shape[-1])
+        if decode:
+            self._refuse_traced_decode(query)
+        mask = self._mask(mask, query.shape[1], decode)
+        dropout = self._dropout_fn(training)
+        return self._attend(query, key, value, mask, self._alpha_arg(), dropout, decode=decode)
+
+
+class RotaryYatAttention(_Attention):
+    """Multi-head yat attention with rotary position embeddings (RoPE, interleaved pairs),
+    as ``nmn.mlx.RotaryYatAttention`` 0.3.5.
+
+    Self-attention of ``x (batch, L, input_dim)``: projections as
+    :class:`MultiHeadYatAttention` (``use_bias`` defaults to True, as in nmn.mlx); q and k
+    rotated by :func:`nmn_array.rotary_embedding` (``theta``) at positions
+    ``position_offset + t`` (below ``max_seq_len``); ``embed_dim / num_heads`` must be even.
+    nmn.mlx's frequency tables ``freqs_cos``/``freqs_sin`` are not kept (RoPE is computed
+    from the positions; see ``docs/frameworks/mlx.md``). Keyword-only, beyond nmn.mlx:
+    ``normalize_qk``, ``learnable_epsilon`` (``epsilon_param (1,)``), ``normalization``
+    (``"softmax"``, ``"softermax"`` (``use_softermax``) or ``"l1"``, to ``power``), and
+    ``window``, ``block_size``, ``causal``, ``use_performer`` ... as
+    :class:`MultiHeadYatAttention`.
+
+    ``__call__(x, mask=None, *, training=False, position_offset=0, decode=False,
+    positions=None)``: ``positions``, an integer mx.array ``(L,)``, or ``(L, 2)`` / ``(batch,
+    L, 2)`` for 2-D RoPE, replaces ``position_offset + t``. ``decode=True`` (after :meth:`init_cache`): positions continue
+    from the cache index; ``mask`` then covers the ``max_length`` cache slots or, as in
+    nmn.mlx, the ``index + L`` keys cached so far.
+
+    Examples
+    --------
+    >>> import mlx.core as mx
+    >>> from nmn_array.frameworks.mlx import RotaryYatAttention
+    >>> attn = RotaryYatAttention(8, 2, max_seq_len=16)
+    >>> x = mx.random.normal((2, 5, 8))
+    >>> full = attn(x)
+    >>> attn.init_cache(batch_size=2, max_length=16)
+    >>> steps = [attn(x[:, t : t + 1], decode=True) for t in range(5)]
+    >>> bool(mx.allclose(mx.concatenate(steps, axis=1), attn(x, mask=mx.tril(mx.ones((5, 5))) > 0)))
+    True
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        max_seq_len: int = 2048,
+        *,
+        theta: float = 10000.0,
+        dropout: float = 0.0,
+        use_bias: bool = True,
+        use_alpha: bool = True,
+        constant_alpha: bool | float | None = None,
+        use_out_proj: bool = True,
+        epsilon: float = 1e-5,
+        dtype: Any = None,
+        normalize_qk: bool = False,
+        learnable_epsilon: bool = False,
+        normalization: str = "softmax",
+        use_softermax: bool = False,
+        power: float = 1.0,
+        window: tuple[int | None, int | None] | None = None,
+        block_size: int | str | None = "auto",
+        causal: bool = False,
+        use_performer: bool = False,
+        performer_kind: str = "slay",
+        num_anchor_features: int = 16,
+        num_prf_features: int = 8,
+        num_quad_nodes: int = 1,
+        performer_num_features: int = 256,
+        performer_bias: float = 1.0,
+        performer_nmax: int = 40,
+        performer_sketch_m: int = 128,
+        performer_num_radial: int = 8,
+        performer_radial_dim: int = 64,
+        performer_normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self._setup_attention(settings(locals()), rotary=True)
+
+    def build(self, input_dim: int) -> None:
+        """Create the projections for inputs of ``input_dim`` features."""
+        self._build_kernels((input_dim,) * 3)
+
+    def __call__(
+        self,
+        x: Any,
+        mask: Any = None,
+        *,
+        training: bool = False,
+        position_offset: int = 0,
+        decode: bool = False,
+        positions: Any = None,
+    ) -> Any:
+        (x,) = self._inputs(("x",), (x,))
+        if not self.is_built:
+            self.build(x.shape[-1])
+        if decode:
+            self._refuse_traced_decode(x)
+        mask = self._mask(mask, x.shape[1], decode)
+        rotary = functools.partial(
+            self._rotary_positions, offset=position_offset, positions=positions, decode=decode
+        )
+        dropout = self._dropout_fn(training)
+        return self._attend(x, x, x, mask, self._alpha_arg(), dropout, rotary, decode)
+
+
+# nmn.mlx's functional attention: q, k, v (batch, length, heads, dim)
+yat_attention_weights, yat_attention, yat_attention_normalized = _api.keras_style_api(_drop)
+normalize_qk = _api.normalize_qk

@@ -370,7 +370,8 @@ ATTN_LAYER = load("layers/attention.yaml")
 DENSE_LAYER = load("layers/dense.yaml")
 
 
-def test_attention_ignoring_alpha_fails_module_equals_function():
+@pytest.mark.parametrize("target", ["torch:float64", "mlx:float64"])
+def test_attention_ignoring_alpha_fails_module_equals_function(target):
     """The harness-side projections and the function call are compared, not just shapes."""
 
     def broken(q, k, v, **kw):
@@ -379,21 +380,23 @@ def test_attention_ignoring_alpha_fails_module_equals_function():
 
     # alpha pinned to a value other than 1: which alpha modes the derandomized draws reach
     # depends on the whole spec (adding a framework's entry changed them)
-    must_fail(ATTN_LAYER, "module_equals_function", "torch:float64", broken, alpha_mode="constant")
+    must_fail(ATTN_LAYER, "module_equals_function", target, broken, alpha_mode="constant")
 
 
-def test_forgotten_weight_fails_module_equals_function():
-    """JAX modules are built abstractly; a variable the spec does not set is NaN, so a spec
-    that forgets one fails instead of comparing against an arbitrary initial value."""
+@pytest.mark.parametrize("framework", ["nnx", "mlx"])
+def test_forgotten_weight_fails_module_equals_function(framework):
+    """JAX modules are built abstractly and MLX modules poisoned after their first call; a
+    variable the spec does not set is NaN, so a spec that forgets one fails instead of
+    comparing against an arbitrary initial value."""
     data = {**DENSE_LAYER.data, "modules": dict(DENSE_LAYER.data["modules"])}
-    data["modules"]["nnx"] = {
-        **data["modules"]["nnx"],
+    data["modules"][framework] = {
+        **data["modules"][framework],
         "weights": {"alpha": "alpha if alpha_mode == 'learnable' else None"},
     }
     unit = dataclasses.replace(
         DENSE_LAYER.unit, file=dataclasses.replace(DENSE_LAYER.unit.file, data=data)
     )
-    failure = verdict(Spec(unit), "module_equals_function", "nnx:float64")
+    failure = verdict(Spec(unit), "module_equals_function", f"{framework}:float64")
     assert failure is not None and "nan" in str(failure).lower()
 
 

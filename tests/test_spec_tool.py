@@ -263,10 +263,11 @@ FRAMEWORK_BASES = {
     "keras": ("keras", "keras.layers:Layer"),
     "tf": ("tensorflow", "tensorflow:Module"),
     "equinox": ("equinox", "equinox:Module"),
+    "mlx": ("mlx.core", "mlx.nn:Module"),
 }
 #: Frameworks whose dependency CI always installs (requirements/ci.txt): a failing import
 #: is an error there, not a skip.
-REQUIRED_FRAMEWORKS = ("equinox",)
+REQUIRED_FRAMEWORKS = ("equinox", "mlx")
 
 
 def spec_classes(files) -> dict[str, set[str]]:

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 BACKENDS = ("numpy", "array_api_strict", "torch", "jax", "tensorflow", "dask", "cupy", "mlx")
-FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf", "equinox")
+FRAMEWORKS = ("torch", "nnx", "linen", "keras", "tf", "equinox", "mlx")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 #: Dtypes the library computes in float32 and casts back (saturating) to; a spec listing
 #: one needs a tolerance entry of that name (docs/testing.md, "Low precision").

@@ -145,11 +145,8 @@ def framework_backend(framework: str) -> Backend:
         import keras
 
         return calls.backend(keras.backend.backend())
-    return calls.backend(
-        {"torch": "torch", "nnx": "jax", "linen": "jax", "equinox": "jax", "tf": "tensorflow"}[
-            framework
-        ]
-    )
+    backends = {"torch": "torch", "nnx": "jax", "linen": "jax", "equinox": "jax"}
+    return calls.backend({**backends, "tf": "tensorflow", "mlx": "mlx"}[framework])
 
 
 def _env(case: Case) -> dict[str, Any]:
@@ -264,10 +261,29 @@ def _build(
         module = cls(**init, **extra)
         shapes = jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, method=method), *args)
         return _Built(module, _concrete(dict(shapes)))
+    if framework == "mlx":
+        return _Built(_mlx_module(cls, init, dtype, args, method))
     # keras and tf: construct in the dtype, then call once to create the variables
     module = cls(**init, dtype=dtype)
     getattr(module, method or "__call__")(*args)
     return _Built(module)
+
+
+def _mlx_module(cls: Any, init: dict[str, Any], dtype: str, args: list, method: str | None) -> Any:
+    """An MLX module in ``dtype``, called once to create its parameters, then with every
+    floating parameter NaN: a weight the spec does not set poisons the output (as the JAX
+    modules' :func:`_concrete` does) instead of passing with its random initial value."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+
+    module = cls(**init, dtype=getattr(mx, dtype))
+    getattr(module, method or "__call__")(*args)
+
+    def poison(a: Any) -> Any:
+        return mx.full(a.shape, np.nan, a.dtype) if mx.issubdtype(a.dtype, mx.floating) else a
+
+    module.update(tree_map(poison, module.parameters()))
+    return module
 
 
 def _call(
@@ -333,6 +349,12 @@ def _set_weight(framework: str, built: _Built, path: str, value: np.ndarray, dty
 
         new = jnp.asarray(value, dtype=target.dtype)
         built.module = eqx.tree_at(lambda m: _get_path(m, path), built.module, new)
+    elif framework == "mlx":  # an nn.Module holds its arrays as dict entries
+        import mlx.core as mx
+
+        parent_path, _, name = path.rpartition(".")
+        parent = _get_path(built.module, parent_path) if parent_path else built.module
+        parent[name] = mx.array(value, dtype=target.dtype)
     else:  # keras / tf variables
         target.assign(np.asarray(value).astype(dtype))
 
