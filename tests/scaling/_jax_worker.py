@@ -156,6 +156,26 @@ def tensor_parallel(rec: Recorder, mesh: jax.sharding.Mesh, dtype: type) -> None
         rec.save(name, "rows_shard_map", y)
         facts["rows_shard_map"] = sharding_facts(y)
 
+        # a Flax NNX YatNMN whose kernel (in, out) and bias are split over their neurons
+        layer = YatNMN(32, 16, param_dtype=dtype, dtype=dtype, rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(layer)
+
+        def by_neuron(path, leaf):
+            key = jax.tree_util.keystr(path)
+            spec = P(None, "model") if "kernel" in key else P("model") if "bias" in key else P()
+            return jax.device_put(leaf, NamedSharding(mesh, spec))
+
+        sharded_state = jax.tree_util.tree_map_with_path(by_neuron, state)
+        call = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+        rec.save(name, "layer_single", call(jax.device_put(state, jax.devices()[0]), x))
+        y = call(sharded_state, x)
+        rec.save(name, "layer_rows", y)
+        facts["layer_rows"] = sharding_facts(y)
+        facts["layer_params"] = {
+            jax.tree_util.keystr(p): sharding_facts(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(sharded_state)
+        }
+
         # features split: the helper sums dot and norms across the shards, then the ratio
         feature_specs = (P(None, "model"), P(None, "model"), P())
 

@@ -148,6 +148,21 @@ def test_tensor_parallel_outputs_live_where_expected(worker: Results, dtype: str
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_nnx_layer_with_neuron_sharded_parameters(worker: Results, dtype: str) -> None:
+    """A Flax NNX YatNMN whose kernel ``(in, out)`` and bias are split over the neurons, in
+    one jitted call, equals the layer on one device; its output stays split the same way."""
+    facts = worker.section(f"tp_{dtype}")
+    single = worker.array(f"tp_{dtype}", "layer_single")
+    got = worker.array(f"tp_{dtype}", "layer_rows")
+    tol = reorder_tol(dtype)
+    np.testing.assert_allclose(got, single, rtol=tol, atol=tol * np.max(np.abs(single)))
+    params = facts["layer_params"]
+    kernel = next(v for k, v in params.items() if "kernel" in k)
+    assert kernel["spec"] == [None, "model"] and kernel["shard_shapes"] == [[32, 4]] * 4, kernel
+    assert facts["layer_rows"]["spec"] == [None, "model"], facts["layer_rows"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_naive_per_shard_yat_is_wrong(worker: Results, dtype: str) -> None:
     """Summing the yat of each feature shard is not the yat of the whole vectors."""
     naive, unsharded = (
