@@ -21,14 +21,15 @@ import pytest
 
 from tests._assertions import assert_matches
 from tests.reference import yat_ref
-from tests.scaling._worker import DTYPES, Results, reorder_tol, run_worker, unit_roundoff
+from tests.scaling._worker import DTYPES, Results, reorder_tol, requires, run_worker, unit_roundoff
 
-#: the worker takes ~35 s on 2 busy cores (~25 s quiet); the bound leaves room for a slow CI
+#: the worker takes ~30 s on 2 busy cores; the bound leaves room for a slow CI
 TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    requires("flax", "optax")
     out: Path = tmp_path_factory.mktemp("jax_sharding")
     return run_worker("tests.scaling._jax_worker", out, timeout=TIMEOUT)
 

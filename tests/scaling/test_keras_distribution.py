@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.scaling._worker import DTYPES, Results, reorder_tol, run_worker, unit_roundoff
+from tests.scaling._worker import DTYPES, Results, reorder_tol, requires, run_worker, unit_roundoff
 
-#: the worker takes ~35 s on 2 busy cores; the bound leaves room for a slow CI
+#: the worker takes ~17 s on 2 busy cores; the bound leaves room for a slow CI
 TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Results:
+    requires("keras")
     out: Path = tmp_path_factory.mktemp("keras_distribution")
     return run_worker("tests.scaling._keras_worker", out, timeout=TIMEOUT, KERAS_BACKEND="jax")
 
