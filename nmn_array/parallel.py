@@ -60,9 +60,9 @@ def yat_feature_sharded(
     direct distance with a second all-reduce (one value per input), and puts it in. So the
     near-collision accuracy of ``yat`` is kept (docs/scaling.md gives the float32 error
     bound and the figures measured); ``distance="expanded"`` skips the second all-reduce.
-    It assumes the all-reduce gives every shard bit-identical sums (XLA's, NCCL's and
-    gloo's all-reduce do): a shard that saw a different minimum would add another neuron's
-    partial distance.
+    It assumes the all-reduce gives every shard bit-identical sums (ring and tree
+    all-reduces compute each sum once and send it to every shard; the tests run XLA's on
+    CPU): a shard that saw a different minimum would add another neuron's partial distance.
 
     Parameters
     ----------
