@@ -17,6 +17,7 @@ docs/math.md, "Accuracy".
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -56,9 +57,23 @@ def nearest_direct(
     return index, direct
 
 
-def refine_distance(xp: ModuleType, dist: Any, x: Any, w: Any, **modes: bool) -> Any:
+def refine_distance(
+    xp: ModuleType,
+    dist: Any,
+    x: Any,
+    w: Any,
+    *,
+    all_sum: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None,
+    **modes: bool,
+) -> Any:
     """``dist`` with each row's smallest entry replaced by the direct squared distance;
-    ``modes`` (``in_out``, ``unit_x``, ``unit_w``) as in :func:`nearest_direct`."""
+    ``modes`` (``in_out``, ``unit_x``, ``unit_w``) as in :func:`nearest_direct`.
+
+    ``all_sum``: ``x`` and ``w`` are one shard of the features and ``dist`` is already
+    summed over the shards (so every shard picks the same nearest column, provided the
+    all-reduce gives every shard the same values); the direct distances, partial sums over
+    this shard's features, are summed with it before they are put in.
+    """
     if 0 in tuple(dist.shape):
         return dist  # no rows or no columns: nothing to refine (Dask cannot reduce empties)
     if len(w.shape) > 2 and None in shape_of(dist)[:-1]:
@@ -66,6 +81,8 @@ def refine_distance(xp: ModuleType, dist: Any, x: Any, w: Any, **modes: bool) ->
         # shapes, e.g. a SavedModel signature with a None batch): left unrefined
         return dist
     index, direct = nearest_direct(xp, dist, x, w, **modes)
+    if all_sum is not None:
+        (direct,) = all_sum((direct,))
     n = dist.shape[-1]
     cols = xp.arange(n, dtype=index.dtype, **device_kw(xp, index))
     hit = cols == xp.expand_dims(index, axis=-1)

@@ -110,10 +110,19 @@ def is_mlx(xp: ModuleType) -> bool:
 
 def device_of(xp: ModuleType, x: Any) -> Any:
     """The device of ``x`` (``None`` for TensorFlow and MLX, whose adapters let the library
-    place arrays itself)."""
+    place arrays itself, and for a JAX array spread over several devices).
+
+    A sharded JAX array's ``device`` is its ``Sharding``, which fits only arrays of its own
+    rank and divisible sizes (``P("batch")`` cannot place a scalar or an index vector). The
+    arrays built from it (constants, indices, padding) are therefore left uncommitted:
+    JAX places them next to the sharded operands they meet (docs/scaling.md).
+    """
     if is_tf(xp) or is_mlx(xp):
         return None
-    return array_api_compat.device(x)
+    dev = array_api_compat.device(x)
+    if is_jax(xp) and not isinstance(dev, sys.modules["jax"].Device):
+        return None
+    return dev
 
 
 def device_kw(xp: ModuleType, x: Any) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from nmn_array import _validation as v
 from nmn_array._distance import refine_distance
@@ -94,6 +94,54 @@ def yat(
     >>> nmn_array.yat(x, w, epsilon=1.0).round(6).tolist()
     [[1.0], [0.0]]
     """
+    v.check_bool(spherical, "spherical")
+    v.check_bool(weight_normalized, "weight_normalized")
+    a = dense_args(x, w, bias, alpha, epsilon, distance, distance_floor, w_in_out=_w_in_out)
+    xp, wc, in_out = a.xp, a.w, a.in_out
+    # d = 0 (empty vectors: y = alpha * b^2 / epsilon) takes the standard path, which handles
+    # empty axes on every library; the fused torch kernel does not.
+    native = _native and a.d != 0 and a.floor == 0.0  # the fused kernel clamps at 0
+    if in_out and native and is_torch(xp):
+        wc, in_out = xp.matrix_transpose(wc), False  # a free view; the fused path wants (n, d)
+    out = _yat_dense(
+        xp, a.x, wc, a.bias, a.alpha, a.epsilon, spherical, weight_normalized, native, in_out,
+        a.refine, a.floor,
+    )  # fmt: skip
+    if a.vector:
+        out = out[..., 0]
+    return v.cast_back(xp, out, x.dtype)
+
+
+class DenseArgs(NamedTuple):
+    """The validated arguments of a dense yat, in the compute dtype (see :func:`dense_args`)."""
+
+    xp: Any
+    x: Any
+    w: Any  #: (n, d), or (d, n) if ``in_out``; a vector ``w`` as one row
+    bias: Any
+    alpha: Any
+    epsilon: Any
+    in_out: bool
+    vector: bool  #: ``w`` was a vector: the caller drops the output's last axis
+    d: int | None
+    refine: bool
+    floor: float
+
+
+def dense_args(
+    x: Any,
+    w: Any,
+    bias: Any,
+    alpha: Any,
+    epsilon: Any,
+    distance: str,
+    distance_floor: float,
+    *,
+    w_in_out: bool = False,
+) -> DenseArgs:
+    """Validate the arguments :func:`yat` shares with :mod:`nmn_array.parallel` (shapes,
+    dtypes, ``epsilon``, ``distance``, ``distance_floor``) and convert the arrays to the
+    compute dtype. ``w_in_out``: ``w`` is a framework's ``(d, n)`` kernel."""
     bias, alpha, epsilon = v.plain_all(bias, alpha, epsilon)
     v.check_known_sizes(x=x, w=w, bias=bias, alpha=alpha, epsilon=epsilon)
     xp = array_namespace(x, w, bias, alpha, epsilon)
@@ -101,14 +149,12 @@ def yat(
     v.check_float_array(xp, w, "w")
     v.check_float_array(xp, bias, "bias")
     v.check_epsilon(epsilon, xp, dtype)
-    v.check_bool(spherical, "spherical")
-    v.check_bool(weight_normalized, "weight_normalized")
     refine = v.lowered_choice(distance, "distance", DISTANCES) == "refined"
     floor = v.check_floor(distance_floor, "distance_floor")
     xs, ws = v.shape_of(x), v.shape_of(w)
-    # _w_in_out: a framework's (d, n) kernel, used as it is stored; XLA otherwise materialises
+    # w_in_out: a framework's (d, n) kernel, used as it is stored; XLA otherwise materialises
     # the transposes to and from (n, d) in every step.
-    in_out = _w_in_out and len(ws) == 2
+    in_out = w_in_out and len(ws) == 2
     if in_out:
         ws = (ws[1], ws[0])
     if len(xs) < 1:
@@ -137,17 +183,7 @@ def yat(
     bc = v.as_compute(xp, bias, dtype)
     if vector:
         wc = xp.reshape(wc, (1, ws[0]))
-    # d = 0 (empty vectors: y = alpha * b^2 / epsilon) takes the standard path, which handles
-    # empty axes on every library; the fused torch kernel does not.
-    native = _native and ws[-1] != 0 and floor == 0.0  # the fused kernel clamps at 0
-    if in_out and native and is_torch(xp):
-        wc, in_out = xp.matrix_transpose(wc), False  # a free view; the fused path wants (n, d)
-    out = _yat_dense(
-        xp, xc, wc, bc, alpha, epsilon, spherical, weight_normalized, native, in_out, refine, floor
-    )
-    if vector:
-        out = out[..., 0]
-    return v.cast_back(xp, out, x.dtype)
+    return DenseArgs(xp, xc, wc, bc, alpha, epsilon, in_out, vector, ws[-1], refine, floor)
 
 
 def _yat_dense(
@@ -192,14 +228,25 @@ def plain_yat_dense(
     in_out=False,
     refine=True,
     floor=0.0,
+    all_sum=None,
 ):
     """The standard-only dense yat; ``unit_x``/``unit_w`` take ``|x|^2``/``|w|^2`` as 1
     (spherical mode's distance ``2 - 2 x.w`` is the expanded one with both norms 1);
-    ``in_out``: ``w`` is ``(d, n)``; ``refine``: see :mod:`nmn_array._distance`."""
+    ``in_out``: ``w`` is ``(d, n)``; ``refine``: see :mod:`nmn_array._distance`.
+
+    ``all_sum``: ``x`` and ``w`` hold one shard of the features, and ``all_sum`` sums a tuple
+    of arrays over the shards (:mod:`nmn_array.parallel`); the dot product and both squared
+    norms are summed before the distance, the refined distance before it is put in. Only
+    without ``unit_x``/``unit_w``, whose constant norms are not per-shard quantities.
+    """
     dot = xp.matmul(x, w if in_out else xp.matrix_transpose(w))
     x_sq = 1.0 if unit_x else xp.sum(x * x, axis=-1, keepdims=True)
     w_sq = 1.0 if unit_w else xp.sum(w * w, axis=0 if in_out else -1)
+    if all_sum is not None:
+        dot, x_sq, w_sq = all_sum((dot, x_sq, w_sq))
     dist = expanded_distance(dot, x_sq, w_sq)
     if refine:
-        dist = refine_distance(xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w)
+        dist = refine_distance(
+            xp, dist, x, w, in_out=in_out, unit_x=unit_x, unit_w=unit_w, all_sum=all_sum
+        )
     return yat_ratio(xp, dot, dist, bias=bias, alpha=alpha, epsilon=epsilon, floor=floor)
