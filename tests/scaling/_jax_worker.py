@@ -21,9 +21,9 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
+from nmn_array.frameworks.nnx import MultiHeadYatAttention, YatConv2D, YatNMN  # noqa: E402
 
 import nmn_array  # noqa: E402
-from nmn_array.frameworks.nnx import MultiHeadYatAttention, YatConv2D, YatNMN  # noqa: E402
 from nmn_array.parallel import yat_feature_sharded  # noqa: E402
 from tests.scaling._worker import Recorder, main_dir, sharding_facts  # noqa: E402
 

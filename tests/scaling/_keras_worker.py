@@ -19,8 +19,8 @@ jax.config.update("jax_enable_x64", True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 from nmn_array.frameworks.keras import MultiHeadYatAttention, YatConv2D, YatNMN  # noqa: E402
+
 from tests.scaling._worker import Recorder, main_dir, sharding_facts  # noqa: E402
 
 BATCH = 8
