@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +36,8 @@ import pytest
 import torch
 from nmn_array.frameworks.torch import YatConv2D, YatNMN
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._bounded import ROOT, run_module
+
 F64 = torch.float64
 WORLD = 2
 STEPS, BATCH, LR = 3, 16, 0.1
@@ -162,22 +161,8 @@ def _launch(out: str) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """Each mode's results, one per rank; the whole run bounded by ``TIMEOUT``."""
     out = tmp_path_factory.mktemp("torch_distributed")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [sys.executable, "-m", "tests.scaling.test_torch_distributed", str(out)]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        log, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its ranks
-        log, _ = proc.communicate()
-        pytest.fail(f"the distributed run took over {TIMEOUT} s:\n{log[-4000:]}")
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{log[-4000:]}"
+    module = "tests.scaling.test_torch_distributed"
+    log = run_module(module, str(out), cwd=ROOT, timeout=TIMEOUT)  # kills the ranks too
     results = {m: [torch.load(out / f"{m}_rank{r}.pt") for r in range(WORLD)] for m in MODES}
     return {**results, "log": log}
 
