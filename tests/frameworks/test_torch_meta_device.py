@@ -151,18 +151,15 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[int, ...]]] = {
     },
 }
 
-LAYERS = [
-    "YatNMN",
-    "YatConv1D",
-    "YatConv2D",
-    "YatConv3D",
-    "YatConvTranspose1D",
-    "YatConvTranspose2D",
-    "YatConvTranspose3D",
-    "YatEmbed",
-    "MultiHeadYatAttention",
-    "RotaryYatAttention",
-]
+#: Every layer class the module exports (aliases once): a new class needs a case above.
+LAYERS = sorted(
+    {
+        getattr(ours, name).__name__
+        for name in ours.__all__
+        if isinstance(getattr(ours, name), type)
+        and issubclass(getattr(ours, name), torch.nn.Module)
+    }
+)
 
 
 def _build(name: str, how: str) -> torch.nn.Module:
