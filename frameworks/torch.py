@@ -18,7 +18,11 @@ docstring names the ones it takes):
   ``epsilon = softplus(epsilon_param)``, stored in at least float32 (Decision 11).
 - ``dtype``: the computation dtype (default: the input's; YatEmbed: the table's).
   ``param_dtype``: the storage dtype (default ``dtype``; YatNMN: float32). ``device``: where
-  the parameters are made.
+  the parameters are made. Every layer can be made on the ``meta`` device (``device="meta"``
+  or ``with torch.device("meta")``: shapes only, no memory) and materialised with
+  ``to_empty(device=...)`` then ``reset_parameters()``, which draws every parameter and
+  buffer as the constructor does (the same generator calls, in the same order), as FSDP's
+  deferred initialisation needs; a tied kernel bank cannot be materialised that way.
 - ``weight_normalized``: unit-norm neurons, filters or rows (normalised once at construction;
   dense and conv again in every forward). ``spherical``: inputs and neurons at unit length
   (``v / (|v| + 1e-8)``, Decision 7; attention: ``v / sqrt(|v|^2 + epsilon)``), distance
@@ -154,10 +158,13 @@ class _YatParams(nn.Module):
         self.epsilon = _common.check_epsilon(a["epsilon"])
         self.learnable_epsilon = bool(a.get("learnable_epsilon", False))
         self.register_parameter("epsilon_param", None)
+        self._epsilon_raw: float | None = None  # what reset_parameters puts back
         if self.learnable_epsilon:
             # validated here (as nmn); stored in at least float32 (see _apply)
-            value, dtype = _common.learnable_epsilon(self.epsilon, storage)
-            raw = torch.full((1,), value, dtype=getattr(torch, dtype), device=a["device"])
+            self._epsilon_raw, dtype = _common.learnable_epsilon(self.epsilon, storage)
+            raw = torch.full(
+                (1,), self._epsilon_raw, dtype=getattr(torch, dtype), device=a["device"]
+            )
             self.epsilon_param = nn.Parameter(raw)
         if weight is not None:  # a bank's Parameter is shared as it is
             self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
@@ -214,12 +221,29 @@ class _YatParams(nn.Module):
         return self.weight[:units]
 
     def _setup_kernel(self, a: dict[str, Any], made: bool = True) -> None:
-        """nmn's kernel-bank settings and ``weight_normalized``: the stored weight is
-        normalised once here (a bank by the layer that ``made`` it), and in every forward."""
-        self._keep(a, "weight_normalized kernel_bank_size kernel_bank_id tie_kernel_bank")
-        if self.weight_normalized and made:
+        """nmn's kernel-bank settings and ``weight_normalized`` (the transposed convolutions
+        have neither); ``made``: whether this layer made its kernel (a layer that joined
+        another's bank leaves it alone)."""
+        self.weight_normalized = bool(a.get("weight_normalized", False))
+        banks = ("tie_kernel_bank", "kernel_bank_size", "kernel_bank_id")
+        self._keep(a, " ".join(n for n in banks if n in a))
+        self._made_bank = made
+
+    def _normalize_kernel(self) -> None:
+        """With ``weight_normalized``, unit neurons or filters: the stored weight is
+        normalised once at initialisation and again in every forward."""
+        if self.weight_normalized:
             with torch.no_grad():
                 self.weight.copy_(_common.unit_normalized(self.weight, 0))
+
+    def _reset_scalars(self, alpha_init: Callable[[Tensor], object] | None = None) -> None:
+        """What the constructor sets without drawing: ``alpha`` (1, or ``alpha_init``) and the
+        learnable epsilon's raw value."""
+        with torch.no_grad():
+            if self.epsilon_param is not None:
+                self.epsilon_param.fill_(self._epsilon_raw)
+            if self.alpha is not None:
+                (alpha_init or nn.init.ones_)(self.alpha)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Any:
         if getattr(self, "tie_kernel_bank", False):
@@ -321,8 +345,10 @@ class YatNMN(_YatParams):
                 )
         self._setup_yat(locals(), param_dtype, weight)
         self._setup_bias(locals(), param_dtype, (1,) if scalar_bias else (out_features,))
-        self.reset_parameters(kernel_init, bias_init, alpha_init, initialize_kernel=made)
         self._setup_kernel(locals(), made)
+        # kept for reset_parameters() (materialising a layer built on the meta device)
+        self._initializers = (kernel_init, bias_init, alpha_init)
+        self.reset_parameters(initialize_kernel=made)
         self.weight.requires_grad_(not self.lazy)
 
     def reset_parameters(
@@ -333,19 +359,35 @@ class YatNMN(_YatParams):
         *,
         initialize_kernel: bool = True,
     ) -> None:
-        """Initialise ``weight`` (xavier normal; not if ``initialize_kernel`` is False: a
-        layer that joins a kernel bank keeps it), ``bias`` (U(+-1/sqrt(in))) and ``alpha``
-        (1)."""
+        """Initialise every parameter as the constructor does, drawing from torch's default
+        generator in the same order: ``weight`` (the constructor's ``kernel_init``, default
+        xavier normal; ``abs()`` with ``positive_init``; unit rows with ``weight_normalized``;
+        not if ``initialize_kernel`` is False: a layer that joins a kernel bank keeps it),
+        ``bias`` (``bias_init``, default U(+-1/sqrt(in))), ``alpha`` (``alpha_init``, default
+        1) and ``epsilon_param``. An initialiser given here replaces the constructor's for
+        this call. After ``to_empty(device=...)`` this materialises a layer built on the
+        ``meta`` device; with the generator seeded as before construction, exactly.
+
+        Examples
+        --------
+        >>> layer = YatNMN(4, 2, device="meta").to_empty(device="cpu")
+        >>> layer.reset_parameters()
+        >>> bool(layer.bias.abs().max() <= 0.5), layer.alpha.tolist()
+        (True, [1.0])
+        """
+        kernel_init = kernel_init or self._initializers[0] or nn.init.xavier_normal_
+        bias_init = bias_init or self._initializers[1]
         bound = 1.0 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
         with torch.no_grad():
             if initialize_kernel:
-                (kernel_init or nn.init.xavier_normal_)(self.weight)
+                kernel_init(self.weight)
             if initialize_kernel and self.positive_init:
                 self.weight.abs_()
+            if initialize_kernel:
+                self._normalize_kernel()
             if self.bias is not None:
                 (bias_init or partial(nn.init.uniform_, a=-bound, b=bound))(self.bias)
-            if self.alpha is not None:
-                (alpha_init or nn.init.ones_)(self.alpha)
+        self._reset_scalars(alpha_init or self._initializers[2])
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in_features)`` -> ``(..., out_features)``."""
@@ -370,8 +412,17 @@ YatDense = YatNMN
 _GEOMETRY = ("stride", "padding", "output_padding", "dilation", "groups", "padding_mode")
 
 
+def _fan_in_uniform_(bias: Tensor, weight: Tensor) -> None:
+    """``torch.nn.Conv*d``'s bias initialiser, U(+-1/sqrt(fan_in)), in place."""
+    fan_in = weight[0].numel()  # in/groups * prod(k), or out/groups * prod(k) transposed
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    nn.init.uniform_(bias, -bound, bound)
+
+
 class _YatConv(_YatParams):
     """What a yat convolution adds to its torch base class (nmn's settings, one call)."""
+
+    _ready = False  # torch's __init__ calls reset_parameters before nmn's settings exist
 
     def _setup(self, a: dict[str, Any]) -> None:
         """torch's weight, bias and geometry (and initialisers), then nmn's settings; a
@@ -395,10 +446,10 @@ class _YatConv(_YatParams):
             # new filters as torch's Conv*d initialises its weight (kaiming uniform, a=sqrt 5)
             init = partial(nn.init.kaiming_uniform_, a=math.sqrt(5))
             self.weight, self._made_bank = self._attach_bank(a, key, units, lambda n: w, init)
-            if own:  # torch's Conv*d bias (U(+-1/sqrt(fan_in))) of the layer's own size
-                bound = 1.0 / math.sqrt(w[0].numel()) if w[0].numel() > 0 else 0.0
-                bias = torch.empty(units, device=a["device"], dtype=storage)
-                self.bias = nn.Parameter(nn.init.uniform_(bias, -bound, bound))
+            if own:  # torch's Conv*d bias of the layer's own size
+                self.bias = nn.Parameter(torch.empty(units, device=a["device"], dtype=storage))
+                with torch.no_grad():
+                    _fan_in_uniform_(self.bias, w)
         self.compute_dtype = a["dtype"]
         self.param_dtype = storage
         self.use_dropconnect = bool(a["use_dropconnect"])
@@ -409,6 +460,51 @@ class _YatConv(_YatParams):
         if mask is not None and tuple(mask.shape) != shape:
             raise ValueError(f"mask must have the weight's shape {shape}, got {tuple(mask.shape)}")
         self.register_buffer("mask", mask)
+        # the tensor given, which reset_parameters copies back (to_empty leaves the buffer empty)
+        self._given_mask = mask
+        self._setup_kernel(a, self._made_bank)
+        if self._made_bank:
+            self._normalize_kernel()
+        self._ready = True
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter and the ``mask`` buffer as the constructor does, drawing
+        from torch's default generator in the same order: ``weight`` as ``torch.nn.Conv*d``
+        (kaiming uniform, ``a = sqrt(5)``; unit filters with ``weight_normalized``; a layer
+        that joined another's kernel bank leaves it), a per-channel ``bias``
+        U(+-1/sqrt(fan_in)), then a scalar bias 0, ``alpha`` 1, ``epsilon_param``, and the
+        ``mask`` given to the constructor. After ``to_empty(device=...)`` this materialises a
+        layer built on the ``meta`` device; with the generator seeded as before construction,
+        exactly.
+
+        Examples
+        --------
+        >>> conv = YatConv2D(2, 4, 3, device="meta").to_empty(device="cpu")
+        >>> conv.reset_parameters()
+        >>> conv.alpha.tolist(), bool(conv.weight.abs().max() <= 1 / 18**0.5)
+        ([1.0], True)
+        """
+        if not self._ready:  # inside torch's __init__: its own initialisation
+            super().reset_parameters()
+            return
+        with torch.no_grad():
+            if self._made_bank:
+                nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+                self._normalize_kernel()
+            if self.bias is not None:
+                if self.scalar_bias:
+                    self.bias.zero_()
+                else:
+                    _fan_in_uniform_(self.bias, self.weight)
+            if self.mask is not None and self.mask is not self._given_mask:
+                if self._given_mask.is_meta:
+                    raise RuntimeError(
+                        f"{type(self).__name__}.reset_parameters: the mask given to the "
+                        "constructor is on the meta device and holds no values; give the "
+                        "constructor a mask on a real device, or load it with load_state_dict"
+                    )
+                self.mask.copy_(self._given_mask)
+        self._reset_scalars()
 
     def _batched(self, input: Tensor) -> tuple[Tensor, bool]:
         """``input`` with a batch axis, and whether one was added: ``(C, *spatial)`` is
@@ -478,7 +574,6 @@ class _Conv(_YatConv):
                 f"divisible by groups ({groups})"
             )
         self._setup(locals())
-        self._setup_kernel(locals(), self._made_bank)
 
     def forward(self, input: Tensor, *, deterministic: bool = False) -> Tensor:
         """``input (N, C, *spatial)`` -> ``(N, O, *out)``, or unbatched ``(C, *spatial)``
@@ -609,13 +704,25 @@ class YatEmbed(_YatParams):
     ) -> None:
         super().__init__()
         self._keep(locals(), "num_embeddings features spherical weight_normalized")
-        # variance scaling (fan_in, normal): std 1/sqrt(features), as nmn
         size, factory = (num_embeddings, features), {"device": device, "dtype": dtype}
-        table = torch.randn(size, **factory) / math.sqrt(features)
-        if weight_normalized:
-            table = table / table.norm(dim=1, keepdim=True).clamp(min=1e-8)
-        self.embedding = nn.Parameter(table)
+        self.embedding = nn.Parameter(torch.empty(size, **factory))
         self._setup_yat(locals(), dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the table from torch's default generator as the constructor does (variance
+        scaling, fan_in, normal: std ``1/sqrt(features)``, as nmn; unit rows with
+        ``weight_normalized``), and set ``alpha`` to 1. After ``to_empty(device=...)`` this
+        materialises a layer built on the ``meta`` device; with the generator seeded as before
+        construction, exactly."""
+        table = self.embedding
+        drawn = torch.randn(table.shape, device=table.device, dtype=table.dtype)
+        drawn = drawn / math.sqrt(self.features)
+        if self.weight_normalized:
+            drawn = drawn / drawn.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        with torch.no_grad():
+            table.copy_(drawn)
+        self._reset_scalars()
 
     def forward(self, inputs: Tensor) -> Tensor:
         """Rows of the table: ``(*inputs.shape, features)``."""
@@ -653,6 +760,7 @@ class _YatAttention(_YatParams):
         self.q_proj, self.k_proj, self.v_proj = linear(), linear(), linear()  # in nmn's order
         setattr(self, out_name, linear() if a["use_out_proj"] else None)
         self._out_name = out_name
+        self._device = a["device"]  # of the performer projection drawn in _setup_performer
         self.window, self.block_size = _common.attention_window(a["window"], a["block_size"])
         # the key/value cache of decode=True (init_cache makes it): buffers, so .to() moves
         # them, but not persistent, so state_dict keeps nmn's keys
@@ -671,15 +779,38 @@ class _YatAttention(_YatParams):
         self.performer_kind = self._performer.kind
         for name in _performer.COUNTS:
             setattr(self, name, a[name])
+        self._draw_projection()
+
+    def _draw_projection(self) -> None:
+        """With ``use_performer``, the projection drawn by NumPy from a seed drawn from torch's
+        default generator, into the buffers ``perf_<key>`` (made here by the constructor,
+        filled in place by :meth:`reset_parameters`)."""
         if not self._performer.use:
             return
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        # on the CPU generator, also under `with torch.device("meta")`: the seed is read here
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu"))
         projection = _performer.draw(self._performer, self.head_dim, seed, self.epsilon)
         for key in self._performer.keys:
-            value = torch.as_tensor(projection[key], device=a["device"])
+            value, name = torch.as_tensor(projection[key]), f"perf_{key}"
             if value.is_floating_point():
                 value = value.to(self.param_dtype or torch.get_default_dtype())
-            self.register_buffer(f"perf_{key}", value)
+            if getattr(self, name, None) is None:
+                self.register_buffer(name, value.to(self._device))
+            else:
+                with torch.no_grad():
+                    getattr(self, name).copy_(value)
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter as the constructor does, drawing from torch's default
+        generator in the same order: the projections (``torch.nn.Linear``'s initialisation),
+        ``alpha`` 1, ``epsilon_param``, and with ``use_performer`` a new projection (the
+        ``perf_*`` buffers). After ``to_empty(device=...)`` this materialises a layer built on
+        the ``meta`` device; with the generator seeded as before construction, exactly."""
+        for proj in (self.q_proj, self.k_proj, self.v_proj, getattr(self, self._out_name)):
+            if proj is not None:
+                proj.reset_parameters()
+        self._reset_scalars()
+        self._draw_projection()
 
     def _projection(self) -> dict[str, Tensor]:
         """The stored performer projection, by nmn's keys."""

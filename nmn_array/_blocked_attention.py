@@ -34,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from nmn_array._attention_blocks import Blocks
-from nmn_array._namespace import device_kw, scalar_like
+from nmn_array._namespace import clip, device_kw, scalar_like
 from nmn_array.squashers import _pow
 
 #: ``tile(q_rows, k_rows, factor, epsilon, bias, amask) -> finite scores`` (see Problem).
@@ -157,7 +157,7 @@ def _scaled_epsilon(xp, n: float, eps: Any, base: Any) -> Any:
     if n == 1.0:
         return eps / base
     log_big = math.log(float(xp.finfo(base.dtype).max)) - 1.0
-    return xp.exp(xp.clip(math.log(eps) - n * xp.log(base), max=log_big))
+    return xp.exp(clip(xp, math.log(eps) - n * xp.log(base), max=log_big))
 
 
 def _finish(xp, prob: Problem, state, eps, shape, like):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from nmn_array._namespace import clip
+
 
 def yat_ratio(
     xp: ModuleType,
@@ -25,7 +27,7 @@ def yat_ratio(
     cancellation in the expanded form, hence the clamp."""
     num = dot if bias is None else dot + bias
     num = num * num
-    den = xp.clip(dist, min=floor) + epsilon
+    den = clip(xp, dist, min=floor) + epsilon
     out = num / den
     return out if alpha is None else out * alpha
 

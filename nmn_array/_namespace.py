@@ -108,6 +108,23 @@ def is_mlx(xp: ModuleType) -> bool:
     return getattr(xp, "__name__", "") == "nmn_array._mlx_namespace"
 
 
+def clip(xp: ModuleType, x: Any, /, min: Any = None, max: Any = None) -> Any:
+    """``xp.clip(x, min=min, max=max)``, with the dtype of ``x``; on Dask through Dask's own
+    elementwise clip. array-api-compat's Dask ``clip`` broadcasts a scalar bound to one chunk
+    of ``x``'s full shape, on which every block then depends: the threaded scheduler then
+    keeps every block of a chunked computation in memory at once (a yat of 600,000 rows in
+    blocks of 10,000 grew the process by 1.3 GB instead of 0.15 GB).
+
+    >>> import numpy as np
+    >>> clip(array_namespace(np.ones(2)), np.array([-1.0, 2.0]), min=0.0).tolist()
+    [0.0, 2.0]
+    """
+    if array_api_compat.is_dask_namespace(xp):
+        out = sys.modules["dask.array"].clip(x, min, max)
+        return out if out.dtype == x.dtype else out.astype(x.dtype)
+    return xp.clip(x, min=min, max=max)
+
+
 def device_of(xp: ModuleType, x: Any) -> Any:
     """The device of ``x`` (``None`` for TensorFlow and MLX, whose adapters let the library
     place arrays itself, and for a JAX array spread over several devices).

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from nmn_array._namespace import is_jax, is_mlx, is_numpy_scalar, is_tf, is_torch
+from nmn_array._namespace import clip, is_jax, is_mlx, is_numpy_scalar, is_tf, is_torch
 from nmn_array._native import saturating_cast
 
 
@@ -252,7 +252,7 @@ def cast_back(xp: ModuleType, y: Any, dtype: Any) -> Any:
         return y
     if "float16" in str(dtype):
         big = float(xp.finfo(dtype).max)
-        y = xp.clip(y, min=-big, max=big)
+        y = clip(xp, y, min=-big, max=big)
         if is_numpy_scalar(y):
             # NumPy's clip of a 0-d array returns a scalar: keep returning an array
             y = sys.modules["numpy"].asarray(y)

@@ -20,6 +20,7 @@ from nmn_array._distance import refine_distance
 from nmn_array._epilogue import expanded_distance, yat_ratio
 from nmn_array._namespace import (
     array_namespace,
+    clip,
     device_kw,
     float32_under_autocast,
     index_dtype,
@@ -292,7 +293,7 @@ def _finite(xp, scores):
     inputs) becomes the largest finite value, so it wins the normalisation instead of
     producing inf - inf = NaN."""
     big = float(xp.finfo(scores.dtype).max)
-    return xp.clip(scores, min=-big, max=big)
+    return clip(xp, scores, min=-big, max=big)
 
 
 def _normalize(xp, scores, visible, normalization, epsilon, power, native):

@@ -31,7 +31,7 @@ import math
 from typing import Any
 
 from nmn_array import _validation as _v
-from nmn_array._namespace import array_namespace, device_kw, float32_under_autocast
+from nmn_array._namespace import array_namespace, clip, device_kw, float32_under_autocast
 
 __all__ = [
     "maclaurin_coefficients",
@@ -343,7 +343,7 @@ def slay_features(x: Any, projection: Any, *, normalize: bool = True, epsilon: A
     flat = xp.reshape(a["projections"], (r * m, d))
     proj = xp.reshape(xp.matmul(xc, xp.matrix_transpose(flat)), (*xc.shape[:-1], r, m))
     nodes = a["quad_nodes"][:, None]
-    prf = xp.exp(xp.clip(proj * xp.sqrt(2.0 * nodes) - nodes, min=-PRF_CLIP, max=PRF_CLIP))
+    prf = xp.exp(clip(xp, proj * xp.sqrt(2.0 * nodes) - nodes, min=-PRF_CLIP, max=PRF_CLIP))
     prf = prf * (xp.sqrt(a["quad_weights"])[:, None] / math.sqrt(m))  # (..., R, M)
     prf = xp.permute_dims(prf, (*range(prf.ndim - 2), prf.ndim - 1, prf.ndim - 2))  # (.., M, R)
     out = poly[..., :, None, None] * prf[..., None, :, :]  # (..., P, M, R)
@@ -437,7 +437,7 @@ def radial_features(x: Any, projection: Any, *, normalize: bool = True, epsilon:
     psi = psi / math.sqrt(m)
     angles = xp.matmul(z, xp.matrix_transpose(xp.reshape(a["omegas"], (j * dim, width))))
     angles = xp.reshape(angles, (*xc.shape[:-1], j, dim)) + a["phases"]
-    weight = xp.sqrt(xp.clip(a["coef"], min=0.0))[:, None] * math.sqrt(2.0 / dim)
+    weight = xp.sqrt(clip(xp, a["coef"], min=0.0))[:, None] * math.sqrt(2.0 / dim)
     rff = xp.reshape(xp.cos(angles) * weight, (*xc.shape[:-1], j * dim))
     out = xp.reshape(psi[..., :, None] * rff[..., None, :], (*xc.shape[:-1], m * j * dim))
     return _unflatten(xp, out, lead, x)

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from nmn_array import _validation as v
-from nmn_array._namespace import array_namespace, scalar_like
+from nmn_array._namespace import array_namespace, clip, scalar_like
 
 
 def _check_n(n: Any) -> float:
@@ -54,7 +54,7 @@ def softermax_impl(xp: Any, x: Any, n: float, epsilon: float, axis: int) -> Any:
     # epsilon / m^n, bounded so that a tiny m cannot produce inf (and NaN gradients); it is
     # exactly 0 in the limit m = inf.
     log_big = math.log(float(xp.finfo(x.dtype).max)) - 1.0
-    scaled_eps = xp.exp(xp.clip(math.log(epsilon) - n * xp.log(m_safe), max=log_big))
+    scaled_eps = xp.exp(clip(xp, math.log(epsilon) - n * xp.log(m_safe), max=log_big))
     scaled_eps = xp.where(inf_m, scalar_like(xp, 0.0, m), scaled_eps)
     return t / (scaled_eps + xp.sum(t, axis=axis, keepdims=True))
 

@@ -372,7 +372,9 @@ def yat_dense(x, w, bias, alpha, epsilon, *, unit_x: bool, unit_w: bool, refine:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     y = _scores(x2, w, bias, alpha, epsilon, unit_x, unit_w, refine)
-    return y.reshape(*lead, w.shape[0])
+    # a 2-D input's result is returned as it is, not as a view of itself: FSDP2 warns about
+    # (and an in-place op on it would bypass) a sharded module's output that is a view
+    return y if x.dim() == 2 else y.reshape(*lead, w.shape[0])
 
 
 def yat_scores(q, k, alpha, epsilon, *, unit: bool, refine: bool = True):
