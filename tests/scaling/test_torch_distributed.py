@@ -42,7 +42,7 @@ F64 = torch.float64
 WORLD = 2
 STEPS, BATCH, LR = 3, 16, 0.1
 #: Final parameters of a 2-rank run vs one process: float64, the global batch's gradient
-#: summed in another order; measured max |difference| about 1e-16 (docs/scaling_torch_dask.md).
+#: summed in another order; measured max |difference| about 1e-16 (docs/scaling.md).
 ATOL = 1e-12
 TIMEOUT = 240  # seconds for the whole subprocess (it takes about 10 s)
 MODES = ("ddp", "fsdp", "fsdp_meta")
