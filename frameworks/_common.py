@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import json
 import math
+import numbers
 import os
 import sys
 import threading
@@ -34,6 +35,40 @@ _EXTRAS = {
     "tensorflow": "tensorflow",
     "mlx": "mlx",
 }
+
+
+def check_mask_shape(
+    mask: Any, target: Sequence[Any], what: str = "(batch, heads, Lq, Lk)"
+) -> None:
+    """Raise a ValueError naming ``mask`` when its shape cannot broadcast to ``target``.
+
+    The layers broadcast a mask to the attention's full shape before the core sees it, so the
+    array library's own broadcast error (which names neither the argument nor the expected
+    layout) would reach the user. Sizes unknown while tracing (``None``) are not checked.
+
+    >>> check_mask_shape(type("A", (), {"shape": (1, 5)})(), (2, 4, 3, 5))
+    >>> check_mask_shape(type("A", (), {"shape": (3, 3)})(), (2, 4, 5, 5))
+    Traceback (most recent call last):
+    ...
+    ValueError: mask must broadcast to (batch, heads, Lq, Lk) = (2, 4, 5, 5), got shape (3, 3)
+    """
+    shape = tuple(getattr(mask, "shape", ()))
+    target = tuple(target)
+
+    def known(d: Any) -> int | None:
+        # a plain (or NumPy) int; anything else is a size known only when running (None, a
+        # symbolic tensor: never int() it, which AutoGraph turns into a graph op)
+        return int(d) if isinstance(d, numbers.Integral) else None
+
+    fits = len(shape) <= len(target) and all(
+        known(m) in (None, 1) or known(t) is None or known(m) == known(t)
+        for m, t in zip(reversed(shape), reversed(target))
+    )
+    if not fits:
+        shown = tuple(known(t) for t in target)
+        raise ValueError(
+            f"mask must broadcast to {what} = {shown}, got shape {tuple(known(m) for m in shape)}"
+        )
 
 
 def unit_normalized(a: Any, keep_axis: int) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 from nmn_array.frameworks import _attention_api as _api
 from nmn_array.frameworks._common import (
+    check_mask_shape,
     check_rate,
     keyed_queries,
     lax_conv_padding,
@@ -154,7 +155,9 @@ def head_mask(mask: Array | None, q: Array, k: Array) -> Array | None:
     """``mask`` broadcast to ``(..., H, Lq, Lk)`` for head-split ``q`` and ``k``."""
     if mask is None:
         return None
-    return jnp.broadcast_to(mask, q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3]))
+    full = q.shape[:-3] + (q.shape[-2], q.shape[-3], k.shape[-3])
+    check_mask_shape(mask, full, "(..., heads, Lq, Lk)")
+    return jnp.broadcast_to(mask, full)
 
 
 def weights_hook(

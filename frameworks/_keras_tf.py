@@ -18,6 +18,7 @@ from nmn_array.frameworks._common import (
     attention_window,
     bias_config,
     check_epsilon,
+    check_mask_shape,
     decode_visibility,
     dtype_name,
     explicit_positions,
@@ -368,10 +369,16 @@ class YatAttentionShell(YatParams):
         bias = getattr(self, f"{name}_bias")
         return y if bias is None else y + self._read(bias)
 
+    def _batch(self, x: Any) -> Any:
+        """``x``'s batch size where it is a plain int, else -1 (symbolic): -1 cannot be
+        inferred for an empty sequence (MLX refuses the reshape)."""
+        lead = self._ops.shape(x)[0]
+        return lead if isinstance(lead, int) else -1
+
     def _heads(self, x: Any, name: str) -> Any:
         # (B, L, E) -> (B, H, L, d): the pure function takes (..., L, d)
         o, x = self._ops, self._linear(x, name)
-        x = o.reshape(x, (-1, o.shape(x)[1], self.num_heads, self.head_dim))
+        x = o.reshape(x, (self._batch(x), o.shape(x)[1], self.num_heads, self.head_dim))
         return o.transpose(x, (0, 2, 1, 3))
 
     # --- the key/value cache ---------------------------------------------------------
@@ -432,6 +439,8 @@ class YatAttentionShell(YatParams):
         visible = decode_visibility(index, length, max_length, self.window, q)
         full = (batch, self.num_heads, length, max_length)
         visible = o.broadcast_to(visible, full)
+        if mask is not None:
+            check_mask_shape(mask, full, "(batch, heads, L, max_length)")
         mask = visible if mask is None else restrict_mask(o.broadcast_to(mask, full), visible)
         # last: on torch, ``index`` is a view of the variable that the assignment overwrites
         self._assign(self.cache_key, cache_k)
@@ -497,6 +506,8 @@ class YatAttentionShell(YatParams):
             window = None
         elif mask is not None:
             full = (o.shape(q)[0], self.num_heads, o.shape(q)[2], o.shape(k)[2])
+            # static sizes (``o.shape`` is a tensor in TensorFlow graphs)
+            check_mask_shape(mask, (q.shape[0], self.num_heads, q.shape[2], k.shape[2]))
             mask = o.broadcast_to(mask, full)
         options = dict(mask=mask, alpha=alpha, epsilon=self._epsilon_arg(), window=window)
         options.update(spherical=self._spherical, normalization=self.normalization)
@@ -516,7 +527,7 @@ class YatAttentionShell(YatParams):
         o = self._ops
         # (B, H, Lq, d) -> (B, Lq, E)
         x = o.transpose(x, (0, 2, 1, 3))
-        x = o.reshape(x, (-1, o.shape(x)[1], self.embed_dim))
+        x = o.reshape(x, (self._batch(x), o.shape(x)[1], self.embed_dim))
         if self.out_kernel is not None:
             x = self._linear(x, "out")
         keyed = None

@@ -10,7 +10,8 @@ docstring names the ones it takes):
 - ``bias``: a learnable bias (YatNMN's starts U(-1/sqrt(in), 1/sqrt(in)); attention: of the
   ``nn.Linear`` projections). ``constant_bias``: a fixed bias instead (no parameter; ``None``
   or ``False``: no constant, Decision 4). ``softplus_bias``: the learnable bias passes
-  through softplus. ``scalar_bias``: one learnable bias of shape ``(1,)`` (zeros).
+  through softplus. ``scalar_bias``: one learnable bias of shape ``(1,)`` (YatNMN's drawn
+  like its full bias, as nmn.torch does; the convolutions' zeros).
 - ``alpha`` / ``use_alpha``: a learnable output scale (shape ``(1,)``, initialised to 1;
   attention: on the scores before normalisation, Decision 1). ``constant_alpha``: ``True`` =
   sqrt(2), a float = that value; replaces the learnable one.
@@ -958,6 +959,7 @@ class _YatAttention(_YatParams):
         if self._performer.use:
             x, window, masked = self._linear_attention(q, k, v, mask, p), None, mask is not None
             if masked:  # a key-padding mask (the core refused any other)
+                _common.check_mask_shape(mask, (b, h, 1, lk), "(batch, heads, 1, Lk)")
                 mask = torch.broadcast_to(mask, (b, h, 1, lk))
         else:
             x, mask, window, masked = self._exact_attention(q, k, v, mask, index, p)
@@ -981,6 +983,7 @@ class _YatAttention(_YatParams):
         lk = k.shape[2] if index is None else self.cached_key.shape[2]  # decoding: the slots
         window, masked = self.window, mask is not None
         if masked:
+            _common.check_mask_shape(mask, (b, h, lq, lk))
             mask = torch.broadcast_to(mask, (b, h, lq, lk))
         causal = self._performer.causal
         if index is not None:

@@ -196,6 +196,16 @@ def test_bad_block_size_raises(fw, kind, bad):
         FRAMEWORKS[fw](kind, None, bad)(XQ, None, None)
 
 
+@pytest.mark.parametrize(("fw", "kind"), MODULES)
+def test_mask_of_wrong_shape_names_the_argument(fw, kind):
+    """A (3, 3) mask for 9 queries and keys: the module's own error names ``mask`` and both
+    shapes (it broadcasts the mask before the core sees it, so the array library's broadcast
+    error, which names neither, must not reach the user)."""
+    run = FRAMEWORKS[fw](kind, None, None)
+    with pytest.raises(ValueError, match=r"mask must broadcast to .*got shape \(3, 3\)"):
+        run(XQ, None, np.ones((3, 3), dtype=bool))
+
+
 def test_torch_dropout_applies_the_window():
     """Training dropout uses the materialised weights; the window still limits them (the
     same seed draws the same dropout mask as with the window's explicit mask)."""

@@ -921,3 +921,15 @@ def test_attention_float16_is_computed_in_float32():
     wide.update(tree_map(lambda a: a.astype(mx.float32), half.parameters()))
     want = np.array(wide(x.astype(mx.float32), mask=causal(5)))
     np.testing.assert_allclose(np.array(y16.astype(mx.float32)), want, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("cls_name", ["MultiHeadYatAttention", "RotaryYatAttention"])
+def test_attention_mask_of_wrong_shape_and_empty_sequence(cls_name):
+    # a (3, 3) mask for 5 tokens: our error names the argument and both shapes, not MLX's
+    # broadcast error; a sequence of length 0 gives a (2, 0, E) output (the head split
+    # reshapes with the batch size: -1 cannot be inferred for an empty array)
+    layer = getattr(ours, cls_name)(E, H, dtype=mx.float32)
+    x = normal(2, 5, E, dtype=mx.float32)
+    with pytest.raises(ValueError, match=r"mask must broadcast to .*got shape \(3, 3\)"):
+        layer(x, mask=mx.ones((3, 3), dtype=mx.bool_))
+    assert layer(normal(2, 0, E, dtype=mx.float32)).shape == (2, 0, E)
