@@ -7,7 +7,7 @@ regenerated alone), and only reductions are computed: per block, the maximum, mi
 sum of the rows' maxima; the 256 column sums; and the row maxima of a few sampled blocks.
 
 - Memory: the run happens in a fresh subprocess (threaded scheduler, 2 threads) that reports
-  its peak resident set size (``resource.getrusage``). The input would take
+  its peak resident set size (``VmHWM``, see :func:`_peak_rss`). The input would take
   ``ROWS * 64 * 8`` bytes in one piece (1.43 GiB) and the output four times that (5.72
   GiB); the whole process, interpreter and libraries included, must stay under
   ``PEAK_BOUND`` (512 MiB), so neither ever existed. One output block is 19.5 MiB, and the
@@ -88,10 +88,17 @@ def lazy_reductions(rows: int) -> dict[str, Any]:
 
 
 def _peak_rss() -> int:
-    """This process's peak resident set size in bytes (Linux reports KiB)."""
-    import resource
+    """This process's peak resident set size in bytes: ``VmHWM`` of /proc/self/status.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it over from the parent across fork and
+    exec, so a subprocess of a large pytest worker reported the worker's peak (6586 MiB in a
+    CI run, before any Dask work), not its own; ``VmHWM`` belongs to the new program's own
+    address space.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError("no VmHWM line in /proc/self/status: the memory check needs Linux")
 
 
 def _save(out: Path, name: str, arrays: dict[str, Any], **figures: Any) -> None:
