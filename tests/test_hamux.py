@@ -215,3 +215,26 @@ def test_docstring_examples_run(module) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_demo_command_prints_every_configuration(capsys: pytest.CaptureFixture[str]) -> None:
+    """``nmn-array demo hamux`` prints one line per (image layer, synapse) with the figures
+    of :func:`nmn_array.demo.associative_memory.recall` at the same settings, and refuses
+    bad sizes and digits-demo options in one line with exit code 2."""
+    from nmn_array.cli import main
+
+    assert main(["demo", "hamux", "--memories", "12", "--steps", "60", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("12 stored digits, 30% of the pixels")
+    assert len(lines) == 1 + len(am.IMAGE_LAYERS) * len(am.SYNAPSES)
+    r = am.recall("yat", image_layer="tanh", n_memories=12, steps=60, seed=3)
+    yat_tanh = next(line for line in lines if "tanh image,   yat synapse" in line)
+    assert f"recall {r.accuracy:.2f} (corrupted inputs {r.corrupted_accuracy:.2f})" in yat_tanh
+    assert f"pixel error {r.pixel_error:.3f}" in yat_tanh
+    for argv, message in [
+        (["demo", "hamux", "--memories", "1"], "--memories must be between 2 and 1797"),
+        (["demo", "--quick", "hamux"], "options before 'hamux' belong to the digits demo"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

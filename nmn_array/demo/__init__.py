@@ -23,7 +23,7 @@ xor
 associative_memory
     A HAMUX energy network that stores digits through a yat hypersynapse and restores
     corrupted ones by descending its energy, beside HAMUX's dense synapse
-    (``python -m nmn_array.demo.associative_memory``; docs/hamux.md).
+    (``nmn-array demo hamux``; docs/hamux.md).
 run
     The command itself: XOR section, training, table, figure.
 """

@@ -22,7 +22,8 @@ uniform noise on [-1, 1]. A digit counts as recalled when the settled image (the
 layer's activation) is closer (Euclidean) to its original than to any other stored digit;
 the mean pixel error says how far the settled images are from the originals.
 
-Run it with ``python -m nmn_array.demo.associative_memory`` (needs ``nmn-array[hamux,demo]``).
+Run it with ``nmn-array demo hamux`` or ``python -m nmn_array.demo.associative_memory`` (needs
+``nmn-array[hamux,demo]``).
 
 Examples
 --------
@@ -235,17 +236,33 @@ def recall(
     )
 
 
-def main() -> None:
-    """Print recall at 30% corrupted pixels for the yat and the dense synapse, with each
-    image layer."""
+def report(
+    *, n_memories: int = 100, fraction: float = 0.3, steps: int = 400, seed: int = 0
+) -> list[str]:
+    """One line per (image layer, synapse): recall, pixel error and the energy check, with
+    ``n_memories`` stored digits and ``fraction`` of their pixels corrupted; what
+    ``nmn-array demo hamux`` prints."""
+    lines = [
+        f"{n_memories} stored digits, {fraction:.0%} of the pixels replaced by noise, "
+        f"{steps} Euler steps of dt 0.05 (float64), seed {seed}"
+    ]
     for layer in IMAGE_LAYERS:
         for kind in SYNAPSES:
-            r = recall(kind, image_layer=layer)
-            print(
-                f"{layer:>8} image, {kind:>5} synapse: recall {r.accuracy:.2f} (corrupted inputs {r.corrupted_accuracy:.2f}), "
-                f"pixel error {r.pixel_error:.3f} (corrupted {r.corrupted_pixel_error:.3f}), max energy increase {r.max_energy_increase:.2e} "
-                f"(tolerance {r.tolerance:.1e}), settings {r.params}"
+            r = recall(kind, image_layer=layer, n_memories=n_memories, fraction=fraction,
+                       steps=steps, seed=seed)  # fmt: skip
+            settings = ", ".join(f"{k} {v:g}" for k, v in r.params.items())
+            lines.append(
+                f"{layer:>8} image, {kind:>5} synapse: recall {r.accuracy:.2f} "
+                f"(corrupted inputs {r.corrupted_accuracy:.2f}), pixel error "
+                f"{r.pixel_error:.3f} (corrupted {r.corrupted_pixel_error:.3f}), max energy "
+                f"increase {r.max_energy_increase:.1e} (tolerance {r.tolerance:.1e}); {settings}"
             )
+    return lines
+
+
+def main() -> None:
+    """Print :func:`report` at its defaults (the figures of docs/hamux.md)."""
+    print("\n".join(report()))
 
 
 if __name__ == "__main__":
